@@ -1,0 +1,94 @@
+"""`uda-sweep`: one command, one subcommand per job. Subcommands import their heavy modules lazily."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from uda_core.errors import UdaError
+
+__all__ = ["main"]
+
+
+def _data_generate(a: argparse.Namespace) -> None:
+    from uda_core.data.store import DataSpec, generate
+
+    spec = DataSpec(a.task, a.source, a.target, a.size, a.seed, a.label_noise)
+    folder = generate(spec, Path(a.out))
+    print(f"wrote {folder}")
+
+
+def _data_show(a: argparse.Namespace) -> None:
+    from uda_core.data.show import show_dataset
+
+    print(f"wrote {show_dataset(Path(a.dir), Path(a.out) if a.out else None, per_class=a.per_class)}")
+
+
+def _train(a: argparse.Namespace) -> None:
+    from uda_core.config import load_config
+    from uda_core.reporting import FileReporter
+    from uda_core.train import train
+
+    cfg = load_config(a.config)
+    out = Path(a.out)
+    resume = None
+    if a.resume:
+        ckpts = sorted((out / "checkpoints").glob("step_???????"))
+        if not ckpts:
+            raise UdaError(f"--resume: no checkpoint under {out / 'checkpoints'}; run without --resume to start")
+        resume = ckpts[-1]
+    elif (out / "metrics.json").exists():
+        raise UdaError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(Path(a.config).read_text())
+    reporter = FileReporter(out, cfg.eval.select_by, cfg.eval.select_mode)
+    last = train(cfg, reporter, out, resume_from=resume)
+    reporter.finish(last)
+    best = reporter.best
+    print(f"done: {out / 'metrics.json'}; best {cfg.eval.select_by} = {best['metrics'][cfg.eval.select_by]:.4f} at step {best['step']}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="uda-sweep", description="Hyperparameter sweeps for universal domain adaptation of galaxy classifiers.")
+    p.add_argument("-v", "--verbose", action="store_true", help="log every evaluation")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="simulated survey data sets").add_subparsers(dest="data_command", required=True)
+    g = data.add_parser("generate", help="render a data set folder (catalogue.parquet, pixels.npy, manifest.json)")
+    g.add_argument("--task", default="universal")
+    g.add_argument("--source", default="decals")
+    g.add_argument("--target", default="sdss")
+    g.add_argument("--size", default="small", choices=["tiny", "small", "default", "large"])
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--label-noise", type=float, default=0.0)
+    g.add_argument("--out", required=True)
+    g.set_defaults(func=_data_generate)
+    s = data.add_parser("show", help="PNG grid of example stamps per class and domain")
+    s.add_argument("dir")
+    s.add_argument("--out", help="PNG path (default DIR/examples.png)")
+    s.add_argument("--per-class", type=int, default=5)
+    s.set_defaults(func=_data_show)
+
+    t = sub.add_parser("train", help="one training run without Ray/Optuna/MLflow")
+    t.add_argument("config")
+    t.add_argument("--out", required=True)
+    t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    t.set_defaults(func=_train)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    try:
+        args.func(args)
+    except UdaError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""The training loop and the method contract on the tiny data set."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from uda_core.data.dataset import load_dataset
+from uda_core.methods import METHODS, Method
+from uda_core.models import DomainBatchNorm2d, TARGET
+from uda_core.train import CHECKPOINT_FILE, TrainingDiverged, _augment, _labelled_target_rows, train
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_folder):
+    return load_dataset(tiny_folder)
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_method_contract(name, tiny_config, tiny, tmp_path):
+    cfg = tiny_config(name)
+    reports = []
+    last = train(cfg, lambda ev, ck: reports.append((ev, ck)), tmp_path, data=tiny)
+    assert [ev.step for ev, _ in reports] == [2, 4]
+    m = last.metrics
+    for key in ("source_val/acc", "source_test/acc_shared", "label_free/snd", "label_free/entropy", "label_free/im",
+                "oracle/target_test/acc_shared", "oracle/target_test/h_score", "oracle/target_test/auroc/entropy",
+                "oracle/target_test/auroc/knn_distance", "oracle/target_test/h_score/entropy_rho", "train/source_ce"):
+        assert key in m and math.isfinite(m[key]), key
+    assert (reports[-1][1] / CHECKPOINT_FILE).exists()
+    conf = last.confusion["oracle_target_test"]
+    assert len(conf["rows"]) == 8 and conf["cols"][-1] == "unknown"
+    assert sum(map(sum, conf["matrix"])) == len(tiny["target/test"])
+    # Only target labels make oracle numbers; nothing label-free is named oracle and vice versa.
+    assert all(not k.startswith("label_free/") or "oracle" not in k for k in m)
+
+
+def test_dance_uses_target_and_adds_its_losses(tiny_config, tiny, tmp_path):
+    last = train(tiny_config("dance"), lambda *a: None, tmp_path, data=tiny)
+    assert {"train/nc", "train/es"} <= set(last.metrics)
+
+
+def test_resume_continues_bit_for_bit(tiny_config, tiny, tmp_path):
+    cfg = tiny_config("dance")
+    train(cfg, lambda *a: None, tmp_path / "full", data=tiny)
+    full = torch.load(tmp_path / "full/checkpoints/step_0000004" / CHECKPOINT_FILE, weights_only=True)
+    half = tmp_path / "full/checkpoints/step_0000002"
+    train(cfg, lambda *a: None, tmp_path / "resumed", resume_from=half, data=tiny)
+    resumed = torch.load(tmp_path / "resumed/checkpoints/step_0000004" / CHECKPOINT_FILE, weights_only=True)
+    assert int(resumed["step"]) == 4
+    for k, v in full["model"].items():
+        assert torch.equal(v, resumed["model"][k]), k
+    assert torch.equal(full["method"]["memory"], resumed["method"]["memory"])
+
+
+def test_adabn_reestimates_target_statistics(tiny_config, tiny, tmp_path):
+    reports = []
+    train(tiny_config("adabn"), lambda ev, ck: reports.append(ck), tmp_path, data=tiny)
+    state = torch.load(reports[-1] / CHECKPOINT_FILE, weights_only=True)["model"]
+    src = [v for k, v in state.items() if k.endswith("bns.0.running_mean")]
+    tgt = [v for k, v in state.items() if k.endswith("bns.1.running_mean")]
+    assert src and len(src) == len(tgt)
+    assert not torch.allclose(src[0], tgt[0])  # target statistics were measured on target stamps
+
+
+def test_source_only_has_plain_batch_norm(tiny_config, tiny, tmp_path):
+    reports = []
+    train(tiny_config("source_only"), lambda ev, ck: reports.append(ck), tmp_path, data=tiny)
+    state = torch.load(reports[-1] / CHECKPOINT_FILE, weights_only=True)["model"]
+    assert not any("bns." in k for k in state)
+
+
+def test_non_finite_loss_stops_with_a_clear_error(tiny_config, tiny, tmp_path, monkeypatch):
+    class Exploding(Method):
+        name = "exploding"
+
+        def losses(self, batch):
+            out = super().losses(batch)
+            out["source_ce"] = out["source_ce"] * float("nan")
+            return out
+
+    monkeypatch.setitem(METHODS, "exploding", Exploding)
+    cfg = tiny_config("source_only")
+    cfg.method.name = "exploding"
+    with pytest.raises(TrainingDiverged, match="non-finite loss at step 0"):
+        train(cfg, lambda *a: None, tmp_path, data=tiny)
+
+
+def test_few_shot_rows_are_per_shared_class(tiny_config, tiny):
+    cfg = tiny_config("source_only", data={"few_shot_per_class": 3})
+    rows = _labelled_target_rows(cfg, tiny, "few_shot")
+    labels = tiny["target/train"].y[rows]
+    assert len(rows) == 3 * len(tiny.shared)
+    assert sorted(set(labels.tolist())) == tiny.shared
+    oracle = _labelled_target_rows(cfg, tiny, "all")
+    assert (tiny["target/train"].y[oracle] < tiny.num_known).all()
+
+
+def test_few_shot_adds_a_target_loss(tiny_config, tiny, tmp_path):
+    last = train(tiny_config("dance", data={"few_shot_per_class": 2}), lambda *a: None, tmp_path, data=tiny)
+    assert "train/target_ce" in last.metrics
+
+
+def test_augment_is_a_dihedral_transform_per_stamp():
+    x = torch.arange(2 * 1 * 4 * 4, dtype=torch.float32).reshape(2, 1, 4, 4)
+    out = _augment(x, torch.Generator().manual_seed(0))
+    for i in range(2):
+        candidates = [torch.rot90(f, k, dims=(-2, -1)) for f in (x[i], x[i].flip(-1)) for k in range(4)]
+        assert any(torch.equal(out[i], c) for c in candidates)
+
+
+def test_domain_bn_switches_statistics():
+    bn = DomainBatchNorm2d(3)
+    bn.bns[1].running_mean.fill_(5.0)
+    bn.eval()
+    x = torch.zeros(1, 3, 2, 2)
+    assert bn(x).mean() == 0
+    bn.domain = TARGET
+    assert bn(x).mean() < -1

@@ -1,0 +1,93 @@
+"""A data set folder loaded as in-memory tensors, one per domain and split.
+
+Training draws batches by indexing these tensors (no per-sample Python in the hot path). Pixels are mapped to
+network inputs by arcsinh(flux / s) with one softening s per band, the source survey's sky sigma, for both
+domains: the same physical flux gives the same input in either survey, so the domain gap the network sees is the
+real one (resolution, seeing, depth), not a normalisation artefact.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import torch
+
+from ..errors import DataError
+from .store import CATALOGUE, PIXELS, verify
+
+__all__ = ["Split", "UdaData", "load_dataset", "preprocess"]
+
+SPLITS = ("source/train", "source/val", "source/test", "target/train", "target/test")
+
+
+@dataclass
+class Split:
+    x: torch.Tensor  # (N, C, H, W) float32 network inputs
+    y: torch.Tensor  # (N,) true class ids (int64)
+    train_y: torch.Tensor  # (N,) labels used for training (label noise applied to source/train)
+    catalogue: pd.DataFrame
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+@dataclass
+class UdaData:
+    splits: dict[str, Split]
+    class_names: list[str]
+    num_known: int
+    shared: list[int]
+    bands: list[str]
+    softening: list[float]
+    manifest: dict
+    folder: Path
+
+    def __getitem__(self, key: str) -> Split:
+        return self.splits[key]
+
+    @property
+    def in_channels(self) -> int:
+        return len(self.bands)
+
+    @property
+    def stamp_px(self) -> int:
+        return int(self.manifest["stamp_px"])
+
+
+def preprocess(flux: np.ndarray, softening: list[float]) -> torch.Tensor:
+    """arcsinh stretch with a per-band softening (nanomaggies); the same mapping for every domain."""
+    s = np.asarray(softening, dtype=np.float32)[None, :, None, None]
+    return torch.from_numpy(np.arcsinh(np.asarray(flux, dtype=np.float32) / s) / 3.0)
+
+
+def load_dataset(folder: Path, verify_content: bool = True) -> UdaData:
+    folder = Path(folder)
+    manifest = verify(folder, full=verify_content)
+    try:
+        cat = pq.read_table(folder / CATALOGUE).to_pandas()
+        pixels = np.load(folder / PIXELS, mmap_mode="r")
+    except Exception as e:  # pyarrow and numpy raise many types on corrupt files
+        raise DataError(f"{folder}: cannot read ({type(e).__name__}: {e}); delete the folder to regenerate it") from None
+    if len(pixels) != len(cat) or pixels.shape[1] != len(manifest["bands"]):
+        raise DataError(f"{folder}: {PIXELS} shape {pixels.shape} does not match the catalogue ({len(cat)} rows, bands {manifest['bands']})")
+    softening = manifest["surveys"]["source"]["sky_sigma_nmgy"]
+    splits = {}
+    for key in SPLITS:
+        domain, split = key.split("/")
+        part = cat[(cat["domain"] == domain) & (cat["split"] == split)].reset_index(drop=True)
+        flux = pixels[part["row"].to_numpy()]
+        if not np.isfinite(flux).all():
+            bad = part["id"][~np.isfinite(flux).all(axis=(1, 2, 3))].tolist()[:5]
+            raise DataError(f"{folder}/{PIXELS}: non-finite pixels in {key} (ids {bad}...); mask or drop those stamps")
+        splits[key] = Split(
+            preprocess(flux, softening),
+            torch.tensor(part["label"].to_numpy(), dtype=torch.long),
+            torch.tensor(part["train_label"].to_numpy(), dtype=torch.long),
+            part,
+        )
+    task = manifest["task"]
+    return UdaData(splits, task["class_names"], task["num_known"], task["shared"], manifest["bands"], softening, manifest, folder)

@@ -1,0 +1,60 @@
+"""A picture of a data set: example stamps per class (rows) and domain (column blocks)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .store import read_manifest
+
+__all__ = ["show_dataset", "to_rgb"]
+
+
+def to_rgb(flux: np.ndarray, softening: float) -> np.ndarray:
+    """(bands, H, W) fluxes -> (H, W, 3) display image: reddest band as red, arcsinh stretch."""
+    img = np.arcsinh(np.asarray(flux, dtype=np.float32)[::-1].transpose(1, 2, 0) / (3 * softening))
+    top = np.percentile(img, 99.5)
+    return np.clip(img / top if top > 0 else img, 0, 1)
+
+
+def show_dataset(folder: Path, out: Path | None = None, per_class: int = 5, seed: int = 0) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pyarrow.parquet as pq
+
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    cat = pq.read_table(folder / "catalogue.parquet", columns=["row", "domain", "split", "class_name", "r_mag"]).to_pandas()
+    pixels = np.load(folder / "pixels.npy", mmap_mode="r")
+    names = manifest["task"]["class_names"]
+    rng = np.random.default_rng(seed)
+    domains = ["source", "target"]
+    fig, axes = plt.subplots(len(names), per_class * 2, figsize=(per_class * 2 * 1.1, len(names) * 1.15), squeeze=False)
+    for d_i, domain in enumerate(domains):
+        soft = manifest["surveys"][domain]["sky_sigma_nmgy"][1]
+        for c_i, cls in enumerate(names):
+            rows = cat[(cat["domain"] == domain) & (cat["class_name"] == cls)]
+            pick = rows.iloc[rng.permutation(len(rows))[:per_class]] if len(rows) else rows
+            for k in range(per_class):
+                ax = axes[c_i, d_i * per_class + k]
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if k < len(pick):
+                    r = pick.iloc[k]
+                    ax.imshow(to_rgb(pixels[int(r["row"])], soft), origin="lower")
+                    ax.text(1, 1, f"r={r['r_mag']:.1f}", color="w", fontsize=5)
+                else:
+                    ax.set_facecolor("0.85")
+                if k == 0 and d_i == 0:
+                    ax.set_ylabel(cls, fontsize=7)
+                if c_i == 0 and k == 0:
+                    ax.set_title(f"{domain}: {manifest['surveys'][domain]['name']}", fontsize=8, loc="left")
+    fig.suptitle(f"{folder.name}  (grey: class absent from that domain)", fontsize=8)
+    fig.tight_layout()
+    out = Path(out) if out else folder / "examples.png"
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

@@ -1,0 +1,242 @@
+"""Data sets on disk: a Parquet catalogue, a memory-mappable pixel array and a JSON manifest.
+
+Layout of a data set folder:
+  catalogue.parquet  one row per stamp: id, domain, split, labels, survey, physical parameters, row in pixels
+  pixels.npy         float16 (N, bands, H, W) fluxes in nanomaggies, opened with mmap_mode="r"
+  manifest.json      generator version, the generating config, counts, bands and a content fingerprint
+
+Folders are written under a temporary name and renamed when complete, so a crash never leaves a half data set
+under the real name, and a cached folder is reused only when its fingerprint checks out.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm.auto import tqdm
+
+from ..errors import DataError
+from .population import draw_population
+from .render import render
+from .surveys import get_survey
+from .tasks import get_task
+
+__all__ = ["SIZES", "DataSpec", "GENERATOR_VERSION", "generate", "ensure_dataset", "read_manifest", "verify"]
+
+GENERATOR_VERSION = "1.0"
+CATALOGUE, PIXELS, MANIFEST = "catalogue.parquet", "pixels.npy", "manifest.json"
+
+
+@dataclass(frozen=True)
+class SizePreset:
+    stamp_px: int
+    source_train: int
+    source_val: int
+    source_test: int
+    target_train: int
+    target_test: int
+
+
+SIZES: dict[str, SizePreset] = {
+    "tiny": SizePreset(32, 240, 80, 120, 240, 200),
+    "small": SizePreset(48, 2000, 400, 600, 2000, 800),
+    "default": SizePreset(64, 5000, 800, 1000, 5000, 1500),
+    "large": SizePreset(96, 20000, 2000, 3000, 20000, 5000),
+}
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """What defines a simulated data set; its hash names the cache folder."""
+
+    task: str = "universal"
+    source: str = "decals"
+    target: str = "sdss"
+    size: str = "small"
+    seed: int = 0
+    label_noise: float = 0.0
+
+    def config_hash(self) -> str:
+        blob = json.dumps({**asdict(self), "generator_version": GENERATOR_VERSION}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def folder_name(self) -> str:
+        return f"{self.task}-{self.source}-{self.target}-{self.size}-seed{self.seed}-{self.config_hash()[:10]}"
+
+    def check(self) -> None:
+        get_task(self.task)
+        src, tgt = get_survey(self.source), get_survey(self.target)
+        if self.size not in SIZES:
+            raise DataError(f"data.size: unknown size {self.size!r}; choose one of {sorted(SIZES)}")
+        if src.bands != tgt.bands:
+            raise DataError(
+                f"data: source {self.source} has bands {src.bands} but target {self.target} has {tgt.bands}; "
+                "a network needs the same bands in both domains: pick surveys with matching bands"
+            )
+        if not 0.0 <= self.label_noise < 0.5:
+            raise DataError(f"data.label_noise: {self.label_noise} is outside [0, 0.5)")
+
+
+def _sample_classes(rng: np.random.Generator, priors: dict[str, float], n: int) -> list[str]:
+    """Exactly proportional class counts (largest remainder), shuffled: splits keep the domain's priors."""
+    names = list(priors)
+    raw = np.array([priors[c] for c in names]) * n
+    counts = np.floor(raw).astype(int)
+    counts[np.argsort(raw - counts)[::-1][: n - counts.sum()]] += 1
+    out = np.repeat(names, counts)
+    rng.shuffle(out)
+    return list(out)
+
+
+def _sha256_files(folder: Path, names=(CATALOGUE, PIXELS)) -> str:
+    h = hashlib.sha256()
+    for name in names:
+        with open(folder / name, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def generate(spec: DataSpec, out: Path, batch: int = 128, progress: bool = True) -> Path:
+    """Render a data set into `out` (written to a temporary folder first, then renamed into place)."""
+    spec.check()
+    out = Path(out)
+    if out.exists():
+        raise DataError(f"{out} already exists; choose another --out or delete it first (nothing was overwritten)")
+    task, size = get_task(spec.task), SIZES[spec.size]
+    plan = [
+        ("source", spec.source, "train", size.source_train),
+        ("source", spec.source, "val", size.source_val),
+        ("source", spec.source, "test", size.source_test),
+        ("target", spec.target, "train", size.target_train),
+        ("target", spec.target, "test", size.target_test),
+    ]
+    total = sum(p[3] for p in plan)
+    survey0 = get_survey(spec.source)
+    nb = len(survey0.bands)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        pixels = np.lib.format.open_memmap(tmp / PIXELS, mode="w+", dtype=np.float16, shape=(total, nb, size.stamp_px, size.stamp_px))
+        rng = np.random.default_rng([spec.seed, 7])
+        columns: dict[str, list] = {}
+        row = 0
+        bar = tqdm(total=total, desc=f"rendering {spec.folder_name()}", unit="stamp", disable=not progress)
+        for domain, survey_name, split, n in plan:
+            survey = get_survey(survey_name)
+            classes = _sample_classes(rng, task.priors(domain), n)
+            params = draw_population(rng, classes, survey, size.stamp_px * survey.pixel_arcsec)
+            params["seed"] = rng.integers(0, 2**62, n)
+            fluxes = np.zeros((n, nb))
+            for lo in range(0, n, batch):
+                part = {k: v[lo : lo + batch] for k, v in params.items()}
+                img, flux = render(part, survey, size.stamp_px)
+                if not np.isfinite(img.numpy()).all():  # pragma: no cover - a renderer bug, never user input
+                    raise RuntimeError("renderer produced non-finite pixels")
+                pixels[row + lo : row + lo + len(img)] = img.numpy().astype(np.float16)
+                fluxes[lo : lo + len(img)] = flux
+                bar.update(len(img))
+            label = np.array([task.class_names.index(c) for c in classes])
+            train_label = label.copy()
+            if domain == "source" and split == "train" and spec.label_noise > 0:
+                flip = rng.random(n) < spec.label_noise
+                shift = rng.integers(1, task.num_known, n)
+                train_label[flip] = (label[flip] + shift[flip]) % task.num_known
+            rec = {
+                "id": [f"{domain[0]}{split[:2]}{row + i:07d}" for i in range(n)],
+                "row": np.arange(row, row + n),
+                "domain": [domain] * n,
+                "split": [split] * n,
+                "survey": [survey_name] * n,
+                "label": label,
+                "train_label": train_label,
+                "class_name": classes,
+            }
+            for b_i, b in enumerate(survey.bands):
+                rec[f"mag_{b}"] = 22.5 - 2.5 * np.log10(np.maximum(fluxes[:, b_i], 1e-12))
+            for key in ("redshift", "r_mag", "abs_mag_r", "hlr_arcsec", "sersic_n", "axis_ratio", "pa_deg", "bulge_frac", "seed"):
+                rec[key] = params[key]
+            rec["artifact_kind"] = np.where(np.asarray(classes) == "artifact", params["artifact_kind"], "")
+            for k, v in rec.items():
+                columns.setdefault(k, []).extend(list(v))
+            row += n
+        bar.close()
+        pixels.flush()
+        del pixels
+        table = pa.table(columns)
+        pq.write_table(table, tmp / CATALOGUE)
+        manifest = {
+            "generator_version": GENERATOR_VERSION,
+            "config": asdict(spec),
+            "config_hash": spec.config_hash(),
+            "task": {"class_names": list(task.class_names), "num_known": task.num_known, "shared": task.shared},
+            "bands": list(survey0.bands),
+            "stamp_px": size.stamp_px,
+            "surveys": {
+                d: {"name": s, "pixel_arcsec": get_survey(s).pixel_arcsec,
+                    "sky_sigma_nmgy": [get_survey(s).sky_sigma_nmgy(i) for i in range(nb)]}
+                for d, s in (("source", spec.source), ("target", spec.target))
+            },
+            "counts": {f"{d}/{sp}": n for d, _, sp, n in plan},
+            "files": {name: (tmp / name).stat().st_size for name in (CATALOGUE, PIXELS)},
+            "fingerprint": _sha256_files(tmp),
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def read_manifest(folder: Path) -> dict:
+    folder = Path(folder)
+    path = folder / MANIFEST
+    if not path.exists():
+        raise DataError(f"{folder} is not a data set: {MANIFEST} is missing (make one with `uda-sweep data generate`)")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path} is not valid JSON ({e}); delete {folder} to regenerate it") from None
+    for key in ("fingerprint", "files", "task", "bands"):
+        if key not in manifest:
+            raise DataError(f"{path} lacks key {key!r}; delete {folder} to regenerate it")
+    return manifest
+
+
+def verify(folder: Path, full: bool = True) -> dict:
+    """Check sizes (always) and the content fingerprint (when `full`) before any expensive work."""
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    for name, size in manifest["files"].items():
+        p = folder / name
+        if not p.exists() or p.stat().st_size != size:
+            got = p.stat().st_size if p.exists() else "missing"
+            raise DataError(f"{p}: expected {size} bytes, found {got} (truncated or replaced); delete {folder} to regenerate it")
+    if full and _sha256_files(folder, tuple(manifest["files"])) != manifest["fingerprint"]:
+        raise DataError(f"{folder}: content fingerprint does not match {MANIFEST} (corrupt files); delete {folder} to regenerate it")
+    return manifest
+
+
+def ensure_dataset(spec: DataSpec, root: Path, progress: bool = True) -> Path:
+    """The cached folder for `spec` under `root`, generated on first use (one process generates, others wait)."""
+    spec.check()
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    folder = root / spec.folder_name()
+    with open(root / f".{spec.folder_name()}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not folder.exists():
+            generate(spec, folder, progress=progress)
+    verify(folder)
+    return folder

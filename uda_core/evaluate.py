@@ -1,0 +1,118 @@
+"""One evaluation of a model on every split: the metrics a sweep logs and selects on.
+
+Names are `{split}/{metric}`. Anything computed with target labels is under `oracle/`, because a real target
+survey has no labels: such numbers may be reported, never used to select a model. Label-free scores
+(`label_free/...`) use only the unlabelled target/train split.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .config import ANOMALY_SCORES, RunConfig
+from .data.dataset import UdaData
+from .evaluation import metrics as M
+from .evaluation.validators import label_free_scores
+from .methods import Method
+from .models import SOURCE, TARGET, UdaNet, reestimate_bn
+
+__all__ = ["Evaluation", "evaluate", "predict"]
+
+
+@dataclass
+class Evaluation:
+    step: int
+    metrics: dict[str, float]
+    confusion: dict[str, dict] = field(default_factory=dict)  # per split, rows true class, cols predicted + unknown
+    acc_by_mag: list[dict] = field(default_factory=list)  # oracle: target shared-class accuracy per r-mag bin
+    embedding: dict[str, np.ndarray] = field(default_factory=dict)  # features for pictures (not serialised)
+
+    def to_json(self) -> dict:
+        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in self.metrics.items()}
+        return {"step": self.step, "metrics": clean, "confusion": self.confusion, "oracle/target_test/acc_by_mag": self.acc_by_mag}
+
+
+@torch.no_grad()
+def predict(model: UdaNet, x: torch.Tensor, domain: int, batch_size: int = 512, autocast=None) -> tuple[np.ndarray, np.ndarray]:
+    """Logits (N, K) and normalised features (N, D) as float32 numpy arrays, in eval mode."""
+    was = model.training
+    model.eval()
+    logits, feats = [], []
+    for lo in range(0, len(x), batch_size):
+        with autocast() if autocast else contextlib.nullcontext():
+            lg, f = model(x[lo : lo + batch_size], domain)
+        logits.append(lg.float().cpu())
+        feats.append(f.float().cpu())
+    model.train(was)
+    return torch.cat(logits).numpy(), torch.cat(feats).numpy()
+
+
+def evaluate(model: UdaNet, method: Method, data: UdaData, cfg: RunConfig, step: int, autocast=None) -> Evaluation:
+    ev = cfg.eval
+    K, shared = data.num_known, data.shared
+    if model.domain_bn:
+        # Exact target statistics over the unlabelled target/train split (AdaBN); needs no labels.
+        reestimate_bn(model, data["target/train"].x, TARGET, autocast=autocast)
+
+    src_train = data["source/train"]
+    src_feats_n = min(len(src_train), ev.max_source_features)
+    _, src_feats = predict(model, src_train.x[:src_feats_n], SOURCE, autocast=autocast)
+    lg_val, _ = predict(model, data["source/val"].x, SOURCE, autocast=autocast)
+    lg_stest, f_stest = predict(model, data["source/test"].x, SOURCE, autocast=autocast)
+    lg_tt, f_tt = predict(model, data["target/train"].x, TARGET, autocast=autocast)
+    lg_te, f_te = predict(model, data["target/test"].x, TARGET, autocast=autocast)
+    protos = torch.nn.functional.normalize(model.prototypes.detach().float(), dim=1).cpu().numpy()
+
+    out: dict[str, float] = {}
+    y_val = data["source/val"].y.numpy()
+    pred_val = lg_val.argmax(1)
+    out["source_val/acc"] = float((pred_val == y_val).mean())
+    out["source_val/mean_class_acc"] = float(np.mean([(pred_val[y_val == c] == c).mean() for c in np.unique(y_val)]))
+    y_st = data["source/test"].y.numpy()
+    on_shared = np.isin(y_st, shared)
+    out["source_test/acc_shared"] = float((lg_stest.argmax(1)[on_shared] == y_st[on_shared]).mean())
+
+    p_tt = M.softmax(lg_tt)
+    out.update({f"label_free/{k}": v for k, v in label_free_scores(p_tt).items()})
+
+    temp = model.temperature
+    scores_tt = M.anomaly_scores(lg_tt, f_tt, protos, src_feats, temp, k=ev.knn_k)
+    scores_te = M.anomaly_scores(lg_te, f_te, protos, src_feats, temp, k=ev.knn_k)
+    thresholds = {s: M.gmm_threshold(scores_tt[s]) for s in ANOMALY_SCORES}
+    rho = method.rho() if method.rho() is not None else ev.rho_frac * math.log(K)
+    primary_thr = rho if ev.reject_threshold == "rho" else thresholds[ev.reject_score]
+    out["label_free/rejected_frac"] = float((scores_tt[ev.reject_score] > primary_thr).mean())
+
+    y_te = data["target/test"].y.numpy()
+    pred_te = lg_te.argmax(1)
+    rejected = scores_te[ev.reject_score] > primary_thr
+    o = "oracle/target_test"
+    for k, v in M.open_set_metrics(y_te, pred_te, rejected, K, shared).items():
+        if not k.startswith("n_"):
+            out[f"{o}/{k}"] = v
+    for s in ANOMALY_SCORES:
+        out[f"{o}/auroc/{s}"] = M.auroc_unknown(y_te, scores_te[s], K)
+        out[f"{o}/h_score/{s}_gmm"] = M.open_set_metrics(y_te, pred_te, scores_te[s] > thresholds[s], K, shared)["h_score"]
+    out[f"{o}/h_score/entropy_rho"] = M.open_set_metrics(y_te, pred_te, scores_te["entropy"] > rho, K, shared)["h_score"]
+    clusters = M.cluster_rejected(f_te, y_te, rejected, ev.unknown_clusters)
+    out[f"{o}/unknown_cluster_purity"] = clusters["purity"]
+    out[f"{o}/unknown_cluster_nmi"] = clusters["nmi"]
+
+    cat = data["target/test"].catalogue
+    known_mask = np.isin(y_te, shared)
+    mags = cat["r_mag"].to_numpy()[known_mask]
+    edges = np.quantile(mags, np.linspace(0, 1, 6)) if known_mask.any() else np.array([0.0, 1.0])
+    by_mag = M.accuracy_by_bin(mags, pred_te[known_mask] == y_te[known_mask], edges)
+
+    names = data.class_names
+    conf = {
+        "source_test": M.confusion(y_st, lg_stest.argmax(1), np.zeros(len(y_st), bool), K, names),
+        "oracle_target_test": M.confusion(y_te, pred_te, rejected, K, names),
+    }
+    embedding = {"source": f_stest, "target": f_te, "target_unknown": y_te >= K}
+    return Evaluation(step, out, conf, by_mag, embedding)

@@ -1,0 +1,129 @@
+"""Figures for evaluation reports (PNG, matplotlib Agg backend)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: must be set before pyplot is imported
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from .metrics import l2_normalize, to_numpy  # noqa: E402
+
+__all__ = ["plot_confusion", "plot_embedding", "plot_accuracy_by_bin"]
+
+
+def _save(fig: Any, path: str | Path) -> Path:
+    """Save ``fig`` as PNG to ``path`` (creating parents) and close it."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120, bbox_inches="tight", format="png")
+    plt.close(fig)
+    return out
+
+
+def plot_confusion(conf: dict, path: str | Path, title: str = "") -> Path:
+    """Heat map of a ``confusion()`` dict: colours = row fractions, text = raw counts.
+
+    conf["matrix"]: (R, C) counts, conf["rows"]: R names, conf["cols"]: C names.
+    """
+    counts = np.asarray(conf["matrix"], dtype=np.int64)
+    rows, cols = list(conf["rows"]), list(conf["cols"])
+    totals = counts.sum(axis=1, keepdims=True)
+    # rows without samples stay 0 instead of 0/0
+    frac = np.divide(counts, totals, out=np.zeros(counts.shape, float), where=totals > 0)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.9 * len(cols), 0.8 + 0.7 * len(rows)))
+    im = ax.imshow(frac, cmap="Blues", vmin=0.0, vmax=1.0, aspect="auto")
+    for i in range(counts.shape[0]):
+        for j in range(counts.shape[1]):
+            ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=8,
+                    color="white" if frac[i, j] > 0.5 else "black")
+    ax.set_xticks(range(len(cols)), cols, rotation=45, ha="right")
+    ax.set_yticks(range(len(rows)), [f"{r} (n={t})" for r, t in zip(rows, totals.ravel())])
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="row fraction")
+    return _save(fig, path)
+
+
+def _subsample(x: np.ndarray, max_points: int, rng: np.random.Generator) -> np.ndarray:
+    """Random subset of at most ``max_points`` rows (sorted indices) of ``x``."""
+    if x.shape[0] <= max_points:
+        return x
+    return x[np.sort(rng.choice(x.shape[0], size=max_points, replace=False))]
+
+
+def plot_embedding(
+    source_feats: Any,
+    target_feats: Any,
+    target_unknown_mask: Any,
+    path: str | Path,
+    method: str = "pca",
+    max_points: int = 1000,
+    seed: int = 0,
+    title: str = "",
+) -> Path:
+    """2-D embedding (PCA or t-SNE) of L2-normalised source and target features.
+
+    source_feats (M, D), target_feats (N, D), target_unknown_mask (N,) bool.
+    At most ``max_points`` points are drawn per group (source, target known,
+    target unknown), sampled with a seeded RNG. Features are L2-normalised since
+    the classifier is cosine-based.
+    """
+    rng = np.random.default_rng(seed)
+    src = l2_normalize(source_feats)
+    tgt = l2_normalize(target_feats)
+    unk = to_numpy(target_unknown_mask).astype(bool).ravel()
+    groups = [
+        ("source", _subsample(src, max_points, rng), "tab:blue", "o"),
+        ("target known", _subsample(tgt[~unk], max_points, rng), "tab:green", "^"),
+        ("target unknown", _subsample(tgt[unk], max_points, rng), "tab:red", "x"),
+    ]
+    stacked = np.concatenate([g[1] for g in groups], axis=0)
+    if method == "pca":
+        from sklearn.decomposition import PCA
+
+        emb = PCA(n_components=2, random_state=seed).fit_transform(stacked)
+    elif method == "tsne":
+        from sklearn.manifold import TSNE
+
+        perplexity = float(min(30.0, max(2.0, (stacked.shape[0] - 1) / 3.0)))
+        emb = TSNE(n_components=2, perplexity=perplexity, init="pca",
+                   random_state=seed).fit_transform(stacked)
+    else:
+        raise ValueError(f"method must be 'pca' or 'tsne', got {method!r}")
+    fig, ax = plt.subplots(figsize=(6, 5))
+    start = 0
+    for name, pts, color, marker in groups:
+        seg = emb[start:start + pts.shape[0]]
+        start += pts.shape[0]
+        if seg.shape[0]:
+            ax.scatter(seg[:, 0], seg[:, 1], s=8, c=color, marker=marker, alpha=0.6,
+                       label=f"{name} ({seg.shape[0]})")
+    ax.legend(loc="best", fontsize=8)
+    ax.set_title(title or f"{method.upper()} embedding")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    return _save(fig, path)
+
+
+def plot_accuracy_by_bin(
+    bins: Sequence[dict], path: str | Path, xlabel: str, title: str = ""
+) -> Path:
+    """Accuracy per bin from ``accuracy_by_bin()`` (line at bin centres, counts annotated)."""
+    centres = np.array([(b["lo"] + b["hi"]) / 2.0 for b in bins], dtype=float)
+    widths = np.array([b["hi"] - b["lo"] for b in bins], dtype=float)
+    acc = np.array([b["acc"] for b in bins], dtype=float)
+    ns = [int(b["n"]) for b in bins]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.bar(centres, np.nan_to_num(acc), width=0.9 * widths, color="tab:blue", alpha=0.6)
+    for x, a, n in zip(centres, acc, ns):
+        ax.text(x, (0.0 if np.isnan(a) else a) + 0.02, f"n={n}", ha="center", fontsize=7)
+    ax.set_ylim(0.0, 1.1)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("accuracy")
+    ax.set_title(title)
+    return _save(fig, path)

@@ -1,0 +1,62 @@
+"""The file-writing report callback of `uda-sweep train`: JSON metrics and pictures per evaluation."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from .evaluate import Evaluation
+
+__all__ = ["FileReporter"]
+
+
+def _finite(v):
+    return v if not (isinstance(v, float) and not math.isfinite(v)) else None
+
+
+class FileReporter:
+    """Writes `evals/step_N/{evaluation.json, confusion_*.json, confusion_*.png}` and keeps `metrics.json` current.
+
+    `metrics.json` holds the last evaluation and the best one by `select_by`, so a killed run still leaves a
+    readable summary.
+    """
+
+    def __init__(self, out: Path, select_by: str, mode: str = "max"):
+        self.out, self.select_by, self.mode = Path(out), select_by, mode
+        self.best: dict | None = None
+        summary = self.out / "metrics.json"
+        if summary.exists():  # resuming: keep the best seen before the interruption
+            self.best = json.loads(summary.read_text()).get("best")
+
+    def __call__(self, ev: Evaluation, checkpoint_dir: Path) -> None:
+        from .evaluation.plots import plot_confusion
+
+        d = self.out / "evals" / f"step_{ev.step:07d}"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "evaluation.json").write_text(json.dumps(ev.to_json(), indent=1))
+        for name, conf in ev.confusion.items():
+            (d / f"confusion_{name}.json").write_text(json.dumps(conf))
+            plot_confusion(conf, d / f"confusion_{name}.png", title=f"{name}, step {ev.step}")
+        value = ev.metrics.get(self.select_by)
+        record = {"step": ev.step, "checkpoint": str(checkpoint_dir), "metrics": {k: _finite(v) for k, v in ev.metrics.items()}}
+        if value is not None and math.isfinite(value):
+            old = None if self.best is None else self.best["metrics"].get(self.select_by)
+            if old is None or (value > old if self.mode == "max" else value < old):
+                self.best = record
+        summary = {"selected_by": self.select_by, "last": record, "best": self.best}
+        tmp = self.out / "metrics.json.tmp"
+        tmp.write_text(json.dumps(summary, indent=1))
+        tmp.replace(self.out / "metrics.json")
+
+    def finish(self, ev: Evaluation | None) -> None:
+        """Pictures of the final evaluation: embedding of source vs target features, accuracy versus magnitude."""
+        if ev is None:
+            return
+        from .evaluation.plots import plot_accuracy_by_bin, plot_embedding
+
+        e = ev.embedding
+        plot_embedding(e["source"], e["target"], e["target_unknown"], self.out / "embedding.png", method="pca",
+                       title=f"features at step {ev.step} (PCA)")
+        plot_accuracy_by_bin(ev.acc_by_mag, self.out / "accuracy_vs_r_mag.png", "r magnitude (target test, shared classes)",
+                             title="oracle: target accuracy vs magnitude")

@@ -1,0 +1,282 @@
+"""The training loop: a plain function that knows no logging backend.
+
+`train(cfg, report, workdir)` trains for `cfg.train.steps` steps, evaluates every `eval_every` steps, writes a
+checkpoint there and calls `report(evaluation, checkpoint_dir)`. `uda-sweep train` passes a callback that writes
+JSON and pictures; the sweep layer passes one that logs to MLflow and reports to Ray Tune. Resuming from a
+checkpoint restores model, optimiser, method state (memory bank), step counter and sampler RNG, so a resumed run
+continues exactly as the uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from .config import RunConfig
+from .data.dataset import UdaData, load_dataset
+from .data.store import DataSpec, ensure_dataset
+from .errors import UdaError
+from .evaluate import Evaluation, evaluate
+from .methods import Batch, get_method
+from .models import build_model
+
+__all__ = ["train", "load_data", "resolve_device", "autocast_factory", "TrainingDiverged", "CHECKPOINT_FILE"]
+
+log = logging.getLogger(__name__)
+CHECKPOINT_FILE = "state.pt"
+Report = Callable[[Evaluation, Path], None]
+
+
+class TrainingDiverged(UdaError, FloatingPointError):
+    """A loss became NaN or infinite; the trial's hyperparameters are unusable."""
+
+
+def load_data(cfg: RunConfig, progress: bool = True) -> UdaData:
+    d = cfg.data
+    if d.path:
+        return load_dataset(Path(d.path))
+    spec = DataSpec(d.task, d.source, d.target, d.size, d.seed, d.label_noise)
+    return load_dataset(ensure_dataset(spec, Path(d.root), progress=progress))
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UdaError("train.device: 'cuda' requested but no CUDA device is visible; use 'auto' or 'cpu'")
+    return torch.device(name)
+
+
+def _cpu_has_fast_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def autocast_factory(precision: str, device: torch.device):
+    """A zero-argument context factory for the chosen precision, or None for fp32.
+
+    bf16 autocast pays off on CUDA and on CPUs with AMX/AVX512-BF16; elsewhere "auto" stays in fp32.
+    """
+    if precision == "fp32":
+        return None
+    if precision == "auto":
+        fast = torch.cuda.is_bf16_supported() if device.type == "cuda" else _cpu_has_fast_bf16()
+        if not fast:
+            return None
+    return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def _lr_factor(schedule: str, step: int, total: int) -> float:
+    t = min(1.0, step / max(total, 1))
+    if schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * t))
+    if schedule == "inv":  # DANCE's inv_lr_scheduler: (1 + 10 t)^-0.75
+        return (1 + 10 * t) ** -0.75
+    return 1.0
+
+
+def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Random flips and 90-degree rotations per stamp (the dihedral group: galaxies have no preferred orientation)."""
+    n = len(x)
+    flip = torch.rand(n, generator=gen, device=gen.device) < 0.5
+    k = torch.randint(0, 4, (n,), generator=gen, device=gen.device)
+    x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    out = x.clone()
+    for r in (1, 2, 3):
+        m = k == r
+        if m.any():
+            out[m] = torch.rot90(x[m], r, dims=(-2, -1))
+    return out
+
+
+class _ClassBalancedSampler:
+    """Draws a class uniformly, then a stamp of that class uniformly (DANCE's class-balanced source loader)."""
+
+    def __init__(self, labels: torch.Tensor, gen: torch.Generator):
+        order = torch.argsort(labels, stable=True)
+        classes, counts = torch.unique(labels, return_counts=True)
+        self.order, self.counts, self.gen = order, counts, gen
+        self.starts = torch.cumsum(counts, 0) - counts
+        self.n_classes = len(classes)
+
+    def __call__(self, batch: int) -> torch.Tensor:
+        dev = self.gen.device
+        c = torch.randint(0, self.n_classes, (batch,), generator=self.gen, device=dev).cpu()
+        pos = (torch.rand(batch, generator=self.gen, device=dev).cpu() * self.counts[c]).long()
+        return self.order[self.starts[c] + pos]
+
+
+def _labelled_target_rows(cfg: RunConfig, data: UdaData, target_labels: str) -> torch.Tensor | None:
+    """Rows of target/train whose labels a method may use: all shared-class rows (oracle) or a few per class."""
+    y = data["target/train"].y
+    shared = torch.tensor(data.shared)
+    if target_labels == "all":
+        return torch.nonzero(torch.isin(y, shared)).flatten()
+    n = cfg.data.few_shot_per_class
+    if n == 0:
+        return None
+    g = torch.Generator().manual_seed(cfg.data.seed + 1)
+    perm = torch.randperm(len(y), generator=g)
+    rows = [perm[y[perm] == c][:n] for c in data.shared]
+    return torch.cat(rows)
+
+
+def _save_checkpoint(path: Path, cfg: RunConfig, step: int, model, opt, method, gen, best: dict | None) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    state = {
+        "step": torch.tensor(step),
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "method": method.state_dict(),
+        "rng": gen.get_state(),
+    }
+    torch.save(state, tmp / CHECKPOINT_FILE)
+    (tmp / "config.json").write_text(cfg.model_dump_json(indent=2))
+    (tmp / "best.json").write_text(json.dumps(best))
+    if path.exists():
+        shutil.rmtree(path)
+    tmp.rename(path)
+
+
+def _better(value: float, best: float | None, mode: str) -> bool:
+    if value is None or not math.isfinite(value):
+        return False
+    return best is None or (value > best if mode == "max" else value < best)
+
+
+def train(
+    cfg: RunConfig,
+    report: Report,
+    workdir: Path,
+    resume_from: Path | None = None,
+    data: UdaData | None = None,
+) -> Evaluation:
+    """Train one run; returns the last evaluation. Checkpoints go to `workdir/checkpoints/step_XXXXXXX`."""
+    workdir = Path(workdir)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    data = data or load_data(cfg, progress=cfg.train.progress)
+    method_cls = get_method(cfg.method.name)
+    if method_cls.needs_domain_bn and not cfg.model.domain_bn:
+        cfg = cfg.model_copy(deep=True)
+        cfg.model.domain_bn = True
+    device = resolve_device(cfg.train.device)
+    autocast = autocast_factory(cfg.train.precision, device)
+
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg.model, data.in_channels, data.num_known).to(device)
+    if autocast is not None:
+        model = model.to(memory_format=torch.channels_last)
+    n_target = len(data["target/train"])
+    method = method_cls(cfg.method.parsed(), model, data.num_known, n_target)
+    params = list(model.parameters())
+    o = cfg.optim
+    if o.optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, nesterov=o.momentum > 0, weight_decay=o.weight_decay)
+    else:
+        opt = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
+    gen = torch.Generator(device=device).manual_seed(cfg.train.seed)
+
+    def to_dev(x):
+        x = x.to(device)
+        return x.contiguous(memory_format=torch.channels_last) if autocast is not None and x.dim() == 4 else x
+
+    xs, ys = to_dev(data["source/train"].x), data["source/train"].train_y.to(device)
+    xt = to_dev(data["target/train"].x)
+    source_sampler = _ClassBalancedSampler(data["source/train"].train_y.to(device), gen)
+    lab_rows = _labelled_target_rows(cfg, data, method_cls.target_labels)
+    lab_sampler = None
+    if lab_rows is not None:
+        lab_x, lab_y = to_dev(data["target/train"].x[lab_rows]), data["target/train"].y[lab_rows].to(device)
+        lab_sampler = _ClassBalancedSampler(lab_y, gen)
+
+    step, best = 0, None
+    if resume_from is not None:
+        state = torch.load(Path(resume_from) / CHECKPOINT_FILE, map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        method.load_state_dict(state["method"])
+        gen.set_state(state["rng"].cpu() if device.type == "cpu" else state["rng"])
+        step = int(state["step"])
+        best = json.loads((Path(resume_from) / "best.json").read_text())
+        log.info("resumed from %s at step %d", resume_from, step)
+
+    ckpt_root = workdir / "checkpoints"
+    bs, total = o.batch_size, cfg.train.steps
+    bar = tqdm(total=total, initial=step, desc=f"{cfg.method.name}", unit="step", disable=not cfg.train.progress)
+    last: Evaluation | None = None
+    t0, images = time.perf_counter(), 0
+    model.train()
+    while step < total:
+        for g in opt.param_groups:
+            g["lr"] = o.lr * _lr_factor(o.schedule, step, total)
+        i_s = source_sampler(bs).to(device)
+        batch = Batch(xs=xs[i_s], ys=ys[i_s])
+        if method_cls.uses_target:
+            batch.it = torch.randint(0, n_target, (bs,), generator=gen, device=device)
+            batch.xt = xt[batch.it]
+        if lab_sampler is not None:
+            i_l = lab_sampler(bs).to(device)
+            batch.xl, batch.yl = lab_x[i_l], lab_y[i_l]
+        if cfg.train.augment:
+            for name in ("xs", "xt", "xl"):
+                if getattr(batch, name) is not None:
+                    setattr(batch, name, _augment(getattr(batch, name), gen))
+        with autocast() if autocast else contextlib.nullcontext():
+            losses = method.losses(batch)
+        weights = method.weights()
+        loss = sum(weights[k] * v for k, v in losses.items())
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(
+                f"non-finite loss at step {step}: " + ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
+            )
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        method.after_step()
+        step += 1
+        images += bs * (1 + (batch.xt is not None) + (batch.xl is not None))
+        bar.update(1)
+        if step % cfg.train.eval_every == 0 or step == total:
+            train_time = time.perf_counter() - t0
+            evaluation = evaluate(model, method, data, cfg, step, autocast)
+            model.train()
+            evaluation.metrics.update({f"train/{k}": float(v.item()) for k, v in losses.items()})
+            evaluation.metrics["train/loss"] = float(loss.item())
+            evaluation.metrics["train/lr"] = opt.param_groups[0]["lr"]
+            evaluation.metrics["train/images_per_s"] = images / max(train_time, 1e-9)
+            value = evaluation.metrics.get(cfg.eval.select_by)
+            if _better(value, None if best is None else best["value"], cfg.eval.select_mode):
+                best = {"step": step, "value": value, "metric": cfg.eval.select_by}
+            ckpt = ckpt_root / f"step_{step:07d}"
+            _save_checkpoint(ckpt, cfg, step, model, opt, method, gen, best)
+            _prune(ckpt_root, cfg.train.keep_checkpoints, best)
+            bar.set_postfix(loss=f"{loss.item():.3f}", src_val=f"{evaluation.metrics['source_val/acc']:.3f}")
+            log.info("step %d/%d %s", step, total, {k: round(v, 4) for k, v in evaluation.metrics.items() if "/" in k and k.count("/") == 1})
+            report(evaluation, ckpt)
+            last = evaluation
+            t0, images = time.perf_counter(), 0
+    bar.close()
+    return last
+
+
+def _prune(root: Path, keep: int, best: dict | None) -> None:
+    """Keep the newest `keep` checkpoints and the best one."""
+    dirs = sorted(p for p in root.glob("step_*") if not p.name.endswith(".tmp"))
+    best_name = f"step_{best['step']:07d}" if best else None
+    for p in dirs[:-keep]:
+        if p.name != best_name:
+            shutil.rmtree(p, ignore_errors=True)
