@@ -56,17 +56,17 @@ def _kcorr(z):
     return 2.5 * np.log10(1 + z) + 0.5 * z
 
 
-# Per class: mean and sd of the absolute r magnitude, fraction of "red" stellar populations, and whether the main
-# body is disk-dominated. Means differ by less than the scatter on purpose (no brightness shortcut).
+# Per class: mean and sd of the absolute r magnitude, fraction of "red" stellar populations.
+# Means differ by less than the scatter on purpose (no brightness shortcut).
 _CLASS_POP = {
-    "elliptical": dict(m_mean=-21.2, m_sd=0.9, p_red=0.62, disk=False),
-    "spiral": dict(m_mean=-21.0, m_sd=0.9, p_red=0.40, disk=True),
-    "barred_spiral": dict(m_mean=-21.1, m_sd=0.9, p_red=0.48, disk=True),
-    "edge_on": dict(m_mean=-21.0, m_sd=0.9, p_red=0.50, disk=True),
-    "merger": dict(m_mean=-21.3, m_sd=0.9, p_red=0.45, disk=True),
-    "ring": dict(m_mean=-21.0, m_sd=0.9, p_red=0.50, disk=True),
-    "lens": dict(m_mean=-21.6, m_sd=0.7, p_red=0.62, disk=False),
-    "artifact": dict(m_mean=-21.0, m_sd=1.0, p_red=0.50, disk=True),
+    "elliptical": dict(m_mean=-21.2, m_sd=0.9, p_red=0.62),
+    "spiral": dict(m_mean=-21.0, m_sd=0.9, p_red=0.40),
+    "barred_spiral": dict(m_mean=-21.1, m_sd=0.9, p_red=0.48),
+    "edge_on": dict(m_mean=-21.0, m_sd=0.9, p_red=0.50),
+    "merger": dict(m_mean=-21.3, m_sd=0.9, p_red=0.45),
+    "ring": dict(m_mean=-21.0, m_sd=0.9, p_red=0.50),
+    "lens": dict(m_mean=-21.6, m_sd=0.7, p_red=0.62),
+    "artifact": dict(m_mean=-21.0, m_sd=1.0, p_red=0.50),
 }
 
 
@@ -112,11 +112,10 @@ def _draw_selected(rng, cls: str, n: int, survey: Survey, max_hlr_arcsec: float)
     abs_mag = np.concatenate(out_abs)[:n]
     if len(z) < n:  # pragma: no cover - the limits above always admit galaxies
         raise RuntimeError(f"could not select {n} {cls} galaxies for survey {survey.name}")
-    # Size-luminosity relation with 0.2 dex scatter; disks are larger than spheroids at fixed luminosity.
-    if pop["disk"]:
-        log_re = 0.62 - 0.22 * (abs_mag + 21) + rng.normal(0, 0.2, n)
-    else:
-        log_re = 0.50 - 0.30 * (abs_mag + 21) + rng.normal(0, 0.2, n)
+    # One size-luminosity relation with 0.2 dex scatter for every class: real disks are somewhat larger than
+    # spheroids at fixed luminosity, but a class-dependent size would let a size measurement alone classify
+    # (bench/shortcuts measured it); light profiles, not physical sizes, carry the morphology here.
+    log_re = 0.56 - 0.26 * (abs_mag + 21) + rng.normal(0, 0.2, n)
     hlr = 10**log_re * _COSMO.arcsec_per_kpc(z)
     hlr = np.clip(hlr, 0.25, max_hlr_arcsec)
     return z, app, abs_mag, hlr

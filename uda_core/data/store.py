@@ -33,7 +33,7 @@ from .tasks import get_task
 
 __all__ = ["SIZES", "DataSpec", "GENERATOR_VERSION", "generate", "ensure_dataset", "read_manifest", "verify"]
 
-GENERATOR_VERSION = "1.0"
+GENERATOR_VERSION = "1.1"
 CATALOGUE, PIXELS, MANIFEST = "catalogue.parquet", "pixels.npy", "manifest.json"
 
 
