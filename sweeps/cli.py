@@ -47,7 +47,10 @@ def _train(a: argparse.Namespace) -> None:
     last = train(cfg, reporter, out, resume_from=resume)
     reporter.finish(last)
     best = reporter.best
-    print(f"done: {out / 'metrics.json'}; best {cfg.eval.select_by} = {best['metrics'][cfg.eval.select_by]:.4f} at step {best['step']}")
+    if best is None:
+        print(f"done: {out / 'metrics.json'}; {cfg.eval.select_by} was never finite, so no evaluation is marked best")
+    else:
+        print(f"done: {out / 'metrics.json'}; best {cfg.eval.select_by} = {best['metrics'][cfg.eval.select_by]:.4f} at step {best['step']}")
 
 
 def build_parser() -> argparse.ArgumentParser:

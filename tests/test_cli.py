@@ -62,7 +62,7 @@ def test_train_writes_metrics_pictures_and_checkpoints(tmp_path, data_root, tiny
         assert conf["cols"][-1] == "unknown"
         assert _is_png(d / "confusion_oracle_target_test.png") and _is_png(d / "confusion_source_test.png")
     assert (out / "checkpoints/step_0000004/state.pt").exists()
-    assert _is_png(out / "embedding.png") and _is_png(out / "accuracy_vs_r_mag.png")
+    assert _is_png(out / "oracle_embedding.png") and _is_png(out / "accuracy_vs_r_mag.png")
 
 
 def test_train_refuses_to_overwrite_and_resumes(tmp_path, data_root, tiny_folder, capsys):

@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
         ({"eval": {"reject_score": "entropy2"}}, "eval.reject_score"),
         ({"eval": {"reject_score": "energy", "reject_threshold": "rho"}}, "reject_score: entropy"),
         ({"data": {"label_noise": 0.7}}, "data.label_noise"),
+        ({"eval": {"select_by": "oracle/target_test/h_score"}}, "eval.select_by"),
     ],
 )
 def test_bad_values_name_the_key(raw, key):

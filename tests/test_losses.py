@@ -54,8 +54,11 @@ def test_entropy_separation_gradient_only_outside_the_band():
 
 
 def test_reference_defaults_give_es_no_gradient_for_k2_but_parametrisation_does():
-    # DeepAstroUDA ships rho = 0.263, m = 0.5 for K = 2: max |H - rho| = 0.43 < 0.5, so ES is constant.
-    assert max(0.263, math.log(2) - 0.263) < 0.5
+    # DeepAstroUDA ships rho = 0.263, m = 0.5 for K = 2: max |H - rho| = 0.43 < 0.5, so ES has no gradient at all.
+    for logits in ([[4.0, -4.0]], [[0.1, 0.0]], [[1.0, 0.0]]):
+        x = torch.tensor(logits, requires_grad=True)
+        entropy_separation(x, 0.263, 0.5).backward()
+        assert x.grad.abs().sum() == 0
     for K, c_rho, c_m in itertools.product([2, 3, 6, 9], [0.2, 0.38, 0.5, 0.8], [0.05, 0.5, 0.9]):
         rho, m = es_threshold_and_margin(K, c_rho, c_m)
         assert max(rho, math.log(K) - rho) > m

@@ -26,7 +26,8 @@ def _subset(p, idx):
 
 
 def test_render_is_deterministic_per_galaxy_whatever_the_batch():
-    p = _population(["spiral", "elliptical", "merger", "artifact", "lens", "ring"])
+    p = _population(["spiral", "elliptical", "merger", "artifact", "lens", "ring", "artifact", "artifact"])
+    p["artifact_kind"] = np.array(["trail"] * 4 + ["star"] * 4)
     a, _ = render(p, SURVEYS["decals"], 32)
     b, _ = render(p, SURVEYS["decals"], 32)
     assert torch.equal(a, b)

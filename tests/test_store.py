@@ -93,6 +93,15 @@ def test_missing_manifest_and_bad_json(tmp_path):
         load_dataset(tmp_path)
 
 
+def test_foreign_generator_version_is_refused(tiny_folder, tmp_path):
+    folder = _copy(tiny_folder, tmp_path / "copy")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["generator_version"] = "0.3"
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(DataError, match="generator 0.3.*regenerate"):
+        load_dataset(folder)
+
+
 def test_mismatched_bands_rejected_before_rendering():
     with pytest.raises(DataError, match="bands"):
         DataSpec(source="decals", target="lsst_y1").check()

@@ -33,8 +33,56 @@ def test_method_contract(name, tiny_config, tiny, tmp_path):
     conf = last.confusion["oracle_target_test"]
     assert len(conf["rows"]) == 8 and conf["cols"][-1] == "unknown"
     assert sum(map(sum, conf["matrix"])) == len(tiny["target/test"])
-    # Only target labels make oracle numbers; nothing label-free is named oracle and vice versa.
-    assert all(not k.startswith("label_free/") or "oracle" not in k for k in m)
+
+
+def test_only_oracle_metrics_depend_on_target_labels(tiny_config, tiny, tmp_path):
+    """Shuffling every target label may change oracle/ metrics only: the rest must be truly label-free."""
+    import copy
+
+    from uda_core.evaluate import evaluate
+    from uda_core.methods import get_method
+    from uda_core.models import build_model
+
+    cfg = tiny_config("dance")
+    torch.manual_seed(0)
+    model = build_model(cfg.model, tiny.in_channels, tiny.num_known)
+    method = get_method("dance")(cfg.method.parsed(), model, tiny.num_known, len(tiny["target/train"]))
+    shuffled = copy.copy(tiny)
+    shuffled.splits = dict(tiny.splits)
+    g = torch.Generator().manual_seed(1)
+    for key in ("target/train", "target/test"):
+        s = copy.copy(tiny[key])
+        s.y = s.y[torch.randperm(len(s.y), generator=g)]
+        shuffled.splits[key] = s
+    a = evaluate(model, method, tiny, cfg, 0).metrics
+    b = evaluate(model, method, shuffled, cfg, 0).metrics
+    assert set(a) == set(b)
+    label_free = [k for k in a if not k.startswith("oracle/")]
+    assert "label_free/snd" in label_free and "source_val/acc" in label_free
+    for k in label_free:
+        assert a[k] == pytest.approx(b[k], nan_ok=True), k
+    assert any(a[k] != pytest.approx(b[k], nan_ok=True) for k in a if k.startswith("oracle/"))
+
+
+def test_resume_with_a_changed_model_is_refused(tiny_config, tiny, tmp_path):
+    from uda_core.errors import ConfigError
+
+    train(tiny_config("dance"), lambda *a: None, tmp_path, data=tiny)
+    wider = tiny_config("dance", model={"width": 12})
+    with pytest.raises(ConfigError, match=r"model.width: 8 -> 12"):
+        train(wider, lambda *a: None, tmp_path / "again", resume_from=tmp_path / "checkpoints/step_0000004", data=tiny)
+
+
+def test_target_batches_never_repeat_a_stamp():
+    from uda_core.train import _EpochSampler
+
+    s = _EpochSampler(50, torch.Generator().manual_seed(0))
+    seen = []
+    for _ in range(20):
+        b = s(16)
+        assert len(set(b.tolist())) == 16
+        seen += b.tolist()
+    assert set(seen) == set(range(50))
 
 
 def test_dance_uses_target_and_adds_its_losses(tiny_config, tiny, tmp_path):

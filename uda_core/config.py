@@ -116,6 +116,15 @@ class EvalConfig(_Strict):
     select_by: str = "source_val/acc"  # which evaluation `metrics.json` calls best
     select_mode: Literal["max", "min"] = "max"
 
+    @field_validator("select_by")
+    @classmethod
+    def _label_free_selection(cls, v):
+        # Selecting on target labels would make every reported target number optimistic (DomainBed's oracle).
+        allowed = ("source_val/", "source_test/", "label_free/")
+        if not v.startswith(allowed):
+            raise ValueError(f"{v!r} cannot select models: use a metric under {', '.join(allowed)} (oracle/ needs target labels)")
+        return v
+
     @field_validator("reject_threshold")
     @classmethod
     def _rho_needs_entropy(cls, v, info):

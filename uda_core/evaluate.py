@@ -17,7 +17,7 @@ import torch
 from .config import ANOMALY_SCORES, RunConfig
 from .data.dataset import UdaData
 from .evaluation import metrics as M
-from .evaluation.validators import label_free_scores
+from .evaluation.validators import information_maximization, mean_entropy, snd
 from .methods import Method
 from .models import SOURCE, TARGET, UdaNet, reestimate_bn
 
@@ -30,7 +30,8 @@ class Evaluation:
     metrics: dict[str, float]
     confusion: dict[str, dict] = field(default_factory=dict)  # per split, rows true class, cols predicted + unknown
     acc_by_mag: list[dict] = field(default_factory=list)  # oracle: target shared-class accuracy per r-mag bin
-    embedding: dict[str, np.ndarray] = field(default_factory=dict)  # features for pictures (not serialised)
+    # Features for pictures (not serialised); "oracle_target_unknown" colours target stamps by their true labels.
+    embedding: dict[str, np.ndarray] = field(default_factory=dict)
 
     def to_json(self) -> dict:
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in self.metrics.items()}
@@ -78,7 +79,9 @@ def evaluate(model: UdaNet, method: Method, data: UdaData, cfg: RunConfig, step:
     out["source_test/acc_shared"] = float((lg_stest.argmax(1)[on_shared] == y_st[on_shared]).mean())
 
     p_tt = M.softmax(lg_tt)
-    out.update({f"label_free/{k}": v for k, v in label_free_scores(p_tt).items()})
+    out["label_free/snd"] = snd(p_tt, max_samples=ev.snd_max_samples)
+    out["label_free/entropy"] = mean_entropy(p_tt)
+    out["label_free/im"] = information_maximization(p_tt)
 
     temp = model.temperature
     scores_tt = M.anomaly_scores(lg_tt, f_tt, protos, src_feats, temp, k=ev.knn_k)
@@ -114,5 +117,5 @@ def evaluate(model: UdaNet, method: Method, data: UdaData, cfg: RunConfig, step:
         "source_test": M.confusion(y_st, lg_stest.argmax(1), np.zeros(len(y_st), bool), K, names),
         "oracle_target_test": M.confusion(y_te, pred_te, rejected, K, names),
     }
-    embedding = {"source": f_stest, "target": f_te, "target_unknown": y_te >= K}
+    embedding = {"source": f_stest, "target": f_te, "oracle_target_unknown": y_te >= K}
     return Evaluation(step, out, conf, by_mag, embedding)

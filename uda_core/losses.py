@@ -26,13 +26,17 @@ def neighbourhood_clustering(
     batch block, which carries gradient), as is the batch diagonal (a sample is not its own neighbour).
     logits (B, K), feats (B, D) L2-normalised, memory (N_t, D), index (B,) rows of the batch in the memory.
     """
-    feats = feats.float()
+    with torch.autocast(feats.device.type, enabled=False):  # similarities / T need fp32 (see UdaNet.forward)
+        return _nc(logits.float(), feats.float(), memory.float(), index, temperature)
+
+
+def _nc(logits, feats, memory, index, temperature):
     fill = -1.0 / temperature
-    mem_sim = feats @ memory.float().t() / temperature
+    mem_sim = feats @ memory.t() / temperature
     mem_sim[:, index] = fill
     batch_sim = feats @ feats.t() / temperature
     batch_sim = batch_sim.masked_fill(torch.eye(len(feats), dtype=torch.bool, device=feats.device), fill)
-    return entropy(torch.cat([logits.float(), mem_sim, batch_sim], dim=1)).mean()
+    return entropy(torch.cat([logits, mem_sim, batch_sim], dim=1)).mean()
 
 
 def entropy_separation(logits: torch.Tensor, rho: float, margin: float) -> torch.Tensor:

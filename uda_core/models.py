@@ -105,9 +105,13 @@ class UdaNet(nn.Module):
 
     def forward(self, x: torch.Tensor, domain: int = SOURCE) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (logits (N, K), L2-normalised features (N, D))."""
-        f = F.normalize(self.features(x, domain), dim=1)
-        # Prototypes are normalised in the forward pass (DANCE renormalises its weights before each step).
-        return f @ F.normalize(self.prototypes, dim=1).t() / self.temperature, f
+        h = self.features(x, domain)
+        # The cosine head runs in fp32 even under bf16 autocast: with T = 0.05 logits reach +-20, where bf16's
+        # rounding (~0.1) would blur entropies and rejection thresholds. Prototypes are normalised here (DANCE
+        # renormalises its weights before each step).
+        with torch.autocast(h.device.type, enabled=False):
+            f = F.normalize(h.float(), dim=1)
+            return f @ F.normalize(self.prototypes.float(), dim=1).t() / self.temperature, f
 
 
 def build_model(cfg: ModelConfig, in_channels: int, num_classes: int) -> UdaNet:

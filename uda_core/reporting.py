@@ -56,7 +56,7 @@ class FileReporter:
         from .evaluation.plots import plot_accuracy_by_bin, plot_embedding
 
         e = ev.embedding
-        plot_embedding(e["source"], e["target"], e["target_unknown"], self.out / "embedding.png", method="pca",
-                       title=f"features at step {ev.step} (PCA)")
+        plot_embedding(e["source"], e["target"], e["oracle_target_unknown"], self.out / "oracle_embedding.png",
+                       method="pca", title=f"features at step {ev.step} (PCA; oracle: unknowns marked by true label)")
         plot_accuracy_by_bin(ev.acc_by_mag, self.out / "accuracy_vs_r_mag.png", "r magnitude (target test, shared classes)",
                              title="oracle: target accuracy vs magnitude")

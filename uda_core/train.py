@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from .config import RunConfig
 from .data.dataset import UdaData, load_dataset
 from .data.store import DataSpec, ensure_dataset
-from .errors import UdaError
+from .errors import ConfigError, UdaError
 from .evaluate import Evaluation, evaluate
 from .methods import Batch, get_method
 from .models import build_model
@@ -88,10 +88,13 @@ def _lr_factor(schedule: str, step: int, total: int) -> float:
 
 
 def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Random flips and 90-degree rotations per stamp (the dihedral group: galaxies have no preferred orientation)."""
+    """Random flips and 90-degree rotations per stamp (the dihedral group: galaxies have no preferred orientation).
+
+    Random draws come from the loop's CPU generator (one RNG stream whatever the device), then move to x's device.
+    """
     n = len(x)
-    flip = torch.rand(n, generator=gen, device=gen.device) < 0.5
-    k = torch.randint(0, 4, (n,), generator=gen, device=gen.device)
+    flip = (torch.rand(n, generator=gen) < 0.5).to(x.device)
+    k = torch.randint(0, 4, (n,), generator=gen).to(x.device)
     x = torch.where(flip[:, None, None, None], x.flip(-1), x)
     out = x.clone()
     for r in (1, 2, 3):
@@ -105,6 +108,7 @@ class _ClassBalancedSampler:
     """Draws a class uniformly, then a stamp of that class uniformly (DANCE's class-balanced source loader)."""
 
     def __init__(self, labels: torch.Tensor, gen: torch.Generator):
+        labels = labels.cpu()
         order = torch.argsort(labels, stable=True)
         classes, counts = torch.unique(labels, return_counts=True)
         self.order, self.counts, self.gen = order, counts, gen
@@ -112,10 +116,31 @@ class _ClassBalancedSampler:
         self.n_classes = len(classes)
 
     def __call__(self, batch: int) -> torch.Tensor:
-        dev = self.gen.device
-        c = torch.randint(0, self.n_classes, (batch,), generator=self.gen, device=dev).cpu()
-        pos = (torch.rand(batch, generator=self.gen, device=dev).cpu() * self.counts[c]).long()
+        c = torch.randint(0, self.n_classes, (batch,), generator=self.gen)
+        pos = (torch.rand(batch, generator=self.gen) * self.counts[c]).long()
         return self.order[self.starts[c] + pos]
+
+
+class _EpochSampler:
+    """Target rows without replacement within an epoch (as a shuffled loader draws them), so a batch never holds
+    the same stamp twice: a duplicate would be its own perfect neighbour in neighbourhood clustering."""
+
+    def __init__(self, n: int, gen: torch.Generator):
+        self.n, self.gen = n, gen
+        self.perm, self.pos = torch.randperm(n, generator=gen), 0
+
+    def __call__(self, batch: int) -> torch.Tensor:
+        if self.pos + batch > self.n:
+            self.perm, self.pos = torch.randperm(self.n, generator=self.gen), 0
+        out = self.perm[self.pos : self.pos + batch]
+        self.pos += batch
+        return out
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {"perm": self.perm.clone(), "pos": torch.tensor(self.pos)}
+
+    def load(self, state: dict[str, torch.Tensor]) -> None:
+        self.perm, self.pos = state["perm"].clone(), int(state["pos"])
 
 
 def _labelled_target_rows(cfg: RunConfig, data: UdaData, target_labels: str) -> torch.Tensor | None:
@@ -133,7 +158,7 @@ def _labelled_target_rows(cfg: RunConfig, data: UdaData, target_labels: str) -> 
     return torch.cat(rows)
 
 
-def _save_checkpoint(path: Path, cfg: RunConfig, step: int, model, opt, method, gen, best: dict | None) -> None:
+def _save_checkpoint(path: Path, cfg: RunConfig, step: int, model, opt, method, gen, target_sampler, best: dict | None) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.mkdir(parents=True, exist_ok=True)
     state = {
@@ -142,6 +167,7 @@ def _save_checkpoint(path: Path, cfg: RunConfig, step: int, model, opt, method, 
         "optimizer": opt.state_dict(),
         "method": method.state_dict(),
         "rng": gen.get_state(),
+        "target_sampler": target_sampler.state(),
     }
     torch.save(state, tmp / CHECKPOINT_FILE)
     (tmp / "config.json").write_text(cfg.model_dump_json(indent=2))
@@ -188,7 +214,7 @@ def train(
         opt = torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, nesterov=o.momentum > 0, weight_decay=o.weight_decay)
     else:
         opt = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
-    gen = torch.Generator(device=device).manual_seed(cfg.train.seed)
+    gen = torch.Generator().manual_seed(cfg.train.seed)  # on the CPU whatever the device: one stream to checkpoint
 
     def to_dev(x):
         x = x.to(device)
@@ -196,7 +222,8 @@ def train(
 
     xs, ys = to_dev(data["source/train"].x), data["source/train"].train_y.to(device)
     xt = to_dev(data["target/train"].x)
-    source_sampler = _ClassBalancedSampler(data["source/train"].train_y.to(device), gen)
+    source_sampler = _ClassBalancedSampler(data["source/train"].train_y, gen)
+    target_sampler = _EpochSampler(n_target, gen)
     lab_rows = _labelled_target_rows(cfg, data, method_cls.target_labels)
     lab_sampler = None
     if lab_rows is not None:
@@ -205,11 +232,13 @@ def train(
 
     step, best = 0, None
     if resume_from is not None:
+        _check_resumable(cfg, Path(resume_from))
         state = torch.load(Path(resume_from) / CHECKPOINT_FILE, map_location=device, weights_only=True)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         method.load_state_dict(state["method"])
-        gen.set_state(state["rng"].cpu() if device.type == "cpu" else state["rng"])
+        gen.set_state(state["rng"].cpu())
+        target_sampler.load({k: v.cpu() for k, v in state["target_sampler"].items()})
         step = int(state["step"])
         best = json.loads((Path(resume_from) / "best.json").read_text())
         log.info("resumed from %s at step %d", resume_from, step)
@@ -226,7 +255,7 @@ def train(
         i_s = source_sampler(bs).to(device)
         batch = Batch(xs=xs[i_s], ys=ys[i_s])
         if method_cls.uses_target:
-            batch.it = torch.randint(0, n_target, (bs,), generator=gen, device=device)
+            batch.it = target_sampler(bs).to(device)
             batch.xt = xt[batch.it]
         if lab_sampler is not None:
             i_l = lab_sampler(bs).to(device)
@@ -262,7 +291,7 @@ def train(
             if _better(value, None if best is None else best["value"], cfg.eval.select_mode):
                 best = {"step": step, "value": value, "metric": cfg.eval.select_by}
             ckpt = ckpt_root / f"step_{step:07d}"
-            _save_checkpoint(ckpt, cfg, step, model, opt, method, gen, best)
+            _save_checkpoint(ckpt, cfg, step, model, opt, method, gen, target_sampler, best)
             _prune(ckpt_root, cfg.train.keep_checkpoints, best)
             bar.set_postfix(loss=f"{loss.item():.3f}", src_val=f"{evaluation.metrics['source_val/acc']:.3f}")
             log.info("step %d/%d %s", step, total, {k: round(v, 4) for k, v in evaluation.metrics.items() if "/" in k and k.count("/") == 1})
@@ -271,6 +300,21 @@ def train(
             t0, images = time.perf_counter(), 0
     bar.close()
     return last
+
+
+def _check_resumable(cfg: RunConfig, checkpoint: Path) -> None:
+    """A checkpoint only fits the data, model and method it was trained with; say which keys changed."""
+    saved = json.loads((checkpoint / "config.json").read_text())
+    now = json.loads(cfg.model_dump_json())
+    changed = [
+        f"{section}.{k}: {saved[section].get(k)!r} -> {v!r}"
+        for section in ("data", "model", "method")
+        for k, v in now[section].items()
+        if saved[section].get(k) != v
+    ]
+    if changed:
+        raise ConfigError(f"cannot resume from {checkpoint}: the config changed ({'; '.join(changed)}); "
+                          "restore those values or start a new run in another directory")
 
 
 def _prune(root: Path, keep: int, best: dict | None) -> None:

@@ -21,6 +21,7 @@ from .store import CATALOGUE, PIXELS, verify
 
 __all__ = ["Split", "UdaData", "load_dataset", "preprocess"]
 
+REQUIRED_COLUMNS = ("id", "row", "domain", "split", "label", "train_label", "r_mag")
 SPLITS = ("source/train", "source/val", "source/test", "target/train", "target/test")
 
 
@@ -72,6 +73,9 @@ def load_dataset(folder: Path, verify_content: bool = True) -> UdaData:
         pixels = np.load(folder / PIXELS, mmap_mode="r")
     except Exception as e:  # pyarrow and numpy raise many types on corrupt files
         raise DataError(f"{folder}: cannot read ({type(e).__name__}: {e}); delete the folder to regenerate it") from None
+    missing = [c for c in REQUIRED_COLUMNS if c not in cat.columns]
+    if missing:
+        raise DataError(f"{folder / CATALOGUE}: missing columns {missing}; a data set needs {list(REQUIRED_COLUMNS)}")
     if len(pixels) != len(cat) or pixels.shape[1] != len(manifest["bands"]):
         raise DataError(f"{folder}: {PIXELS} shape {pixels.shape} does not match the catalogue ({len(cat)} rows, bands {manifest['bands']})")
     softening = manifest["surveys"]["source"]["sky_sigma_nmgy"]

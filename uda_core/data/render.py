@@ -157,17 +157,19 @@ def _psf_fft(fwhm: float, beta: float, size: int, step: float) -> torch.Tensor:
     return torch.fft.rfft2(psf.float())
 
 
-def _artifact_layer(p, idx, grid, pix, total_r, nb, rng: np.random.Generator):
+def _artifact_layer(p, idx, grid, pix, total_r, nb, survey_name: str):
     """Satellite trails and bright stars with diffraction spikes (drawn before the PSF), in random colours."""
     n = len(idx)
     kind = np.asarray(p["artifact_kind"])[idx]
     amp = _t(p["artifact_amp"], idx)
     layer = torch.zeros(n, nb, grid.size, grid.size)
     half = grid.size * grid.step / 2
-    colours = torch.as_tensor(rng.dirichlet(np.full(nb, 0.7), n), dtype=torch.float32) * nb
+    seeds = np.asarray(p["seed"])[idx]
     for i in range(n):
         if kind[i] == "column":
             continue
+        rng = np.random.default_rng(_galaxy_seed(seeds[i], survey_name) + 1)  # per galaxy: batch-independent
+        colour = torch.as_tensor(rng.dirichlet(np.full(nb, 0.7)), dtype=torch.float32) * nb
         px, py = rng.uniform(-0.7, 0.7, 2) * half
         if kind[i] == "trail":
             ang = rng.uniform(0, math.pi)
@@ -176,13 +178,13 @@ def _artifact_layer(p, idx, grid, pix, total_r, nb, rng: np.random.Generator):
             # Trails usually cross an exposure in one or two bands only.
             bands = torch.as_tensor(rng.random(nb) < 0.5, dtype=torch.float32)
             bands[rng.integers(nb)] = 1.0
-            c = colours[i] * bands
+            c = colour * bands
         else:
             dx, dy = (grid.x - px).abs(), (grid.y - py).abs()
             spikes = torch.exp(-0.5 * (torch.minimum(dx, dy) / 0.15) ** 2) * torch.exp(-torch.maximum(dx, dy) / (0.25 * half))
             core = torch.exp(-0.5 * (dx * dx + dy * dy) / grid.step**2)
             img = _unit((core + 0.02 * spikes)[None])[0]
-            c = colours[i]
+            c = colour
         layer[i] = img[None] * (c * amp[i] * total_r[i] * 1.5)[:, None, None]
     return layer
 
@@ -230,8 +232,7 @@ def render(
             img += comp[:, None] * flux[:, :, None, None]
         total_flux[idx] = img.sum(dim=(-2, -1)).double().numpy()
         if cls == "artifact":
-            rng = np.random.default_rng([_galaxy_seed(s, survey.name) for s in np.asarray(params["seed"])[idx]])
-            img += _artifact_layer(params, idx, grid, pix, r_flux, nb, rng)
+            img += _artifact_layer(params, idx, grid, pix, r_flux, nb, survey.name)
         img = torch.fft.irfft2(torch.fft.rfft2(img) * psf_ffts[None], s=(size, size))
         img = F.avg_pool2d(img, OVERSAMPLE) * OVERSAMPLE**2  # sum sub-pixels: flux per native pixel
         lo = (img.shape[-1] - n_native) // 2

@@ -208,9 +208,12 @@ def read_manifest(folder: Path) -> dict:
         manifest = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise DataError(f"{path} is not valid JSON ({e}); delete {folder} to regenerate it") from None
-    for key in ("fingerprint", "files", "task", "bands"):
+    for key in ("generator_version", "fingerprint", "files", "task", "bands", "surveys", "stamp_px"):
         if key not in manifest:
             raise DataError(f"{path} lacks key {key!r}; delete {folder} to regenerate it")
+    if manifest["generator_version"].split(".")[0] != GENERATOR_VERSION.split(".")[0]:
+        raise DataError(f"{path}: made by generator {manifest['generator_version']}, this code reads {GENERATOR_VERSION}; "
+                        f"regenerate it with `uda-sweep data generate`")
     return manifest
 
 
