@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from uda_core.data.population import draw_population
-from uda_core.data.render import _psf_fft, render
+from uda_core.data.render import _psf_fft, render, render_pair
 from uda_core.data.surveys import SURVEYS, get_survey
 from uda_core.errors import ConfigError
 
@@ -106,7 +106,26 @@ def test_bass_resampling_correlates_the_noise():
         return np.corrcoef(x[..., :-1].flatten(), x[..., 1:].flatten())[0, 1]
 
     assert neighbour_corr("bass_mzls") > 0.3
+    from uda_core.data.store import delivered_sky_sigma
+
+    bass = SURVEYS["bass_mzls"]
+    measured = delivered_sky_sigma(bass, 48)
+    assert measured[1] < 0.6 * bass.sky_sigma_nmgy(1)  # resampling to finer pixels lowers the per-pixel sigma
+    assert delivered_sky_sigma(SURVEYS["decals"], 48) == [SURVEYS["decals"].sky_sigma_nmgy(b) for b in range(3)]
     assert abs(neighbour_corr("decals")) < 0.1
+
+
+def test_paired_view_shows_one_galaxy_through_two_surveys():
+    p = _population(["spiral"] * 4)
+    p["r_mag"] = np.full(4, 18.0)
+    deep, shallow = render_pair(p, SURVEYS["lsst_y10"], SURVEYS["lsst_y1"], 32)
+    # Same pixels, same galaxy: the views differ by noise only, sqrt(10) larger in Y1.
+    assert np.corrcoef(deep[:, 1].flatten(), shallow[:, 1].flatten())[0, 1] > 0.9
+    frame = torch.ones(32, 32, dtype=torch.bool)
+    frame[4:-4, 4:-4] = False  # outskirts: sky noise dominates
+    diff = (deep - shallow)[:, 1][:, frame].std().item()
+    sky = math.hypot(SURVEYS["lsst_y1"].sky_sigma_nmgy(1), SURVEYS["lsst_y10"].sky_sigma_nmgy(1))
+    assert diff == pytest.approx(sky, rel=0.3)
 
 
 def test_unknown_survey_is_a_clear_error():

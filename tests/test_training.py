@@ -27,7 +27,8 @@ def test_method_contract(name, tiny_config, tiny, tmp_path):
     m = last.metrics
     for key in ("source_val/acc", "source_test/acc_shared", "label_free/snd", "label_free/entropy", "label_free/im",
                 "oracle/target_test/acc_shared", "oracle/target_test/h_score", "oracle/target_test/auroc/entropy",
-                "oracle/target_test/auroc/knn_distance", "oracle/target_test/h_score/entropy_rho", "train/source_ce"):
+                "oracle/target_test/auroc/knn_distance", "oracle/target_test/h_score/entropy_rho", "train/source_ce",
+                "oracle/target_test/auroc_by_class/lens", "oracle/target_test/auroc_by_class/artifact"):
         assert key in m and math.isfinite(m[key]), key
     assert (reports[-1][1] / CHECKPOINT_FILE).exists()
     conf = last.confusion["oracle_target_test"]
@@ -83,6 +84,14 @@ def test_target_batches_never_repeat_a_stamp():
         assert len(set(b.tolist())) == 16
         seen += b.tolist()
     assert set(seen) == set(range(50))
+
+
+def test_resnet_backbone_trains(tiny_config, tiny, tmp_path):
+    cfg = tiny_config("dance", model={"backbone": "resnet", "depth": 1, "domain_bn": True})
+    last = train(cfg, lambda *a: None, tmp_path, data=tiny)
+    assert math.isfinite(last.metrics["train/loss"])
+    state = torch.load(tmp_path / "checkpoints/step_0000004" / CHECKPOINT_FILE, weights_only=True)["model"]
+    assert any("skip" in k for k in state)  # residual shortcuts exist
 
 
 def test_dance_uses_target_and_adds_its_losses(tiny_config, tiny, tmp_path):

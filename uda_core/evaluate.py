@@ -101,6 +101,10 @@ def evaluate(model: UdaNet, method: Method, data: UdaData, cfg: RunConfig, step:
     for s in ANOMALY_SCORES:
         out[f"{o}/auroc/{s}"] = M.auroc_unknown(y_te, scores_te[s], K)
         out[f"{o}/h_score/{s}_gmm"] = M.open_set_metrics(y_te, pred_te, scores_te[s] > thresholds[s], K, shared)["h_score"]
+    # Per unknown class (e.g. lenses vs artifacts): which anomalies the primary score can see at all.
+    for u in range(K, len(data.class_names)):
+        keep = (y_te < K) | (y_te == u)
+        out[f"{o}/auroc_by_class/{data.class_names[u]}"] = M.auroc_unknown(y_te[keep], scores_te[ev.reject_score][keep], K)
     out[f"{o}/h_score/entropy_rho"] = M.open_set_metrics(y_te, pred_te, scores_te["entropy"] > rho, K, shared)["h_score"]
     clusters = M.cluster_rejected(f_te, y_te, rejected, ev.unknown_clusters)
     out[f"{o}/unknown_cluster_purity"] = clusters["purity"]

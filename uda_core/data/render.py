@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from .surveys import Survey
 
-__all__ = ["render", "OVERSAMPLE"]
+__all__ = ["render", "render_pair", "OVERSAMPLE"]
 
 OVERSAMPLE = 2
 _DEG = math.pi / 180
@@ -251,6 +251,12 @@ def render(
             _bad_columns(img, params, idx, sky)
         out[idx] = img
     return out, total_flux
+
+
+def render_pair(params: dict[str, np.ndarray], survey_a: Survey, survey_b: Survey, size_px: int):
+    """The same galaxies observed through two surveys (for diagnostics and tests, never for training: a real
+    target survey does not come paired with the source)."""
+    return render(params, survey_a, size_px)[0], render(params, survey_b, size_px)[0]
 
 
 def _resample(img: torch.Tensor, n_native: int, pix: float, size_px: int, pix_out: float) -> torch.Tensor:

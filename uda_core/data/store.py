@@ -33,7 +33,7 @@ from .tasks import get_task
 
 __all__ = ["SIZES", "DataSpec", "GENERATOR_VERSION", "generate", "ensure_dataset", "read_manifest", "verify"]
 
-GENERATOR_VERSION = "1.1"
+GENERATOR_VERSION = "1.3"
 CATALOGUE, PIXELS, MANIFEST = "catalogue.parquet", "pixels.npy", "manifest.json"
 
 
@@ -96,6 +96,22 @@ def _sample_classes(rng: np.random.Generator, priors: dict[str, float], n: int) 
     out = np.repeat(names, counts)
     rng.shuffle(out)
     return list(out)
+
+
+def delivered_sky_sigma(survey, stamp_px: int) -> list[float]:
+    """Per-band sky sigma per delivered pixel, measured on empty stamps.
+
+    Equal to the depth formula on the native grid; for resampled surveys (BASS) the resampling scales and
+    smooths the noise, so the formula's native value would overstate it about threefold.
+    """
+    if survey.native_pixel_arcsec is None:
+        return [survey.sky_sigma_nmgy(b) for b in range(len(survey.bands))]
+    n = 16
+    empty = draw_population(np.random.default_rng(0), ["elliptical"] * n, survey, stamp_px * survey.pixel_arcsec)
+    empty["r_mag"] = np.full(n, 40.0)  # invisible: only sky noise remains
+    empty["seed"] = np.arange(n)
+    img, _ = render(empty, survey, stamp_px)
+    return [float(img[:, b].std()) for b in range(img.shape[1])]
 
 
 def _sha256_files(folder: Path, names=(CATALOGUE, PIXELS)) -> str:
@@ -184,7 +200,7 @@ def generate(spec: DataSpec, out: Path, batch: int = 128, progress: bool = True)
             "stamp_px": size.stamp_px,
             "surveys": {
                 d: {"name": s, "pixel_arcsec": get_survey(s).pixel_arcsec,
-                    "sky_sigma_nmgy": [get_survey(s).sky_sigma_nmgy(i) for i in range(nb)]}
+                    "sky_sigma_nmgy": delivered_sky_sigma(get_survey(s), size.stamp_px)}
                 for d, s in (("source", spec.source), ("target", spec.target))
             },
             "counts": {f"{d}/{sp}": n for d, _, sp, n in plan},

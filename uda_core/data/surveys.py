@@ -100,7 +100,8 @@ SURVEYS: dict[str, Survey] = {
             ("g", "r", "i"),
             (0.77, 0.73, 0.71),
             (26.2, 26.2, 25.8),
-            (_gain(28.30, 20), _gain(28.13, 46), _gain(27.79, 46)),
+            # Total exposure: 15 s visits, Y1 = a tenth of Y10's 200/460/460 visits in g/r/i.
+            (_gain(28.30, 300), _gain(28.13, 690), _gain(27.79, 690)),
             r_limit=26.2 - _LIMIT_OFFSET,
         ),
         Survey(
@@ -109,7 +110,7 @@ SURVEYS: dict[str, Survey] = {
             ("g", "r", "i"),
             (0.77, 0.73, 0.71),
             (27.45, 27.5, 27.0),
-            (_gain(28.30, 200), _gain(28.13, 460), _gain(27.79, 460)),
+            (_gain(28.30, 3000), _gain(28.13, 6900), _gain(27.79, 6900)),
             r_limit=27.5 - _LIMIT_OFFSET,
         ),
     ]
