@@ -121,7 +121,7 @@ def main():
     for k, v in med.items():
         print(f"{k:28s} {v:8.1f} img/s   x{v / base:.2f}")
     # What `precision: auto` picks on this machine.
-    auto = "core_bf16_channels_last" if _cpu_has_fast_bf16() else "core_fp32"
+    auto = "core_bf16_channels_last" if _cpu_has_fast_bf16() else "core_fp32_channels_last"
     best = max((k for k in variants), key=med.get)
     print(json.dumps({"bench": "core_throughput", "stamp_px": data.stamp_px, "images_per_s": {k: round(v, 1) for k, v in med.items()},
                       "auto_variant": auto, "auto_speedup": round(med[auto] / base, 2), "best_variant": best,

@@ -203,9 +203,8 @@ def train(
     autocast = autocast_factory(cfg.train.precision, device)
 
     torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg.model, data.in_channels, data.num_known).to(device)
-    if autocast is not None:
-        model = model.to(memory_format=torch.channels_last)
+    # channels_last in every precision: measured 1.23x vs 1.08x for contiguous fp32 on this CPU (bench/core_throughput).
+    model = build_model(cfg.model, data.in_channels, data.num_known).to(device).to(memory_format=torch.channels_last)
     n_target = len(data["target/train"])
     method = method_cls(cfg.method.parsed(), model, data.num_known, n_target)
     params = list(model.parameters())
@@ -218,7 +217,7 @@ def train(
 
     def to_dev(x):
         x = x.to(device)
-        return x.contiguous(memory_format=torch.channels_last) if autocast is not None and x.dim() == 4 else x
+        return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
 
     xs, ys = to_dev(data["source/train"].x), data["source/train"].train_y.to(device)
     xt = to_dev(data["target/train"].x)
