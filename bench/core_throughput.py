@@ -9,6 +9,7 @@ two alternate and medians are reported, so machine noise hits both. Goal: >= 4x 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import random
 import statistics
@@ -23,7 +24,7 @@ from uda_core.config import build_config
 from uda_core.data.dataset import preprocess
 from uda_core.methods import Batch, get_method
 from uda_core.models import build_model
-from uda_core.train import _augment, _ClassBalancedSampler, _cpu_has_fast_bf16, load_data
+from uda_core.train import _augment, _ClassBalancedSampler, _cpu_has_fast_bf16, load_data, train_step
 
 
 class NaiveStamps(Dataset):
@@ -39,17 +40,6 @@ class NaiveStamps(Dataset):
             x = x.flip(-1)
         x = torch.rot90(x, random.randint(0, 3), dims=(-2, -1))
         return x, self.labels[i], i
-
-
-def _step(method, opt, batch, autocast):
-    with autocast() if autocast else torch.autocast("cpu", enabled=False):
-        losses = method.losses(batch)
-    w = method.weights()
-    loss = sum(w[k] * v for k, v in losses.items())
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
-    method.after_step()
 
 
 def make(cfg, data, channels_last):
@@ -72,7 +62,7 @@ def run_naive(cfg, data, steps, bs):
     for _ in range(steps):
         xs, ys, _ = next(it_s)
         xt, _, idx = next(it_t)
-        _step(method, opt, Batch(xs=xs, ys=ys.long(), xt=xt, it=idx), None)
+        train_step(method, opt, Batch(xs=xs, ys=ys.long(), xt=xt, it=idx), contextlib.nullcontext, 0)
     return 2 * bs * steps / (time.perf_counter() - t)
 
 
@@ -83,12 +73,12 @@ def run_core(cfg, data, steps, bs, precision, channels_last):
     xs, ys = data["source/train"].x.contiguous(memory_format=fmt), data["source/train"].train_y
     xt = data["target/train"].x.contiguous(memory_format=fmt)
     sampler = _ClassBalancedSampler(ys, gen)
-    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if precision == "bf16" else None
+    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if precision == "bf16" else contextlib.nullcontext
     t = time.perf_counter()
     for _ in range(steps):
         i = sampler(bs)
         it = torch.randint(0, len(xt), (bs,), generator=gen)
-        _step(method, opt, Batch(xs=_augment(xs[i], gen), ys=ys[i], xt=_augment(xt[it], gen), it=it), autocast)
+        train_step(method, opt, Batch(xs=_augment(xs[i], gen), ys=ys[i], xt=_augment(xt[it], gen), it=it), autocast, 0)
     return 2 * bs * steps / (time.perf_counter() - t)
 
 

@@ -17,7 +17,7 @@ import torch
 from .config import ANOMALY_SCORES, RunConfig
 from .data.dataset import UdaData
 from .evaluation import metrics as M
-from .evaluation.validators import information_maximization, mean_entropy, snd
+from .evaluation.validators import label_free_scores
 from .methods import Method
 from .models import SOURCE, TARGET, UdaNet, reestimate_bn
 
@@ -39,13 +39,13 @@ class Evaluation:
 
 
 @torch.no_grad()
-def predict(model: UdaNet, x: torch.Tensor, domain: int, batch_size: int = 512, autocast=None) -> tuple[np.ndarray, np.ndarray]:
+def predict(model: UdaNet, x: torch.Tensor, domain: int, batch_size: int = 512, autocast=contextlib.nullcontext) -> tuple[np.ndarray, np.ndarray]:
     """Logits (N, K) and normalised features (N, D) as float32 numpy arrays, in eval mode."""
     was = model.training
     model.eval()
     logits, feats = [], []
     for lo in range(0, len(x), batch_size):
-        with autocast() if autocast else contextlib.nullcontext():
+        with autocast():
             lg, f = model(x[lo : lo + batch_size], domain)
         logits.append(lg.float().cpu())
         feats.append(f.float().cpu())
@@ -53,7 +53,7 @@ def predict(model: UdaNet, x: torch.Tensor, domain: int, batch_size: int = 512, 
     return torch.cat(logits).numpy(), torch.cat(feats).numpy()
 
 
-def evaluate(model: UdaNet, method: Method, data: UdaData, cfg: RunConfig, step: int, autocast=None) -> Evaluation:
+def evaluate(model: UdaNet, method: Method, data: UdaData, cfg: RunConfig, step: int, autocast=contextlib.nullcontext) -> Evaluation:
     ev = cfg.eval
     K, shared = data.num_known, data.shared
     if model.domain_bn:
@@ -79,9 +79,7 @@ def evaluate(model: UdaNet, method: Method, data: UdaData, cfg: RunConfig, step:
     out["source_test/acc_shared"] = float((lg_stest.argmax(1)[on_shared] == y_st[on_shared]).mean())
 
     p_tt = M.softmax(lg_tt)
-    out["label_free/snd"] = snd(p_tt, max_samples=ev.snd_max_samples)
-    out["label_free/entropy"] = mean_entropy(p_tt)
-    out["label_free/im"] = information_maximization(p_tt)
+    out.update({f"label_free/{k}": v for k, v in label_free_scores(p_tt, ev.snd_max_samples).items()})
 
     temp = model.temperature
     scores_tt = M.anomaly_scores(lg_tt, f_tt, protos, src_feats, temp, k=ev.knn_k)

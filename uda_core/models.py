@@ -119,7 +119,7 @@ def build_model(cfg: ModelConfig, in_channels: int, num_classes: int) -> UdaNet:
 
 
 @torch.no_grad()
-def reestimate_bn(model: UdaNet, x: torch.Tensor, domain: int, batch_size: int = 256, autocast=None) -> None:
+def reestimate_bn(model: UdaNet, x: torch.Tensor, domain: int, batch_size: int = 256, autocast=contextlib.nullcontext) -> None:
     """AdaBN: replace `domain`'s batch-norm statistics by their exact average over `x` (no labels needed)."""
     bns = [m.bns[domain] for m in model.modules() if isinstance(m, DomainBatchNorm2d)]
     if not bns:
@@ -131,7 +131,7 @@ def reestimate_bn(model: UdaNet, x: torch.Tensor, domain: int, batch_size: int =
         bn.momentum = None  # cumulative moving average over the batches below
     model.train()
     for lo in range(0, len(x), batch_size):
-        with autocast() if autocast else contextlib.nullcontext():
+        with autocast():
             model.features(x[lo : lo + batch_size], domain)
     for bn, m in zip(bns, momenta):
         bn.momentum = m

@@ -29,7 +29,7 @@ from .evaluate import Evaluation, evaluate
 from .methods import Batch, get_method
 from .models import build_model
 
-__all__ = ["train", "load_data", "resolve_device", "autocast_factory", "TrainingDiverged", "CHECKPOINT_FILE"]
+__all__ = ["train", "train_step", "load_data", "resolve_device", "autocast_factory", "TrainingDiverged", "CHECKPOINT_FILE"]
 
 log = logging.getLogger(__name__)
 CHECKPOINT_FILE = "state.pt"
@@ -65,17 +65,34 @@ def _cpu_has_fast_bf16() -> bool:
 
 
 def autocast_factory(precision: str, device: torch.device):
-    """A zero-argument context factory for the chosen precision, or None for fp32.
+    """A zero-argument context factory for the chosen precision (a no-op context for fp32).
 
     bf16 autocast pays off on CUDA and on CPUs with AMX/AVX512-BF16; elsewhere "auto" stays in fp32.
     """
     if precision == "fp32":
-        return None
+        return contextlib.nullcontext
     if precision == "auto":
         fast = torch.cuda.is_bf16_supported() if device.type == "cuda" else _cpu_has_fast_bf16()
         if not fast:
-            return None
+            return contextlib.nullcontext
     return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def train_step(method, opt: torch.optim.Optimizer, batch: Batch, autocast, step: int) -> tuple[dict, torch.Tensor]:
+    """One optimisation step: the method's named losses, weighted, checked finite, back-propagated."""
+    with autocast():
+        losses = method.losses(batch)
+    weights = method.weights()
+    loss = sum(weights[k] * v for k, v in losses.items())
+    if not torch.isfinite(loss):
+        raise TrainingDiverged(
+            f"non-finite loss at step {step}: " + ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
+        )
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    method.after_step()
+    return losses, loss
 
 
 def _lr_factor(schedule: str, step: int, total: int) -> float:
@@ -263,18 +280,7 @@ def train(
             for name in ("xs", "xt", "xl"):
                 if getattr(batch, name) is not None:
                     setattr(batch, name, _augment(getattr(batch, name), gen))
-        with autocast() if autocast else contextlib.nullcontext():
-            losses = method.losses(batch)
-        weights = method.weights()
-        loss = sum(weights[k] * v for k, v in losses.items())
-        if not torch.isfinite(loss):
-            raise TrainingDiverged(
-                f"non-finite loss at step {step}: " + ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
-            )
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        method.after_step()
+        losses, loss = train_step(method, opt, batch, autocast, step)
         step += 1
         images += bs * (1 + (batch.xt is not None) + (batch.xl is not None))
         bar.update(1)

@@ -90,10 +90,11 @@ VALIDATORS: dict[str, Callable[[Any], float]] = {
 HIGHER_IS_BETTER: dict[str, bool] = {"snd": True, "entropy": False, "im": True}
 
 
-def label_free_scores(target_probs: Any) -> dict[str, float]:
+def label_free_scores(target_probs: Any, snd_max_samples: int = 2000) -> dict[str, float]:
     """All registered validators on target probabilities (N, C): {"snd", "entropy", "im"}.
 
-    Values are reported raw; use ``HIGHER_IS_BETTER`` to orient them.
+    Values are reported raw; use ``HIGHER_IS_BETTER`` to orient them. `snd_max_samples` caps SND's N x N work.
     """
     p = to_numpy(target_probs, np.float64)
-    return {name: float(fn(p)) for name, fn in VALIDATORS.items()}
+    kwargs = {"snd": {"max_samples": snd_max_samples}}
+    return {name: float(fn(p, **kwargs.get(name, {}))) for name, fn in VALIDATORS.items()}
