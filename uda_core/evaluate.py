@@ -17,11 +17,28 @@ import torch
 from .config import ANOMALY_SCORES, RunConfig
 from .data.dataset import UdaData
 from .evaluation import metrics as M
-from .evaluation.validators import label_free_scores
+from .evaluation.validators import HIGHER_IS_BETTER, label_free_scores
 from .methods import Method
 from .models import SOURCE, TARGET, UdaNet, reestimate_bn
 
-__all__ = ["Evaluation", "evaluate", "predict"]
+__all__ = ["Evaluation", "evaluate", "predict", "OBJECTIVES", "is_oracle"]
+
+# Metrics a sweep may optimise, with the direction that is better. Those under oracle/ need target labels: a real
+# survey has none, so they serve benchmarks on simulated pairs and must be marked wherever they are used.
+OBJECTIVES: dict[str, str] = {
+    "source_val/acc": "max",
+    "source_val/mean_class_acc": "max",
+    "source_test/acc_shared": "max",
+    **{f"label_free/{k}": "max" if up else "min" for k, up in HIGHER_IS_BETTER.items()},
+    **{f"oracle/target_test/{k}": "max" for k in ("acc_shared", "mean_class_acc_shared", "acc_with_rejection",
+                                                  "known_acc", "unknown_recall", "h_score",
+                                                  "unknown_cluster_purity", "unknown_cluster_nmi")},
+    **{f"oracle/target_test/auroc/{s}": "max" for s in ANOMALY_SCORES},
+}
+
+
+def is_oracle(metric: str) -> bool:
+    return metric.startswith("oracle/")
 
 
 @dataclass

@@ -1,0 +1,198 @@
+"""The sweep file: one YAML per sweep, validated whole before Ray, Optuna or MLflow start.
+
+Sections follow Ray Tune's split by concern: what to train (`run`, the uda_core run config every trial starts
+from), what to search (`search`), what to optimise (`objective`), how to schedule (`scheduler`, `resources`,
+`failure`), where results go (`storage`, `tracking`). Unknown keys are errors that name the dotted key.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from uda_core.config import RunConfig, _format
+from uda_core.errors import ConfigError
+from uda_core.evaluate import OBJECTIVES, is_oracle
+
+__all__ = ["SweepConfig", "load_sweep", "parse_sweep", "DEFAULT_OBJECTIVE"]
+
+# The label-free criterion a sweep optimises unless told otherwise; chosen by measurement (README, "Choosing
+# the objective"): of the criteria logged here it ranked trials closest to the oracle target accuracy.
+DEFAULT_OBJECTIVE = "source_val/acc"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SearchConfig(_Strict):
+    space: str | None = None  # default: the run's method
+    algorithm: Literal["tpe", "random"] = "tpe"  # random: the benchmark's baseline
+    num_trials: int = Field(8, ge=1, le=100_000)
+    seed: int = Field(0, ge=0)
+    seed_with_defaults: bool = True  # evaluate the run config's own values first
+    overrides: dict[str, Any] = Field(default_factory=dict)
+
+
+class ObjectiveConfig(_Strict):
+    metric: str | list[str] = DEFAULT_OBJECTIVE
+    mode: Literal["max", "min"] | list[Literal["max", "min"]] | None = None  # default: the metric's own direction
+    # Guard: a checkpoint whose source validation accuracy fell below this never counts as a trial's best
+    # (adaptation losses can wreck the classifier while a label-free score still looks good).
+    min_source_val_acc: float = Field(0.5, ge=0.0, le=1.0)
+
+    @property
+    def metrics(self) -> list[str]:
+        return [self.metric] if isinstance(self.metric, str) else list(self.metric)
+
+    @property
+    def modes(self) -> list[str]:
+        if self.mode is None:
+            return [OBJECTIVES[m] for m in self.metrics]
+        return [self.mode] if isinstance(self.mode, str) else list(self.mode)
+
+    @property
+    def oracle(self) -> bool:
+        return any(is_oracle(m) for m in self.metrics)
+
+    @model_validator(mode="after")
+    def _known(self) -> "ObjectiveConfig":
+        if not self.metrics:
+            raise ValueError("metric: give at least one metric")
+        for m in self.metrics:
+            if m not in OBJECTIVES:
+                raise ValueError(f"metric: {m!r} is not a metric a sweep can optimise; choose from {sorted(OBJECTIVES)}")
+        if len(set(self.metrics)) != len(self.metrics):
+            raise ValueError(f"metric: each metric once, got {self.metrics}")
+        if self.mode is not None and len(self.modes) != len(self.metrics):
+            raise ValueError(f"mode: one mode per metric, got {len(self.modes)} modes for {len(self.metrics)} metrics")
+        return self
+
+
+class SchedulerConfig(_Strict):
+    type: Literal["asha", "none"] = "asha"
+    grace_period: int | None = Field(None, ge=1)  # training steps before a trial can be stopped; default 2 evaluations
+    reduction_factor: float = Field(2.0, gt=1.0, le=10.0)
+
+
+class ResourcesConfig(_Strict):
+    cpus_per_trial: int = Field(1, ge=1, le=256)
+    gpus_per_trial: float = Field(0.0, ge=0.0, le=8.0)
+    concurrency: int = Field(2, ge=1, le=10_000)  # trials running at once
+
+    @field_validator("gpus_per_trial")
+    @classmethod
+    def _packs(cls, v):
+        # Ray packs fractional GPUs per device without memory isolation: only fractions that divide 1 waste nothing.
+        if 0 < v < 1 and not math.isclose(1 / v, round(1 / v), rel_tol=1e-6):
+            raise ValueError("a fraction of a GPU must divide 1 (0.5, 0.25, ...)")
+        if v > 1 and not float(v).is_integer():
+            raise ValueError("more than one GPU must be a whole number")
+        return v
+
+
+class FailureConfig(_Strict):
+    max_retries: int = Field(1, ge=0, le=100)  # per trial, each from its last checkpoint
+
+
+class StorageConfig(_Strict):
+    path: str = "runs/sweeps"  # Ray Tune results and checkpoints, the Optuna study, the sweep file copy
+
+
+class TrackingConfig(_Strict):
+    uri: str | None = None  # default: sqlite:///mlflow.db in the working directory (HTTP on a cluster)
+    experiment: str | None = None  # default: the sweep's name
+    artifacts: str = "mlartifacts"  # artifact root for a local (sqlite) store; a server stores its own
+    embedding: Literal["tsne", "pca", "none"] = "tsne"  # picture of source vs target features at each new best
+    finalists: int = Field(1, ge=0, le=100)  # best trials whose model is logged at the end
+
+
+class SweepConfig(_Strict):
+    name: str
+    description: str = ""
+    run: RunConfig
+    search: SearchConfig = Field(default_factory=SearchConfig)
+    objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    failure: FailureConfig = Field(default_factory=FailureConfig)
+    baselines: list[str] = Field(default_factory=list)  # methods trained once with defaults, for comparison
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v):
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", v):
+            raise ValueError(f"{v!r}: use letters, digits, '_', '-', '.' (it names folders, the MLflow experiment and the study)")
+        return v
+
+    @field_validator("baselines")
+    @classmethod
+    def _baselines(cls, v):
+        from uda_core.methods import METHODS
+
+        for b in v:
+            if b not in METHODS:
+                raise ValueError(f"{b!r} is not a method; choose from {sorted(METHODS)}")
+        if len(set(v)) != len(v):
+            raise ValueError(f"each baseline once, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "SweepConfig":
+        steps, every = self.run.train.steps, self.run.train.eval_every
+        g = self.scheduler.grace_period
+        if g is not None and not every <= g <= steps:
+            raise ValueError(f"scheduler.grace_period: must lie between run.train.eval_every={every} and "
+                             f"run.train.steps={steps} (ASHA compares trials at evaluations), got {g}")
+        if self.search.space is not None and self.search.space != self.run.method.name:
+            raise ValueError(f"search.space: {self.search.space!r} searches another method than run.method.name="
+                             f"{self.run.method.name!r}; make them equal (or drop search.space)")
+        return self
+
+    @property
+    def space_name(self) -> str:
+        return self.search.space or self.run.method.name
+
+    @property
+    def grace_period(self) -> int:
+        return self.scheduler.grace_period or min(self.run.train.steps, 2 * self.run.train.eval_every)
+
+
+def parse_sweep(raw: Any, source: str) -> SweepConfig:
+    """Validate a sweep dict: the schema, then the search space and its overrides against the run config."""
+    from search_spaces import get_space
+
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping with keys name, run, search, objective, ...")
+    try:
+        sweep = SweepConfig(**raw)
+    except ValidationError as e:
+        raise ConfigError(f"{source}: {_format(e)}") from None
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+    base = sweep.run.model_dump()
+    space = get_space(sweep.space_name)
+    try:
+        space.check(base)
+        space.with_overrides(sweep.search.overrides, base)
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+    return sweep
+
+
+def load_sweep(path: str | Path) -> SweepConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such sweep file (examples: sweeps/configs/*.yaml)")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    return parse_sweep(raw, str(path))

@@ -1,0 +1,238 @@
+"""Launch, resume and summarise a sweep: OptunaSearch (TPE) proposes, ASHA stops, Ray Tune runs, MLflow records.
+
+Layout under `<storage.path>/<name>/`: Ray Tune's experiment (trial folders, checkpoints, searcher state),
+`sweep.yaml` (the validated sweep file, used by `resume`), `sweep_state.json` (MLflow ids, study name) and
+`optuna.journal` (the Optuna study: `optuna-dashboard optuna.journal`).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import logging
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from uda_core.errors import ConfigError
+from uda_core.train import load_data
+
+from .config import SweepConfig, load_sweep, parse_sweep
+
+__all__ = ["run_sweep", "resume_sweep", "sweep_dir", "SweepSummary"]
+
+log = logging.getLogger(__name__)
+STATE_FILE, SWEEP_FILE, STUDY_FILE = "sweep_state.json", "sweep.yaml", "optuna.journal"
+
+
+@dataclass
+class SweepSummary:
+    name: str
+    path: Path
+    parent_run_id: str
+    experiment_id: str
+    tracking_uri: str
+    trials: list[dict]  # one row per trial: id, status, kind, params, objective at the best checkpoint, ...
+    best: dict | None
+    finished: bool
+
+
+def sweep_dir(name: str, storage: str | Path = "runs/sweeps") -> Path:
+    return Path(storage).resolve() / name
+
+
+def _tracking_uri(sweep: SweepConfig, address: str | None, workdir: Path) -> str:
+    from .tracking import default_tracking_uri
+
+    uri = sweep.tracking.uri
+    if address and (uri is None or not uri.startswith(("http://", "https://"))):
+        raise ConfigError(f"tracking.uri: a sweep on a cluster (--address {address}) needs the HTTP address of an "
+                          f"MLflow server reachable from every node (got {uri!r}); a local sqlite file is not")
+    if uri is None:
+        return default_tracking_uri(workdir)
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return f"sqlite:///{(workdir / uri.removeprefix('sqlite:///')).resolve()}"  # trials run in other folders
+    return uri
+
+
+def _provenance() -> dict[str, str]:
+    out = {}
+    for pkg in ("galaxy-uda-sweeps", "torch", "ray", "optuna", "mlflow", "numpy"):
+        try:
+            out[f"version.{pkg}"] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            out[f"version.{pkg}"] = "absent"
+    try:
+        here = Path(__file__).resolve().parent
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=here, capture_output=True, text=True, timeout=10)
+        out["git.revision"] = rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "") if rev.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        out["git.revision"] = "unknown"
+    return out
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    tmp.replace(path)
+
+
+def run_sweep(sweep_file: str | Path, *, address: str | None = None, workdir: Path | None = None,
+              trainable=None, progress: bool = True) -> SweepSummary:
+    """Validate everything, prepare data and MLflow, then run the sweep to the end (or until interrupted)."""
+    workdir = Path(workdir or Path.cwd()).resolve()
+    sweep = load_sweep(sweep_file)
+    exp_dir = (workdir / sweep.storage.path).resolve() / sweep.name
+    if (exp_dir / STATE_FILE).exists():
+        raise ConfigError(f"{sweep_file}: a sweep named {sweep.name!r} already exists at {exp_dir}; continue it with "
+                          f"`uda-sweep resume {sweep.name}`, or give this sweep another name (nothing was changed)")
+    uri = _tracking_uri(sweep, address, workdir)
+    _ensure_data(sweep, workdir)  # before any Ray or MLflow work: data errors surface first
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    (exp_dir / SWEEP_FILE).write_text(yaml.safe_dump(sweep.model_dump(mode="json"), sort_keys=False))
+
+    from .tracking import SweepRun, open_experiment
+
+    experiment_id = open_experiment(uri, sweep.tracking.experiment or sweep.name, workdir / sweep.tracking.artifacts)
+    oracle = sweep.objective.oracle
+    parent = SweepRun(uri, experiment_id, name=f"sweep {sweep.name}" + (" [ORACLE objective]" if oracle else ""),
+                      tags={"sweep": sweep.name, "kind": "sweep", "method": sweep.run.method.name,
+                            "objective": ",".join(sweep.objective.metrics), "objective_is_oracle": str(oracle).lower()})
+    from search_spaces import get_space
+
+    space = get_space(sweep.space_name).with_overrides(sweep.search.overrides, sweep.run.model_dump())
+    data_manifest = _data_manifest(sweep, workdir)
+    parent.log_start(
+        params={"search.space": space.name, "search.algorithm": sweep.search.algorithm, "search.num_trials": sweep.search.num_trials,
+                "objective": ",".join(sweep.objective.metrics), "objective.mode": ",".join(sweep.objective.modes),
+                "data.fingerprint": data_manifest.get("fingerprint", "unknown"), **_provenance()},
+        texts={"sweep.yaml": (exp_dir / SWEEP_FILE).read_text()},
+        dicts={"search_space.json": space.describe(), "data_manifest.json": data_manifest},
+    )
+    state = {"name": sweep.name, "tracking_uri": uri, "experiment_id": experiment_id, "parent_run_id": parent.run_id,
+             "study_name": f"{sweep.name}-{int(time.time())}", "address": address, "workdir": str(workdir)}
+    _write_json(exp_dir / STATE_FILE, state)
+    return _fit(sweep, exp_dir, state, address, trainable, progress, restore=False)
+
+
+def resume_sweep(name: str, *, storage: str | Path = "runs/sweeps", address: str | None = None,
+                 workdir: Path | None = None, trainable=None, progress: bool = True) -> SweepSummary:
+    """Continue a sweep whose driver died: finished trials stay, unfinished ones restart from their checkpoint."""
+    workdir = Path(workdir or Path.cwd()).resolve()
+    exp_dir = (workdir / storage).resolve() / name
+    if not (exp_dir / STATE_FILE).exists():
+        raise ConfigError(f"no sweep named {name!r} under {exp_dir.parent} (give --storage if it lives elsewhere)")
+    sweep = parse_sweep(yaml.safe_load((exp_dir / SWEEP_FILE).read_text()), str(exp_dir / SWEEP_FILE))
+    state = json.loads((exp_dir / STATE_FILE).read_text())
+    return _fit(sweep, exp_dir, state, address or state.get("address"), trainable, progress, restore=True)
+
+
+def _ensure_data(sweep: SweepConfig, workdir: Path) -> None:
+    from uda_core.config import build_config
+
+    raw = sweep.run.model_dump()
+    raw["data"]["root"] = str((workdir / sweep.run.data.root).resolve())
+    if sweep.run.data.path:
+        raw["data"]["path"] = str((workdir / sweep.run.data.path).resolve())
+    cfg = build_config(raw)
+    load_data(cfg, progress=True)  # generates (once, under a lock) or verifies the data set
+    sweep.run.data.root = raw["data"]["root"]
+    sweep.run.data.path = raw["data"]["path"]
+
+
+def _data_manifest(sweep: SweepConfig, workdir: Path) -> dict:
+    from uda_core.data.store import DataSpec, read_manifest
+
+    d = sweep.run.data
+    folder = Path(d.path) if d.path else Path(d.root) / DataSpec(d.task, d.source, d.target, d.size, d.seed, d.label_noise).folder_name()
+    try:
+        return read_manifest(folder)
+    except Exception:  # the manifest is provenance only; a missing one was already reported by the loader
+        return {}
+
+
+def _trial_name(trial) -> str:
+    return f"trial_{trial.trial_id}"  # Tune's default folder name spells out every parameter
+
+
+def _fit(sweep: SweepConfig, exp_dir: Path, state: dict, address: str | None, trainable, progress: bool, restore: bool) -> SweepSummary:
+    import optuna
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    from search_spaces import get_space
+
+    from .searcher import BaselinesFirst
+    from .trainable import TrialContext, run_trial
+
+    # Baseline trials report no objective (the searcher must not see them), so Tune's check that every result
+    # carries the searcher's metric is off; our own config validation already checks the metric names.
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    obj = sweep.objective
+    metrics = [f"best/{m}" for m in obj.metrics]
+    modes = obj.modes
+    base = sweep.run.model_dump()
+    space = get_space(sweep.space_name).with_overrides(sweep.search.overrides, base)
+
+    if not ray.is_initialized():
+        if address:
+            ray.init(address=address, log_to_driver=progress)
+        else:
+            ray.init(include_dashboard=False, log_to_driver=progress)
+    ctx = TrialContext(
+        sweep_name=sweep.name, base=base, objective_metrics=tuple(obj.metrics), objective_modes=tuple(modes),
+        min_source_val_acc=obj.min_source_val_acc, tracking_uri=state["tracking_uri"],
+        experiment_id=state["experiment_id"], parent_run_id=state["parent_run_id"],
+        threads=sweep.resources.cpus_per_trial, embedding=sweep.tracking.embedding,
+    )
+    fn = tune.with_resources(tune.with_parameters(trainable or run_trial, ctx=ctx),
+                             {"cpu": sweep.resources.cpus_per_trial, "gpu": sweep.resources.gpus_per_trial})
+
+    if restore and tune.Tuner.can_restore(str(exp_dir)):
+        tuner = tune.Tuner.restore(str(exp_dir), trainable=fn, resume_unfinished=True, resume_errored=False)
+    else:
+        storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(exp_dir / STUDY_FILE)))
+        if sweep.search.algorithm == "tpe":
+            # Multivariate TPE over grouped conditional sub-spaces; constant liar because parallel trials are
+            # asked for before earlier ones are told (optuna 5 defaults, set explicitly for clarity).
+            sampler = optuna.samplers.TPESampler(seed=sweep.search.seed, multivariate=True, group=True, constant_liar=True)
+        else:
+            sampler = optuna.samplers.RandomSampler(seed=sweep.search.seed)
+        points = [space.default_point(base)] if sweep.search.seed_with_defaults else None
+        searcher = OptunaSearch(space=space, metric=metrics if len(metrics) > 1 else metrics[0],
+                                mode=modes if len(modes) > 1 else modes[0], points_to_evaluate=points,
+                                sampler=sampler, study_name=state["study_name"], storage=storage)
+        if sweep.scheduler.type == "asha":
+            scheduler = ASHAScheduler(time_attr="step", metric=metrics[0], mode=modes[0], max_t=sweep.run.train.steps,
+                                      grace_period=sweep.grace_period, reduction_factor=sweep.scheduler.reduction_factor)
+        else:
+            scheduler = FIFOScheduler()
+        tuner = tune.Tuner(
+            fn,
+            tune_config=tune.TuneConfig(search_alg=BaselinesFirst(searcher, sweep.baselines), scheduler=scheduler,
+                                        num_samples=sweep.search.num_trials + len(sweep.baselines),
+                                        max_concurrent_trials=sweep.resources.concurrency,
+                                        trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
+            run_config=tune.RunConfig(
+                name=sweep.name, storage_path=str(exp_dir.parent),
+                failure_config=tune.FailureConfig(max_failures=sweep.failure.max_retries),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute="checkpoint_score",
+                                                        checkpoint_score_order=modes[0]),
+                verbose=1 if progress else 0,
+            ),
+        )
+    from .tracking import SweepRun
+
+    from .summary import summarise
+
+    parent = SweepRun(state["tracking_uri"], state["experiment_id"], run_id=state["parent_run_id"])
+    results = tuner.fit()  # Ctrl-C: Tune saves the experiment and returns; `uda-sweep resume` continues it
+    return summarise(sweep, exp_dir, state, results, parent)

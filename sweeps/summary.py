@@ -1,0 +1,189 @@
+"""What a sweep produced, read back from Ray Tune's experiment folder: the trial table, the best trial, and the
+end-of-sweep records in MLflow (closing stale runs, tables, Optuna plots, baseline comparison, finalist models)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from pathlib import Path
+
+import pandas as pd
+
+from .config import SweepConfig
+
+__all__ = ["trial_rows", "best_row", "summarise", "format_table", "REPORTED"]
+
+log = logging.getLogger(__name__)
+
+# Oracle numbers shown beside every trial (simulated pairs have target labels; marked oracle everywhere).
+REPORTED = ("source_val/acc", "oracle/target_test/acc_shared", "oracle/target_test/h_score")
+
+
+def _analysis(exp_dir: Path):
+    from ray.tune import ExperimentAnalysis
+
+    return ExperimentAnalysis(str(exp_dir))
+
+
+def trial_rows(exp_dir: Path, sweep: SweepConfig) -> list[dict]:
+    """One dict per trial: id, status, kind, parameters, budget used, the objective and oracle numbers at its best
+    checkpoint. Works while the sweep runs (Tune snapshots its state every few seconds)."""
+    analysis = _analysis(exp_dir)
+    frames = analysis.trial_dataframes
+    rows = []
+    for trial in analysis.trials:
+        cfg = dict(trial.config)
+        kind = "baseline" if "baseline" in cfg else "search"
+        prefix = "baseline_" if kind == "baseline" else ""
+        last = trial.last_result or {}
+        row = {"trial_id": trial.trial_id, "status": trial.status, "kind": kind,
+               "method": cfg.get("baseline", sweep.run.method.name), "step": last.get("step", 0),
+               "best_step": last.get(f"{prefix}best_step", -1), "params": {k: v for k, v in cfg.items() if k != "baseline"},
+               "path": str(trial.path) if trial.path else None}
+        for m in sweep.objective.metrics:
+            v = last.get(f"{prefix}best/{m}")
+            row[f"best/{m}"] = v if v is not None and math.isfinite(v) else None
+        df = frames.get(trial.trial_id)
+        at_best = None
+        if df is not None and "step" in df and row["best_step"] >= 0:
+            match = df[df["step"] == row["best_step"]]
+            at_best = match.iloc[-1] if len(match) else None
+        for m in REPORTED:
+            row[f"at_best/{m}"] = float(at_best[m]) if at_best is not None and m in at_best else None
+        rows.append(row)
+    return rows
+
+
+def best_row(rows: list[dict], sweep: SweepConfig) -> dict | None:
+    """The search trial with the best objective at its best checkpoint (first metric for multi-objective)."""
+    m, mode = sweep.objective.metrics[0], sweep.objective.modes[0]
+    scored = [r for r in rows if r["kind"] == "search" and r.get(f"best/{m}") is not None]
+    if not scored:
+        return None
+    return (max if mode == "max" else min)(scored, key=lambda r: r[f"best/{m}"])
+
+
+def pareto_rows(rows: list[dict], sweep: SweepConfig) -> list[dict]:
+    metrics, modes = sweep.objective.metrics, sweep.objective.modes
+    scored = [r for r in rows if r["kind"] == "search" and all(r.get(f"best/{m}") is not None for m in metrics)]
+    sign = [1 if md == "max" else -1 for md in modes]
+
+    def dominates(a, b):
+        va = [s * a[f"best/{m}"] for s, m in zip(sign, metrics)]
+        vb = [s * b[f"best/{m}"] for s, m in zip(sign, metrics)]
+        return all(x >= y for x, y in zip(va, vb)) and any(x > y for x, y in zip(va, vb))
+
+    return [r for r in scored if not any(dominates(o, r) for o in scored if o is not r)]
+
+
+def format_table(rows: list[dict], sweep: SweepConfig, max_params: int = 4) -> str:
+    metrics = sweep.objective.metrics
+    oracle = "ORACLE " if sweep.objective.oracle else ""
+    keys = sorted({k for r in rows for k in r["params"]})[:max_params]
+    head = ["trial", "status", "kind", "steps"] + [f"{oracle}best {m}" for m in metrics] + \
+           ["src val acc", "oracle tgt acc", "oracle H"] + [k.split(".")[-1] for k in keys]
+    lines = []
+    for r in rows:
+        cells = [r["trial_id"], r["status"], r["method"] if r["kind"] == "baseline" else "search",
+                 f"{r['step']}/{sweep.run.train.steps}"]
+        cells += [_fmt(r.get(f"best/{m}")) for m in metrics]
+        cells += [_fmt(r.get(f"at_best/{m}")) for m in REPORTED]
+        cells += [_fmt(r["params"].get(k)) for k in keys]
+        lines.append(cells)
+    widths = [max(len(str(c)) for c in col) for col in zip(head, *lines)]
+    out = ["  ".join(str(c).ljust(w) for c, w in zip(head, widths))]
+    out += ["  ".join(str(c).ljust(w) for c, w in zip(line, widths)) for line in lines]
+    done = sum(r["status"] in ("TERMINATED", "ERROR") for r in rows)
+    used = sum(r["step"] for r in rows)
+    budget = (sweep.search.num_trials + len(sweep.baselines)) * sweep.run.train.steps
+    out.append(f"{done}/{sweep.search.num_trials + len(sweep.baselines)} trials finished; "
+               f"{used}/{budget} training steps used ({100 * used / max(budget, 1):.0f}%); "
+               "oracle columns use target labels and are for reporting only")
+    return "\n".join(out)
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def summarise(sweep: SweepConfig, exp_dir: Path, state: dict, results, parent):
+    """Close stale child runs and write the sweep's summary to the parent run; returns a SweepSummary."""
+    from .run import SweepSummary
+    from .tracking import close_stale_runs
+
+    rows = trial_rows(exp_dir, sweep)
+    closed = close_stale_runs(state["tracking_uri"], state["experiment_id"], state["parent_run_id"],
+                              {r["trial_id"]: r["status"] for r in rows})
+    if closed:
+        log.info("closed %d stale MLflow runs: %s", len(closed), closed)
+    finished = len(rows) == sweep.search.num_trials + len(sweep.baselines) and all(
+        r["status"] in ("TERMINATED", "ERROR") for r in rows)
+    best = best_row(rows, sweep)
+    table = pd.DataFrame([{**{k: v for k, v in r.items() if k not in ("params", "path")},
+                           **{f"param/{k}": v for k, v in r["params"].items()}} for r in rows])
+    parent.log_table(table, "trials.json")
+    metrics = {"trials/finished": sum(r["status"] == "TERMINATED" for r in rows),
+               "trials/failed": sum(r["status"] == "ERROR" for r in rows)}
+    if best:
+        metrics.update({f"best/{m}": best[f"best/{m}"] for m in sweep.objective.metrics})
+        metrics.update({f"best_trial/{m}": best[f"at_best/{m}"] for m in REPORTED})
+        parent.set_tags({"best_trial_id": best["trial_id"], "best_trial_step": best["best_step"],
+                         **{f"best_param/{k}": v for k, v in best["params"].items()}})
+    for r in rows:
+        if r["kind"] == "baseline":
+            metrics.update({f"baseline/{r['method']}/{m}": r[f"at_best/{m}"] for m in REPORTED})
+    parent.log_metrics({k: v for k, v in metrics.items() if v is not None})
+    if len(sweep.objective.metrics) > 1:
+        front = pareto_rows(rows, sweep)
+        parent.set_tags({"pareto_trial_ids": ",".join(r["trial_id"] for r in front)})
+    _log_study_plots(sweep, exp_dir, state, parent)
+    if best and sweep.tracking.finalists:
+        from .finalists import log_finalists
+
+        try:
+            log_finalists(sweep, exp_dir, state, rows)
+        except Exception as e:  # a failed model upload must not hide the sweep's results
+            log.warning("logging finalist models failed: %s", e)
+    parent.finish("FINISHED" if finished else "KILLED")
+    return SweepSummary(sweep.name, exp_dir, state["parent_run_id"], state["experiment_id"], state["tracking_uri"],
+                        rows, best, finished)
+
+
+def _log_study_plots(sweep: SweepConfig, exp_dir: Path, state: dict, parent) -> None:
+    """Optuna's optimisation history and parameter importances as PNG in the parent run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import optuna
+    from optuna.visualization import matplotlib as ovm
+
+    from .run import STUDY_FILE
+
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(exp_dir / STUDY_FILE)))
+    try:
+        study = optuna.load_study(study_name=state["study_name"], storage=storage)
+    except KeyError:
+        return
+    target = None if len(sweep.objective.metrics) == 1 else (lambda t: t.values[0])
+    name = sweep.objective.metrics[0] + (" (ORACLE)" if sweep.objective.oracle else "")
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    plots = {"optuna/optimization_history.png": lambda: ovm.plot_optimization_history(study, target=target, target_name=name)}
+    if len(done) >= 2:
+        plots["optuna/param_importances.png"] = lambda: ovm.plot_param_importances(study, target=target, target_name=name)
+    for file, make in plots.items():
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                ax = make()
+            fig = ax.figure if hasattr(ax, "figure") else ax[0].figure
+            fig.set_size_inches(8, 5)
+            parent.log_figure(fig, file)
+            plt.close(fig)
+        except Exception as e:  # importance needs variance across trials; a plot is never worth failing a sweep
+            log.warning("could not draw %s: %s", file, e)

@@ -1,0 +1,168 @@
+"""Everything the sweep writes to MLflow: one experiment per sweep, a parent run, one child run per trial.
+
+The trial owns its child run (not Ray's MLflowLoggerCallback): the run is found again by its `trial_id` tag when a
+trial restarts or a sweep resumes, so no run is duplicated, and artifacts are logged from the node the trial ran
+on, before each `tune.report` (code after a trial's last report does not run when ASHA stops it). The driver
+closes whatever was left RUNNING when the sweep ends. This module and `registry` are the only ones importing mlflow.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunStatus
+
+__all__ = ["default_tracking_uri", "open_experiment", "SweepRun", "TrialRun", "child_runs", "close_stale_runs", "TUNE_TO_MLFLOW"]
+
+log = logging.getLogger(__name__)
+
+# Ray Tune trial status -> MLflow run status, for runs a killed process left RUNNING.
+TUNE_TO_MLFLOW = {"TERMINATED": "FINISHED", "ERROR": "FAILED"}
+
+
+def default_tracking_uri(workdir: Path | None = None) -> str:
+    """The embedded store: sqlite in the working directory, as an absolute path (Ray trials run in other dirs)."""
+    return f"sqlite:///{((workdir or Path.cwd()) / 'mlflow.db').resolve()}"
+
+
+def open_experiment(uri: str, name: str, artifact_root: Path | None) -> str:
+    """Get or create the sweep's experiment on the driver (trials must not race to create it); returns its id.
+
+    A local store gets an absolute artifact root; through a server the server decides (proxied artifacts).
+    """
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            raise RuntimeError(f"MLflow experiment {name!r} is deleted; restore it (`mlflow experiments restore`) "
+                               "or give the sweep another tracking.experiment")
+        return exp.experiment_id
+    location = None
+    if artifact_root is not None and not uri.startswith(("http://", "https://")):
+        location = Path(artifact_root).resolve().as_uri()
+    return client.create_experiment(name, artifact_location=location)
+
+
+class SweepRun:
+    """The parent run: the sweep file, the search space, provenance; at the end the best trial and summaries."""
+
+    def __init__(self, uri: str, experiment_id: str, run_id: str | None = None, name: str = "", tags: dict | None = None):
+        self.client = MlflowClient(uri)
+        self.uri, self.experiment_id = uri, experiment_id
+        if run_id is None:
+            run_id = self.client.create_run(experiment_id, run_name=name, tags=tags or {}).info.run_id
+        else:
+            self.client.update_run(run_id, status="RUNNING")
+        self.run_id = run_id
+
+    def log_start(self, params: dict[str, Any], texts: dict[str, str], dicts: dict[str, dict]) -> None:
+        self.client.log_batch(self.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
+        for name, text in texts.items():
+            self.client.log_text(self.run_id, text, name)
+        for name, d in dicts.items():
+            self.client.log_dict(self.run_id, d, name)
+
+    def log_metrics(self, metrics: dict[str, float]) -> None:
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, 0) for k, v in metrics.items() if v is not None and math.isfinite(v)]
+        for i in range(0, len(batch), 500):
+            self.client.log_batch(self.run_id, metrics=batch[i : i + 500])
+
+    def log_figure(self, fig, name: str) -> None:
+        self.client.log_figure(self.run_id, fig, name)
+
+    def log_table(self, df, name: str) -> None:
+        self.client.log_table(self.run_id, df, name)
+        self.client.log_text(self.run_id, df.to_csv(index=False), name.rsplit(".", 1)[0] + ".csv")
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        for k, v in tags.items():
+            self.client.set_tag(self.run_id, k, str(v))
+
+    def finish(self, status: str = "FINISHED") -> None:
+        self.client.set_terminated(self.run_id, status)
+
+
+def child_runs(uri: str, experiment_id: str, parent_run_id: str) -> list:
+    client = MlflowClient(uri)
+    return client.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'", max_results=50_000)
+
+
+def close_stale_runs(uri: str, experiment_id: str, parent_run_id: str, tune_status: dict[str, str]) -> dict[str, str]:
+    """End the children a killed trial or driver left RUNNING, with the status Ray Tune recorded for the trial."""
+    client = MlflowClient(uri)
+    closed = {}
+    for run in child_runs(uri, experiment_id, parent_run_id):
+        if run.info.status != "RUNNING":
+            continue
+        status = TUNE_TO_MLFLOW.get(tune_status.get(run.data.tags.get("trial_id", ""), ""), "KILLED")
+        client.set_terminated(run.info.run_id, status)
+        closed[run.info.run_id] = status
+    return closed
+
+
+class TrialRun:
+    """A trial's child run, reopened (same run id) if the trial restarts from a checkpoint."""
+
+    def __init__(self, uri: str, experiment_id: str, parent_run_id: str, trial_id: str, trial_name: str,
+                 params: dict[str, Any], tags: dict[str, str]):
+        self.client = MlflowClient(uri)
+        found = self.client.search_runs(
+            [experiment_id], filter_string=f"tags.trial_id = '{trial_id}' and tags.mlflow.parentRunId = '{parent_run_id}'"
+        )
+        if found:
+            self.run_id = found[0].info.run_id
+            self.client.update_run(self.run_id, status="RUNNING")
+            history = self.client.get_metric_history(self.run_id, "source_val/acc")
+            self.logged_step = max((m.step for m in history), default=-1)
+            self.restarts = int(found[0].data.tags.get("restarts", "0")) + 1
+            self.previous_failure = found[0].data.tags.get("failure")
+            self.client.set_tag(self.run_id, "restarts", str(self.restarts))
+        else:
+            all_tags = {"mlflow.parentRunId": parent_run_id, "trial_id": trial_id, **tags}
+            self.run_id = self.client.create_run(experiment_id, run_name=trial_name, tags=all_tags).info.run_id
+            self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+            self.logged_step, self.restarts, self.previous_failure = -1, 0, None
+
+    def log_evaluation(self, step: int, metrics: dict[str, float], files: dict[str, Any], best_files: dict[str, Any]) -> None:
+        """Metrics as step `step`; `files` under evaluations/step_N/ and `best_files` under best/.
+
+        File values are dicts (written as JSON) or callables `fn(path)` that draw a picture. A step already logged
+        before a restart is skipped, so a resumed trial's metric history has no duplicates.
+        """
+        if step <= self.logged_step:
+            return
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None]
+        for i in range(0, len(batch), 500):
+            self.client.log_batch(self.run_id, metrics=batch[i : i + 500])
+        for folder, content in ((f"evaluations/step_{step:07d}", files), ("best", best_files)):
+            if not content:
+                continue
+            with tempfile.TemporaryDirectory() as tmp:
+                for name, item in content.items():
+                    path = Path(tmp) / name
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    if callable(item):
+                        item(path)
+                    else:
+                        path.write_text(json.dumps(item, indent=1))
+                self.client.log_artifacts(self.run_id, tmp, folder)
+        self.logged_step = step
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        for k, v in tags.items():
+            self.client.set_tag(self.run_id, k, str(v))
+
+    def close(self, status: str) -> None:
+        try:
+            self.client.set_terminated(self.run_id, status)
+        except Exception as e:  # the driver closes stale runs after the sweep; never mask the trial's own error
+            log.warning("could not close MLflow run %s: %s", self.run_id, e)

@@ -1,0 +1,150 @@
+"""The one bridge between Ray Tune and the training core: a Tune function trainable around `uda_core.train`.
+
+A trial's config holds only its suggested parameters (dotted run-config keys) or, for a baseline trial,
+`{"baseline": <method>}`; everything shared arrives once in a `TrialContext` through `tune.with_parameters`.
+At each evaluation the trial logs to its MLflow child run first (metrics, confusion matrices, and at a new best
+the embedding picture), then reports to Tune with the checkpoint: nothing may follow the last report.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from ray import tune
+
+from search_spaces import apply_params
+from uda_core.config import build_config
+from uda_core.evaluate import Evaluation
+from uda_core.methods import get_method
+from uda_core.train import TrainingDiverged, train
+
+from .objective import GUARD_METRIC, ObjectiveTracker
+from .tracking import TrialRun
+
+__all__ = ["TrialContext", "run_trial", "trial_run_config"]
+
+log = logging.getLogger(__name__)
+OBJECTIVE_STATE = "objective.json"  # written into each checkpoint, so a restarted trial keeps its best
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    sweep_name: str
+    base: dict  # the sweep's run config as a plain dict
+    objective_metrics: tuple[str, ...]
+    objective_modes: tuple[str, ...]
+    min_source_val_acc: float
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    threads: int
+    embedding: str  # "tsne", "pca" or "none"
+
+
+def trial_run_config(base: dict, config: dict):
+    """The validated run config of a trial: the sweep's base with the trial's parameters (or a baseline method)."""
+    if "baseline" in config:
+        name = config["baseline"]
+        raw = apply_params(base, {"method.name": name, "method.params": {},
+                                  "model.domain_bn": get_method(name).needs_domain_bn})
+    else:
+        raw = apply_params(base, config)
+    return build_config(raw, source="trial config")
+
+
+def _finite(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+
+
+def run_trial(config: dict, ctx: TrialContext) -> None:
+    ctx_tune = tune.get_context()
+    trial_id, trial_name = ctx_tune.get_trial_id(), ctx_tune.get_trial_name()
+    baseline = config.get("baseline")
+    cfg = trial_run_config(ctx.base, config)
+    cfg.train.threads, cfg.train.progress = ctx.threads, False
+    if not baseline:
+        cfg.eval.select_by, cfg.eval.select_mode = _core_selection(ctx)
+    tags = {"sweep": ctx.sweep_name, "method": cfg.method.name, "kind": "baseline" if baseline else "search",
+            "objective": ",".join(ctx.objective_metrics),
+            "objective_is_oracle": str(any(m.startswith("oracle/") for m in ctx.objective_metrics)).lower()}
+    run = TrialRun(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id, trial_id, trial_name, config, tags)
+
+    checkpoint = tune.get_checkpoint()
+    status = "FAILED"
+    try:
+        if run.previous_failure == "diverged":  # deterministic: a retry from the checkpoint would diverge again
+            raise TrainingDiverged("this trial's loss diverged in an earlier attempt; not retried")
+        with checkpoint.as_directory() if checkpoint else contextlib.nullcontext() as resume_dir:
+            state = json.loads((Path(resume_dir) / OBJECTIVE_STATE).read_text()) if resume_dir else None
+            tracker = ObjectiveTracker(list(ctx.objective_metrics), list(ctx.objective_modes), ctx.min_source_val_acc, state)
+            with tempfile.TemporaryDirectory(prefix=f"{trial_name}-") as workdir:
+
+                def report(ev: Evaluation, checkpoint_dir: Path) -> None:
+                    values, is_best = tracker.update(ev.step, ev.metrics)
+                    if baseline:  # baselines are compared, never searched: keep them out of the searcher's metric
+                        values = {f"baseline_{k}": v for k, v in values.items()}
+                    # Tune keeps the best checkpoints by this: the objective of *this* checkpoint, guarded.
+                    m0, mode0 = ctx.objective_metrics[0], ctx.objective_modes[0]
+                    ok = ev.metrics.get(GUARD_METRIC, 0.0) >= ctx.min_source_val_acc and math.isfinite(ev.metrics.get(m0, math.nan))
+                    values["checkpoint_score"] = ev.metrics[m0] if ok else tracker.worst(mode0)
+                    (checkpoint_dir / OBJECTIVE_STATE).write_text(json.dumps(tracker.state()))
+                    run.log_evaluation(ev.step, {**ev.metrics, **_finite(values)}, _evaluation_files(ev),
+                                       _best_files(ev, ctx.embedding) if is_best else {})
+                    tune.report({**_finite(ev.metrics), **values, "step": ev.step},
+                                checkpoint=tune.Checkpoint.from_directory(str(checkpoint_dir)))
+
+                train(cfg, report, Path(workdir), resume_from=Path(resume_dir) if resume_dir else None)
+        status = "FINISHED"
+    except SystemExit:  # Tune stops a trial (ASHA, or the sweep's end) by exiting it inside `tune.report`
+        status = "FINISHED"
+        run.set_tags({"stopped_early": "true"})
+        raise
+    except TrainingDiverged as e:
+        run.set_tags({"failure": "diverged", "error": str(e)[:5000]})
+        raise
+    except BaseException as e:
+        run.set_tags({"failure": type(e).__name__, "error": str(e)[:5000]})
+        raise
+    finally:
+        run.close(status)
+
+
+def _core_selection(ctx: TrialContext) -> tuple[str, str]:
+    """The core keeps its own best checkpoint by a label-free metric; use the objective's when it is one."""
+    m, mode = ctx.objective_metrics[0], ctx.objective_modes[0]
+    if m.startswith(("source_val/", "source_test/", "label_free/")):
+        return m, mode
+    return "source_val/acc", "max"
+
+
+def _evaluation_files(ev: Evaluation) -> dict:
+    from uda_core.evaluation.plots import plot_confusion
+
+    files: dict = {}
+    for split, conf in ev.confusion.items():
+        files[f"confusion/{split}.json"] = conf
+        files[f"confusion/{split}.png"] = lambda p, c=conf, s=split: plot_confusion(c, p, title=f"{s}, step {ev.step}")
+    return files
+
+
+def _best_files(ev: Evaluation, embedding: str) -> dict:
+    from uda_core.evaluation.plots import plot_accuracy_by_bin, plot_confusion, plot_embedding
+
+    files: dict = {"evaluation.json": ev.to_json()}
+    for split, conf in ev.confusion.items():
+        files[f"confusion_{split}.png"] = lambda p, c=conf, s=split: plot_confusion(c, p, title=f"{s}, best step {ev.step}")
+    if embedding != "none" and ev.embedding:
+        e = ev.embedding
+        files["embedding.png"] = lambda p: plot_embedding(
+            e["source"], e["target"], e["oracle_target_unknown"], p, method=embedding,
+            title=f"source vs target features, step {ev.step} ({embedding}; oracle: unknowns marked by true label)")
+    if ev.acc_by_mag:
+        files["oracle_accuracy_vs_r_mag.png"] = lambda p: plot_accuracy_by_bin(
+            ev.acc_by_mag, p, "r magnitude (target test, shared classes)", title="oracle: target accuracy vs magnitude")
+    return files

@@ -1,0 +1,82 @@
+"""Sweep files are validated whole, with the dotted key named, before anything starts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sweeps.config import DEFAULT_OBJECTIVE, load_sweep, parse_sweep
+from uda_core.errors import ConfigError
+
+CONFIGS = sorted((Path(__file__).parents[1] / "sweeps" / "configs").glob("*.yaml"))
+
+
+def _sweep(**over):
+    raw = {"name": "s", "run": {"method": {"name": "dance"}}}
+    raw.update(over)
+    return raw
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_shipped_sweeps_are_valid(path):
+    sweep = load_sweep(path)
+    assert sweep.name == path.stem
+    assert not sweep.objective.oracle  # shipped sweeps select without target labels
+
+
+def test_shipped_sweeps_exist():
+    assert {p.stem for p in CONFIGS} >= {"quickstart", "decals_to_sdss", "lsst_y10_to_y1", "deepastro3"}
+
+
+def test_defaults():
+    s = parse_sweep(_sweep(), "s.yaml")
+    assert s.objective.metrics == [DEFAULT_OBJECTIVE] and not DEFAULT_OBJECTIVE.startswith("oracle/")
+    assert s.space_name == "dance"
+    assert s.grace_period == 2 * s.run.train.eval_every
+
+
+def test_multi_objective_modes_default_to_each_metric():
+    s = parse_sweep(_sweep(objective={"metric": ["label_free/entropy", "source_val/acc"]}), "s.yaml")
+    assert s.objective.modes == ["min", "max"]
+
+
+def test_oracle_objective_is_marked():
+    s = parse_sweep(_sweep(objective={"metric": "oracle/target_test/h_score"}), "s.yaml")
+    assert s.objective.oracle
+
+
+@pytest.mark.parametrize("raw, key", [
+    (_sweep(serach={}), "serach: unknown key"),
+    (_sweep(run={"method": {"name": "dance"}, "train": {"stpes": 3}}), "run.train.stpes"),
+    (_sweep(run={"train": {"steps": "many"}}), "run.train.steps"),
+    (_sweep(objective={"metric": "target_acc"}), "objective.*not a metric a sweep can optimise"),
+    (_sweep(objective={"metric": ["label_free/im"], "mode": ["max", "min"]}), "objective.*one mode per metric"),
+    (_sweep(resources={"gpus_per_trial": 0.3}), "resources.gpus_per_trial.*divide 1"),
+    (_sweep(resources={"cpus_per_trial": 0}), "resources.cpus_per_trial"),
+    (_sweep(scheduler={"grace_period": 100000}), "scheduler.grace_period"),
+    (_sweep(scheduler={"reduction_factor": 1}), "scheduler.reduction_factor"),
+    (_sweep(search={"space": "adabn"}), "search.space"),
+    (_sweep(search={"overrides": {"method.params.c_rho": {"low": 0.5, "high": 2}}}), "search.overrides.method.params.c_rho"),
+    (_sweep(baselines=["dann"]), "baselines.*not a method"),
+    (_sweep(name="my sweep"), "name"),
+    (_sweep(search={"num_trials": 0}), "search.num_trials"),
+    ({"run": {}}, "name: Field required"),
+])
+def test_bad_sweep_files_name_the_key(raw, key):
+    with pytest.raises(ConfigError, match=key):
+        parse_sweep(raw, "s.yaml")
+
+
+def test_file_errors(tmp_path):
+    with pytest.raises(ConfigError, match="no such sweep file"):
+        load_sweep(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_sweep(bad)
+    listy = tmp_path / "list.yaml"
+    listy.write_text(yaml.safe_dump([1, 2]))
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_sweep(listy)
