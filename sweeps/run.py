@@ -224,8 +224,10 @@ def _fit(sweep: SweepConfig, exp_dir: Path, state: dict, address: str | None, tr
             run_config=tune.RunConfig(
                 name=sweep.name, storage_path=str(exp_dir.parent),
                 failure_config=tune.FailureConfig(max_failures=sweep.failure.max_retries),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute="checkpoint_score",
-                                                        checkpoint_score_order=modes[0]),
+                # Every evaluation's checkpoint is kept: with num_to_keep, Tune deleted a trial's latest checkpoint
+                # (low score) after the experiment snapshot named it, and a resume after SIGKILL then failed
+                # ("does not exist on storage anymore"). Checkpoints are small (model, optimiser, memory bank).
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
                 verbose=1 if progress else 0,
             ),
         )

@@ -24,7 +24,7 @@ from uda_core.evaluate import Evaluation
 from uda_core.methods import get_method
 from uda_core.train import TrainingDiverged, train
 
-from .objective import GUARD_METRIC, ObjectiveTracker
+from .objective import ObjectiveTracker
 from .tracking import TrialRun
 
 __all__ = ["TrialContext", "run_trial", "trial_run_config"]
@@ -89,10 +89,6 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
                     values, is_best = tracker.update(ev.step, ev.metrics)
                     if baseline:  # baselines are compared, never searched: keep them out of the searcher's metric
                         values = {f"baseline_{k}": v for k, v in values.items()}
-                    # Tune keeps the best checkpoints by this: the objective of *this* checkpoint, guarded.
-                    m0, mode0 = ctx.objective_metrics[0], ctx.objective_modes[0]
-                    ok = ev.metrics.get(GUARD_METRIC, 0.0) >= ctx.min_source_val_acc and math.isfinite(ev.metrics.get(m0, math.nan))
-                    values["checkpoint_score"] = ev.metrics[m0] if ok else tracker.worst(mode0)
                     (checkpoint_dir / OBJECTIVE_STATE).write_text(json.dumps(tracker.state()))
                     run.log_evaluation(ev.step, {**ev.metrics, **_finite(values)}, _evaluation_files(ev),
                                        _best_files(ev, ctx.embedding) if is_best else {})

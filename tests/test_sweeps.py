@@ -1,0 +1,201 @@
+"""Sweeps end to end with real Ray (local, 2 CPUs), real Optuna and a real MLflow store (sqlite + artifacts)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import ray
+import yaml
+from mlflow import MlflowClient
+
+import sweep_helpers
+from sweeps.cli import main
+from sweeps.run import STUDY_FILE, resume_sweep, run_sweep
+from sweeps.tracking import child_runs
+
+STEPS, EVERY = 6, 2
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.cloudpickle.register_pickle_by_value(sweep_helpers)
+    yield
+    ray.shutdown()
+
+
+def write_sweep(folder: Path, data_root: Path, name: str, **over) -> Path:
+    raw = {
+        "name": name,
+        "run": {
+            "data": {"size": "tiny", "root": str(data_root)},
+            "model": {"width": 8, "depth": 2, "feature_dim": 16, "domain_bn": True},
+            "method": {"name": "dance"},
+            "optim": {"batch_size": 16},
+            "train": {"steps": STEPS, "eval_every": EVERY, "precision": "fp32"},
+            "eval": {"max_source_features": 100, "snd_max_samples": 200},
+        },
+        "search": {"num_trials": 3, "overrides": {"model.width": 8, "optim.batch_size": 16}},
+        "objective": {"metric": "label_free/im", "min_source_val_acc": 0.0},
+        "baselines": ["source_only"],
+        "resources": {"cpus_per_trial": 1, "concurrency": 2},
+        "failure": {"max_retries": 1},
+        "tracking": {"embedding": "pca", "finalists": 1},
+    }
+    for k, v in over.items():
+        raw[k] = {**raw[k], **v} if isinstance(v, dict) and isinstance(raw.get(k), dict) else v
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, data_root, tiny_folder):
+    work = tmp_path_factory.mktemp("sweep")
+    path = write_sweep(work, data_root, "nest")
+    summary = run_sweep(path, workdir=work, progress=False)
+    return summary, work, path
+
+
+def test_sweep_nests_trial_runs_under_one_parent(finished):
+    summary, work, _ = finished
+    assert summary.finished
+    client = MlflowClient(summary.tracking_uri)
+    parent = client.get_run(summary.parent_run_id)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.params["data.fingerprint"] != "unknown"
+    assert "git.revision" in parent.data.params and "version.ray" in parent.data.params
+    children = child_runs(summary.tracking_uri, summary.experiment_id, summary.parent_run_id)
+    assert len(children) == 4  # 3 searched + 1 baseline, each exactly once
+    assert {c.data.tags["trial_id"] for c in children} == {r["trial_id"] for r in summary.trials}
+    assert all(c.info.status == "FINISHED" for c in children)
+    assert sorted(c.data.tags["kind"] for c in children) == ["baseline", "search", "search", "search"]
+    parent_files = {a.path for a in client.list_artifacts(summary.parent_run_id)}
+    assert {"sweep.yaml", "trials.json", "trials.csv", "search_space.json", "optuna"} <= parent_files
+    plots = {a.path for a in client.list_artifacts(summary.parent_run_id, "optuna")}
+    assert "optuna/optimization_history.png" in plots
+
+
+def test_every_evaluation_has_metrics_and_confusion_matrices(finished):
+    summary, _, _ = finished
+    client = MlflowClient(summary.tracking_uri)
+    for child in child_runs(summary.tracking_uri, summary.experiment_id, summary.parent_run_id):
+        history = client.get_metric_history(child.info.run_id, "source_val/acc")
+        steps = [m.step for m in history]
+        assert steps == sorted(set(steps)) and steps[0] == EVERY  # each evaluation once, as a step
+        assert "label_free/snd" in child.data.metrics and "oracle/target_test/h_score" in child.data.metrics
+        for step in steps:
+            folder = f"evaluations/step_{step:07d}/confusion"
+            files = {a.path.rsplit("/", 1)[1] for a in client.list_artifacts(child.info.run_id, folder)}
+            assert files == {"source_test.json", "source_test.png", "oracle_target_test.json", "oracle_target_test.png"}
+        local = client.download_artifacts(child.info.run_id, f"evaluations/step_{steps[-1]:07d}/confusion/source_test.json")
+        conf = json.loads(Path(local).read_text())
+        assert sum(map(sum, conf["matrix"])) > 0
+        best = {a.path for a in client.list_artifacts(child.info.run_id, "best")}
+        assert "best/embedding.png" in best and "best/evaluation.json" in best
+
+
+def test_study_seeded_with_defaults_and_persisted(finished):
+    summary, work, _ = finished
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(summary.path / STUDY_FILE)))
+    (study_summary,) = optuna.get_all_study_summaries(storage)
+    assert study_summary.study_name.startswith("nest-")
+    study = optuna.load_study(study_name=study_summary.study_name, storage=storage)
+    assert len(study.trials) == 3  # the baseline never reached Optuna
+    first = min(study.trials, key=lambda t: t.number)
+    assert first.params["method.params.eta_nc"] == 0.05 and first.params["optim.lr"] == 0.002
+
+
+def test_best_trial_and_finalist_model(finished):
+    summary, _, _ = finished
+    best = summary.best
+    assert best is not None and best["kind"] == "search"
+    scores = [r["best/label_free/im"] for r in summary.trials if r["kind"] == "search" and r["best/label_free/im"] is not None]
+    assert best["best/label_free/im"] == max(scores)
+    client = MlflowClient(summary.tracking_uri)
+    (run,) = client.search_runs([summary.experiment_id], filter_string=f"tags.trial_id = '{best['trial_id']}'")
+    assert run.data.tags.get("finalist") == "true"
+    import mlflow
+    import numpy as np
+
+    mlflow.set_tracking_uri(summary.tracking_uri)
+    model = mlflow.pyfunc.load_model(run.data.tags["model_uri"])
+    meta = model.metadata.signature.inputs.to_dict()
+    out = model.predict(np.zeros((3, 3, 32, 32), np.float32))
+    assert len(out) == 3 and "predicted_class" in out and meta
+
+
+def test_status_and_refusing_to_overwrite(finished, capsys, monkeypatch):
+    summary, work, path = finished
+    monkeypatch.chdir(work)
+    assert main(["status", "nest"]) == 0
+    out = capsys.readouterr().out
+    assert "4/4 trials finished" in out and "source_only" in out and "oracle" in out
+    assert main(["run", str(path)]) == 2  # same name again: refused, nothing touched
+    assert "already exists" in capsys.readouterr().err
+    assert main(["status", "nope"]) == 2
+
+
+def test_failing_and_diverging_trials_do_not_stop_the_sweep(tmp_path, data_root, tiny_folder):
+    path = write_sweep(tmp_path, data_root, "flaky")
+    summary = run_sweep(path, workdir=tmp_path, trainable=sweep_helpers.flaky_trial, progress=False)
+    status = {r["trial_id"]: r["status"] for r in summary.trials}
+    assert sorted(status.values()) == ["ERROR", "ERROR", "TERMINATED", "TERMINATED"]
+    runs = {c.data.tags["trial_id"]: c for c in child_runs(summary.tracking_uri, summary.experiment_id, summary.parent_run_id)}
+    assert len(runs) == 4  # a retried trial reuses its run
+    failures = sorted(r.data.tags.get("failure", "") for r in runs.values() if r.info.status == "FAILED")
+    assert failures == ["RuntimeError", "diverged"]
+    assert all(runs[t].info.status == "FINISHED" for t, s in status.items() if s == "TERMINATED")
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(summary.path / STUDY_FILE)))
+    (s,) = optuna.get_all_study_summaries(storage)
+    states = sorted(t.state.name for t in optuna.load_study(study_name=s.study_name, storage=storage).trials)
+    assert states == ["COMPLETE", "COMPLETE", "FAIL"]
+    assert summary.best is not None and summary.best["status"] == "TERMINATED"
+
+
+def test_resume_after_driver_sigkill(tmp_path, data_root, tiny_folder):
+    """Kill the driver (and its local Ray) mid-sweep; resume finishes with every trial run once in MLflow."""
+    path = write_sweep(tmp_path, data_root, "killed", run={"train": {"steps": 40, "eval_every": 10, "precision": "fp32"}},
+                       search={"num_trials": 4, "overrides": {"model.width": 8, "optim.batch_size": 16}},
+                       scheduler={"type": "none"})
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    driver = subprocess.Popen([sys.executable, "-m", "sweeps.cli", "run", str(path)], cwd=tmp_path, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline:  # wait for one finished trial and one with a checkpoint still running
+            time.sleep(2)
+            exp_dir = tmp_path / "runs" / "sweeps" / "killed"
+            done = list(exp_dir.glob("trial_*/checkpoint_000003"))
+            partial = [d for d in exp_dir.glob("trial_*") if (d / "checkpoint_000000").exists() and not (d / "checkpoint_000003").exists()]
+            if done and partial:
+                break
+        else:
+            pytest.fail("the driver never reached the middle of the sweep")
+    finally:
+        # The driver and the local Ray it started (its whole session), as a power cut would.
+        subprocess.run(["pkill", "-KILL", "-s", str(driver.pid)], capture_output=True)
+        driver.wait()
+    client = MlflowClient(uri)
+    (exp,) = [e for e in client.search_experiments() if e.name == "killed"]
+    before = {r.data.tags.get("trial_id") for r in client.search_runs([exp.experiment_id]) if "trial_id" in r.data.tags}
+
+    summary = resume_sweep("killed", workdir=tmp_path, progress=False)
+    assert summary.finished
+    children = child_runs(summary.tracking_uri, summary.experiment_id, summary.parent_run_id)
+    ids = [c.data.tags["trial_id"] for c in children]
+    assert len(ids) == len(set(ids)) == 5 and before <= set(ids)  # nothing lost, nothing duplicated
+    assert all(c.info.status == "FINISHED" for c in children)
+    assert client.get_run(summary.parent_run_id).info.status == "FINISHED"
+    for c in children:
+        steps = [m.step for m in client.get_metric_history(c.info.run_id, "source_val/acc")]
+        assert steps == [10, 20, 30, 40]  # a resumed trial continues; no step logged twice
+    assert any(int(c.data.tags.get("restarts", "0")) >= 1 for c in children)  # some trial did continue
