@@ -199,3 +199,19 @@ def test_resume_after_driver_sigkill(tmp_path, data_root, tiny_folder):
         steps = [m.step for m in client.get_metric_history(c.info.run_id, "source_val/acc")]
         assert steps == [10, 20, 30, 40]  # a resumed trial continues; no step logged twice
     assert any(int(c.data.tags.get("restarts", "0")) >= 1 for c in children)  # some trial did continue
+
+
+def test_multi_objective_sweep(tmp_path, data_root, tiny_folder):
+    path = write_sweep(tmp_path, data_root, "multi", baselines=[],
+                       objective={"metric": ["label_free/entropy", "source_val/acc"], "min_source_val_acc": 0.0},
+                       search={"num_trials": 2, "overrides": {"model.width": 8, "optim.batch_size": 16}},
+                       tracking={"embedding": "none", "finalists": 0})
+    summary = run_sweep(path, workdir=tmp_path, progress=False)
+    assert summary.finished and len(summary.trials) == 2
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(summary.path / STUDY_FILE)))
+    (s,) = optuna.get_all_study_summaries(storage)
+    study = optuna.load_study(study_name=s.study_name, storage=storage)
+    assert [d.name for d in study.directions] == ["MINIMIZE", "MAXIMIZE"]
+    assert all(len(t.values) == 2 for t in study.trials)
+    tags = MlflowClient(summary.tracking_uri).get_run(summary.parent_run_id).data.tags
+    assert tags["pareto_trial_ids"] and set(tags["pareto_trial_ids"].split(",")) <= {r["trial_id"] for r in summary.trials}

@@ -1,0 +1,69 @@
+"""Sweep pieces without Ray: the guarded best-checkpoint objective and the baseline-first searcher."""
+
+from __future__ import annotations
+
+import math
+
+from ray.tune.search import Searcher
+
+from sweeps.objective import ObjectiveTracker
+from sweeps.searcher import BaselinesFirst
+from sweeps.trainable import trial_run_config
+from uda_core.config import RunConfig
+
+
+def test_objective_tracks_best_checkpoint_and_guard():
+    t = ObjectiveTracker(["label_free/im"], ["max"], min_source_val_acc=0.5)
+    r, best = t.update(100, {"label_free/im": 0.9, "source_val/acc": 0.3})  # collapsed source: never best
+    assert not best and r["best/label_free/im"] == -math.inf and r["guard_ok"] == 0.0
+    r, best = t.update(200, {"label_free/im": 0.4, "source_val/acc": 0.8})
+    assert best and r["best/label_free/im"] == 0.4 and r["best_step"] == 200
+    r, best = t.update(300, {"label_free/im": 0.2, "source_val/acc": 0.9})  # worse: best stays at step 200
+    assert not best and r["best/label_free/im"] == 0.4 and r["objective/label_free/im"] == 0.2
+    r, best = t.update(400, {"label_free/im": math.nan, "source_val/acc": 0.9})
+    assert not best and r["best_step"] == 200
+    resumed = ObjectiveTracker(["label_free/im"], ["max"], 0.5, state=t.state())
+    assert resumed.update(500, {"label_free/im": 0.3, "source_val/acc": 0.9})[0]["best/label_free/im"] == 0.4
+
+
+def test_objective_min_mode_and_secondary_metric_at_primary_best():
+    t = ObjectiveTracker(["label_free/entropy", "source_val/acc"], ["min", "max"], 0.0)
+    t.update(1, {"label_free/entropy": 1.0, "source_val/acc": 0.9})
+    r, _ = t.update(2, {"label_free/entropy": 0.5, "source_val/acc": 0.7})
+    assert r["best/label_free/entropy"] == 0.5 and r["best/source_val/acc"] == 0.7  # both from the same checkpoint
+
+
+class _Recorder(Searcher):
+    def __init__(self):
+        super().__init__(metric="m", mode="max")
+        self.seen, self.n = [], 0
+
+    def suggest(self, trial_id):
+        self.n += 1
+        return {"x": self.n}
+
+    def on_trial_complete(self, trial_id, result=None, error=False):
+        self.seen.append(trial_id)
+
+
+def test_baselines_first_then_searcher_and_kept_out_of_it():
+    inner = _Recorder()
+    s = BaselinesFirst(inner, ["source_only", "adabn"])
+    assert s.suggest("a") == {"baseline": "source_only"}
+    assert s.suggest("b") == {"baseline": "adabn"}
+    assert s.suggest("c") == {"x": 1}
+    for tid in "abc":
+        s.on_trial_complete(tid, {"m": 1.0})
+    assert inner.seen == ["c"]
+    restored = BaselinesFirst(_Recorder(), ["source_only", "adabn"])
+    restored.set_state(s.get_state())
+    assert restored.suggest("d") == {"x": 1} and restored.baseline_trials == {"a": "source_only", "b": "adabn"}
+
+
+def test_trial_config_from_parameters_and_baselines():
+    base = RunConfig(method={"name": "dance"}, model={"domain_bn": True}).model_dump()
+    cfg = trial_run_config(base, {"optim.lr": 0.01, "method.params.eta_nc": 0.2})
+    assert cfg.optim.lr == 0.01 and cfg.method.parsed().eta_nc == 0.2
+    so = trial_run_config(base, {"baseline": "source_only"})
+    assert so.method.name == "source_only" and so.method.params == {} and not so.model.domain_bn
+    assert trial_run_config(base, {"baseline": "adabn"}).model.domain_bn
