@@ -203,7 +203,8 @@ def _fit(sweep: SweepConfig, exp_dir: Path, state: dict, address: str | None, tr
         if sweep.search.algorithm == "tpe":
             # Multivariate TPE over grouped conditional sub-spaces; constant liar because parallel trials are
             # asked for before earlier ones are told (optuna 5 defaults, set explicitly for clarity).
-            sampler = optuna.samplers.TPESampler(seed=sweep.search.seed, multivariate=True, group=True, constant_liar=True)
+            sampler = optuna.samplers.TPESampler(seed=sweep.search.seed, multivariate=True, group=True, constant_liar=True,
+                                                 n_startup_trials=sweep.search.n_startup)
         else:
             sampler = optuna.samplers.RandomSampler(seed=sweep.search.seed)
         points = [space.default_point(base)] if sweep.search.seed_with_defaults else None

@@ -79,7 +79,9 @@ class SweepRun:
         self.client.log_figure(self.run_id, fig, name)
 
     def log_table(self, df, name: str) -> None:
-        self.client.log_table(self.run_id, df, name)
+        # Written as text, not mlflow.log_table: that appends to an existing table, so a resumed sweep's
+        # summary would list every trial twice.
+        self.client.log_text(self.run_id, df.to_json(orient="records", indent=1), name)
         self.client.log_text(self.run_id, df.to_csv(index=False), name.rsplit(".", 1)[0] + ".csv")
 
     def set_tags(self, tags: dict[str, Any]) -> None:

@@ -35,6 +35,8 @@ def test_defaults():
     assert s.objective.metrics == [DEFAULT_OBJECTIVE] and not DEFAULT_OBJECTIVE.startswith("oracle/")
     assert s.space_name == "dance"
     assert s.grace_period == 2 * s.run.train.eval_every
+    assert s.search.n_startup == 3  # 8 trials: TPE takes over after 3 random ones (Optuna's 10 would never)
+    assert parse_sweep(_sweep(search={"num_trials": 200}), "s.yaml").search.n_startup == 10
 
 
 def test_multi_objective_modes_default_to_each_metric():

@@ -67,3 +67,18 @@ def test_trial_config_from_parameters_and_baselines():
     so = trial_run_config(base, {"baseline": "source_only"})
     assert so.method.name == "source_only" and so.method.params == {} and not so.model.domain_bn
     assert trial_run_config(base, {"baseline": "adabn"}).model.domain_bn
+
+
+def test_tracking_uri_local_default_and_cluster_rule(tmp_path):
+    import pytest
+
+    from sweeps.config import parse_sweep
+    from sweeps.run import _tracking_uri
+    from uda_core.errors import ConfigError
+
+    sweep = parse_sweep({"name": "s", "run": {}}, "s.yaml")
+    assert _tracking_uri(sweep, None, tmp_path) == f"sqlite:///{tmp_path / 'mlflow.db'}"  # absolute: trials run elsewhere
+    with pytest.raises(ConfigError, match="tracking.uri.*MLflow server"):
+        _tracking_uri(sweep, "ray://head:10001", tmp_path)  # a local sqlite file is unreachable from other nodes
+    remote = parse_sweep({"name": "s", "run": {}, "tracking": {"uri": "http://10.0.0.1:5000"}}, "s.yaml")
+    assert _tracking_uri(remote, "auto", tmp_path) == "http://10.0.0.1:5000"

@@ -199,6 +199,8 @@ def test_resume_after_driver_sigkill(tmp_path, data_root, tiny_folder):
         steps = [m.step for m in client.get_metric_history(c.info.run_id, "source_val/acc")]
         assert steps == [10, 20, 30, 40]  # a resumed trial continues; no step logged twice
     assert any(int(c.data.tags.get("restarts", "0")) >= 1 for c in children)  # some trial did continue
+    table = json.loads(Path(client.download_artifacts(summary.parent_run_id, "trials.json")).read_text())
+    assert sorted(r["trial_id"] for r in table) == sorted(ids)
 
 
 def test_multi_objective_sweep(tmp_path, data_root, tiny_folder):
