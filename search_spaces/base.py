@@ -208,6 +208,8 @@ class Space:
 
 
 def _override(p: Param, spec: Any, where: str) -> Param:
+    if spec is None:
+        raise ConfigError(f"{where}: empty override; give a value to fix, {{low, high}} or {{choices}}, or remove the key")
     if not isinstance(spec, dict):
         if isinstance(p, Categorical) and spec not in p.choices and not isinstance(spec, (int, float, str, bool)):
             raise ConfigError(f"{where}: a fixed value must be a number, string or boolean, got {spec!r}")

@@ -112,9 +112,27 @@ class FailureConfig(_Strict):
 class StorageConfig(_Strict):
     path: str = "runs/sweeps"  # Ray Tune results and checkpoints, the Optuna study, the sweep file copy
 
+    @field_validator("path")
+    @classmethod
+    def _filesystem(cls, v):
+        if "://" in v:
+            raise ValueError("a folder path is needed (on a cluster, a shared mount such as NFS); "
+                             "object-store URIs are not supported yet")
+        return v
+
+
 
 class TrackingConfig(_Strict):
     uri: str | None = None  # default: sqlite:///mlflow.db in the working directory (HTTP on a cluster)
+
+    @field_validator("uri")
+    @classmethod
+    def _store(cls, v):
+        # Trials run in their own folders (and on other nodes): a relative file store would be a different store.
+        if v is not None and not v.startswith(("sqlite:///", "http://", "https://", "postgresql", "mysql", "mssql")):
+            raise ValueError("use sqlite:///PATH, a database URL or an MLflow server's http(s):// address")
+        return v
+
     experiment: str | None = None  # default: the sweep's name
     artifacts: str = "mlartifacts"  # artifact root for a local (sqlite) store; a server stores its own
     embedding: Literal["tsne", "pca", "none"] = "tsne"  # picture of source vs target features at each new best
@@ -160,6 +178,9 @@ class SweepConfig(_Strict):
         if g is not None and not every <= g <= steps:
             raise ValueError(f"scheduler.grace_period: must lie between run.train.eval_every={every} and "
                              f"run.train.steps={steps} (ASHA compares trials at evaluations), got {g}")
+        if self.run.train.device == "cuda" and self.resources.gpus_per_trial == 0:
+            raise ValueError("run.train.device: 'cuda' needs resources.gpus_per_trial > 0 (Ray hides GPUs from "
+                             "trials that did not ask for one); or use device 'auto'")
         if self.search.space is not None and self.search.space != self.run.method.name:
             raise ValueError(f"search.space: {self.search.space!r} searches another method than run.method.name="
                              f"{self.run.method.name!r}; make them equal (or drop search.space)")

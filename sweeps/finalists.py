@@ -68,6 +68,8 @@ def log_finalists(sweep: SweepConfig, exp_dir: Path, state: dict, rows: list[dic
         if ckpt is None or not runs:
             log.warning("trial %s: no checkpoint at its best step %s or no MLflow run; model not logged", r["trial_id"], r["best_step"])
             continue
+        if runs[0].data.tags.get("finalist_step") == str(r["best_step"]):
+            continue  # logged by an earlier summary of this sweep (e.g. before a resume)
         with tempfile.TemporaryDirectory() as tmp:
             meta = export_checkpoint(ckpt, Path(tmp))
             example = np.zeros((2, len(meta["bands"]), meta["stamp_px"], meta["stamp_px"]), np.float32)
@@ -79,12 +81,15 @@ def log_finalists(sweep: SweepConfig, exp_dir: Path, state: dict, rows: list[dic
             model = GalaxyClassifier()
             model.load_context(_Ctx)
             signature = infer_signature(example, model.predict(None, example))
-            with mlflow.start_run(run_id=runs[0].info.run_id):
-                info = mlflow.pyfunc.log_model(
-                    name="model", python_model=str(PYFUNC_CODE), artifacts=_Ctx.artifacts, signature=signature,
-                    input_example=example, pip_requirements=["galaxy-uda-sweeps", "torch", "safetensors", "mlflow"])
-            mlflow.MlflowClient(state["tracking_uri"]).set_terminated(runs[0].info.run_id, runs[0].info.status)
+            try:
+                with mlflow.start_run(run_id=runs[0].info.run_id):
+                    info = mlflow.pyfunc.log_model(
+                        name="model", python_model=str(PYFUNC_CODE), artifacts=_Ctx.artifacts, signature=signature,
+                        input_example=example, pip_requirements=["galaxy-uda-sweeps", "torch", "safetensors", "mlflow"])
+            finally:  # start_run's exit marks the run FINISHED (or FAILED on error): put back the trial's own status
+                client.set_terminated(runs[0].info.run_id, runs[0].info.status)
             client.set_tag(runs[0].info.run_id, "finalist", "true")
+            client.set_tag(runs[0].info.run_id, "finalist_step", str(r["best_step"]))
             client.set_tag(runs[0].info.run_id, "model_uri", info.model_uri)
             logged.append(info.model_uri)
     return logged

@@ -7,6 +7,7 @@ Layout under `<storage.path>/<name>/`: Ray Tune's experiment (trial folders, che
 
 from __future__ import annotations
 
+import fcntl
 import importlib.metadata
 import json
 import logging
@@ -115,7 +116,8 @@ def run_sweep(sweep_file: str | Path, *, address: str | None = None, workdir: Pa
         dicts={"search_space.json": space.describe(), "data_manifest.json": data_manifest},
     )
     state = {"name": sweep.name, "tracking_uri": uri, "experiment_id": experiment_id, "parent_run_id": parent.run_id,
-             "study_name": f"{sweep.name}-{int(time.time())}", "address": address, "workdir": str(workdir)}
+             "study_name": f"{sweep.name}-{int(time.time())}", "address": address, "workdir": str(workdir),
+             "path": str(exp_dir)}
     _write_json(exp_dir / STATE_FILE, state)
     return _fit(sweep, exp_dir, state, address, trainable, progress, restore=False)
 
@@ -129,6 +131,10 @@ def resume_sweep(name: str, *, storage: str | Path = "runs/sweeps", address: str
         raise ConfigError(f"no sweep named {name!r} under {exp_dir.parent} (give --storage if it lives elsewhere)")
     sweep = parse_sweep(yaml.safe_load((exp_dir / SWEEP_FILE).read_text()), str(exp_dir / SWEEP_FILE))
     state = json.loads((exp_dir / STATE_FILE).read_text())
+    if state.get("path", str(exp_dir)) != str(exp_dir):
+        # The Optuna searcher's checkpoint holds the journal's absolute path: a moved sweep would write elsewhere.
+        raise ConfigError(f"sweep {name!r} was created at {state['path']} and has moved to {exp_dir}; "
+                          "move it back (or link the old path to it) to resume")
     return _fit(sweep, exp_dir, state, address or state.get("address"), trainable, progress, restore=True)
 
 
@@ -161,6 +167,17 @@ def _trial_name(trial) -> str:
 
 
 def _fit(sweep: SweepConfig, exp_dir: Path, state: dict, address: str | None, trainable, progress: bool, restore: bool) -> SweepSummary:
+    """Run the Tuner under a lock: two drivers on one sweep would run its trials twice."""
+    with open(exp_dir / "driver.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(f"sweep {sweep.name!r} is already being run by another driver (lock {exp_dir / 'driver.lock'}); "
+                              "wait for it, or stop it first") from None
+        return _fit_locked(sweep, exp_dir, state, address, trainable, progress, restore)
+
+
+def _fit_locked(sweep: SweepConfig, exp_dir: Path, state: dict, address: str | None, trainable, progress: bool, restore: bool) -> SweepSummary:
     import optuna
     import ray
     from ray import tune
@@ -237,5 +254,31 @@ def _fit(sweep: SweepConfig, exp_dir: Path, state: dict, address: str | None, tr
     from .summary import summarise
 
     parent = SweepRun(state["tracking_uri"], state["experiment_id"], run_id=state["parent_run_id"])
-    results = tuner.fit()  # Ctrl-C: Tune saves the experiment and returns; `uda-sweep resume` continues it
-    return summarise(sweep, exp_dir, state, results, parent)
+    try:
+        results = tuner.fit()  # Ctrl-C: Tune saves the experiment and returns; `uda-sweep resume` continues it
+        summary = summarise(sweep, exp_dir, state, results, parent)
+        if summary.finished:  # only then: an interrupted sweep's RUNNING trials are still to be told their result
+            _fail_orphan_study_trials(exp_dir, state)
+        return summary
+    except BaseException:
+        from .tracking import close_stale_runs
+
+        try:  # never leave the sweep's runs RUNNING; the original error is what the user needs to see
+            close_stale_runs(state["tracking_uri"], state["experiment_id"], state["parent_run_id"], {})
+            parent.finish("FAILED")
+        except Exception as e:
+            log.warning("could not close the sweep's MLflow runs: %s", e)
+        raise
+
+
+def _fail_orphan_study_trials(exp_dir: Path, state: dict) -> None:
+    """Optuna trials left RUNNING by a killed driver (asked for, never known to Tune's snapshot) are marked FAIL."""
+    import optuna
+
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(exp_dir / STUDY_FILE)))
+    try:
+        study = optuna.load_study(study_name=state["study_name"], storage=storage)
+    except KeyError:
+        return
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)

@@ -142,7 +142,7 @@ def summarise(sweep: SweepConfig, exp_dir: Path, state: dict, results, parent):
         front = pareto_rows(rows, sweep)
         parent.set_tags({"pareto_trial_ids": ",".join(r["trial_id"] for r in front)})
     _log_study_plots(sweep, exp_dir, state, parent)
-    if best and sweep.tracking.finalists:
+    if best and finished and sweep.tracking.finalists:  # an interrupted sweep's best trial may still be training
         from .finalists import log_finalists
 
         try:

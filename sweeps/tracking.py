@@ -104,7 +104,11 @@ def close_stale_runs(uri: str, experiment_id: str, parent_run_id: str, tune_stat
     for run in child_runs(uri, experiment_id, parent_run_id):
         if run.info.status != "RUNNING":
             continue
-        status = TUNE_TO_MLFLOW.get(tune_status.get(run.data.tags.get("trial_id", ""), ""), "KILLED")
+        trial_id = run.data.tags.get("trial_id", "")
+        status = TUNE_TO_MLFLOW.get(tune_status.get(trial_id, ""), "KILLED")
+        if tune_status and trial_id not in tune_status:
+            # Started just before a driver died, after Tune's last snapshot: Tune re-ran it under a new id.
+            client.set_tag(run.info.run_id, "orphan", "true")
         client.set_terminated(run.info.run_id, status)
         closed[run.info.run_id] = status
     return closed
@@ -162,6 +166,13 @@ class TrialRun:
     def set_tags(self, tags: dict[str, Any]) -> None:
         for k, v in tags.items():
             self.client.set_tag(self.run_id, k, str(v))
+
+    def clear_tags(self, keys) -> None:
+        for k in keys:
+            try:
+                self.client.delete_tag(self.run_id, k)
+            except Exception:  # the tag was never set
+                pass
 
     def close(self, status: str) -> None:
         try:

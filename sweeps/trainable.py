@@ -77,6 +77,7 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
 
     checkpoint = tune.get_checkpoint()
     status = "FAILED"
+    last_step = [0]
     try:
         if run.previous_failure == "diverged":  # deterministic: a retry from the checkpoint would diverge again
             raise TrainingDiverged("this trial's loss diverged in an earlier attempt; not retried")
@@ -86,6 +87,7 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
             with tempfile.TemporaryDirectory(prefix=f"{trial_name}-") as workdir:
 
                 def report(ev: Evaluation, checkpoint_dir: Path) -> None:
+                    last_step[0] = ev.step
                     values, is_best = tracker.update(ev.step, ev.metrics)
                     if baseline:  # baselines are compared, never searched: keep them out of the searcher's metric
                         values = {f"baseline_{k}": v for k, v in values.items()}
@@ -97,9 +99,10 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
 
                 train(cfg, report, Path(workdir), resume_from=Path(resume_dir) if resume_dir else None)
         status = "FINISHED"
-    except SystemExit:  # Tune stops a trial (ASHA, or the sweep's end) by exiting it inside `tune.report`
+    except SystemExit:  # Tune stops a trial (ASHA, also at the full budget) by exiting it inside `tune.report`
         status = "FINISHED"
-        run.set_tags({"stopped_early": "true"})
+        if last_step[0] < cfg.train.steps:
+            run.set_tags({"stopped_early": "true", "stopped_at_step": last_step[0]})
         raise
     except TrainingDiverged as e:
         run.set_tags({"failure": "diverged", "error": str(e)[:5000]})
@@ -108,6 +111,8 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
         run.set_tags({"failure": type(e).__name__, "error": str(e)[:5000]})
         raise
     finally:
+        if status == "FINISHED" and run.previous_failure:
+            run.clear_tags(("failure", "error"))  # an earlier attempt failed, this retry succeeded
         run.close(status)
 
 

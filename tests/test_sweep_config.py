@@ -65,6 +65,10 @@ def test_oracle_objective_is_marked():
     (_sweep(name="my sweep"), "name"),
     (_sweep(search={"num_trials": 0}), "search.num_trials"),
     ({"run": {}}, "name: Field required"),
+    (_sweep(tracking={"uri": "mlruns"}), "tracking.uri"),
+    (_sweep(storage={"path": "s3://bucket/sweeps"}), "storage.path"),
+    (_sweep(run={"train": {"device": "cuda"}}), "gpus_per_trial"),
+    (_sweep(search={"overrides": {"optim.lr": None}}), "search.overrides.optim.lr: empty override"),
 ])
 def test_bad_sweep_files_name_the_key(raw, key):
     with pytest.raises(ConfigError, match=key):
