@@ -38,17 +38,21 @@ class _Base:
 
 
 @dataclass(frozen=True)
-class Float(_Base):
+class _Range(_Base):
     low: float
     high: float
     log: bool = False
+    _kinds = (int, float)  # the value types `contains` accepts
 
     def endpoints(self):
         return [self.low, self.high]
 
     def contains(self, value):
-        return isinstance(value, (int, float)) and self.low <= value <= self.high
+        return isinstance(value, self._kinds) and self.low <= value <= self.high
 
+
+@dataclass(frozen=True)
+class Float(_Range):
     def suggest(self, trial):
         return trial.suggest_float(self.key, self.low, self.high, log=self.log)
 
@@ -57,16 +61,8 @@ class Float(_Base):
 
 
 @dataclass(frozen=True)
-class Int(_Base):
-    low: int
-    high: int
-    log: bool = False
-
-    def endpoints(self):
-        return [self.low, self.high]
-
-    def contains(self, value):
-        return isinstance(value, int) and self.low <= value <= self.high
+class Int(_Range):
+    _kinds = (int,)
 
     def suggest(self, trial):
         return trial.suggest_int(self.key, self.low, self.high, log=self.log)

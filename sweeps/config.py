@@ -12,10 +12,9 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from uda_core.config import RunConfig, _format
+from uda_core.config import RunConfig, _format, read_yaml
 from uda_core.errors import ConfigError
 from uda_core.evaluate import OBJECTIVES, is_oracle
 
@@ -218,11 +217,4 @@ def parse_sweep(raw: Any, source: str) -> SweepConfig:
 
 
 def load_sweep(path: str | Path) -> SweepConfig:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such sweep file (examples: sweeps/configs/*.yaml)")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({e})") from None
-    return parse_sweep(raw, str(path))
+    return parse_sweep(read_yaml(path, "sweep file (examples: sweeps/configs/*.yaml)"), str(path))

@@ -56,9 +56,9 @@ def log_finalists(sweep: SweepConfig, exp_dir: Path, state: dict, rows: list[dic
     import mlflow
     from mlflow.models import infer_signature
 
-    m, mode = sweep.objective.metrics[0], sweep.objective.modes[0]
-    scored = [r for r in rows if r["kind"] == "search" and r.get(f"best/{m}") is not None and r["path"]]
-    scored.sort(key=lambda r: r[f"best/{m}"], reverse=(mode == "max"))
+    from .summary import ranked_rows
+
+    scored = [r for r in ranked_rows(rows, sweep) if r["path"]]
     mlflow.set_tracking_uri(state["tracking_uri"])
     client = mlflow.MlflowClient(state["tracking_uri"])
     logged = []

@@ -42,8 +42,8 @@ class SweepSummary:
     finished: bool
 
 
-def sweep_dir(name: str, storage: str | Path = "runs/sweeps") -> Path:
-    return Path(storage).resolve() / name
+def sweep_dir(name: str, storage: str | Path = "runs/sweeps", workdir: Path | None = None) -> Path:
+    return (Path(workdir or Path.cwd()) / storage).resolve() / name
 
 
 def _tracking_uri(sweep: SweepConfig, address: str | None, workdir: Path) -> str:
@@ -77,6 +77,23 @@ def _provenance() -> dict[str, str]:
     return out
 
 
+def study_storage(exp_dir: Path):
+    """The sweep's Optuna storage: a journal file beside Tune's experiment (`optuna-dashboard` reads it)."""
+    import optuna
+
+    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(exp_dir / STUDY_FILE)))
+
+
+def load_study(exp_dir: Path, study_name: str):
+    """The sweep's Optuna study, or None before its first trial was asked for."""
+    import optuna
+
+    try:
+        return optuna.load_study(study_name=study_name, storage=study_storage(exp_dir))
+    except KeyError:
+        return None
+
+
 def _write_json(path: Path, data: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=1))
@@ -88,7 +105,7 @@ def run_sweep(sweep_file: str | Path, *, address: str | None = None, workdir: Pa
     """Validate everything, prepare data and MLflow, then run the sweep to the end (or until interrupted)."""
     workdir = Path(workdir or Path.cwd()).resolve()
     sweep = load_sweep(sweep_file)
-    exp_dir = (workdir / sweep.storage.path).resolve() / sweep.name
+    exp_dir = sweep_dir(sweep.name, sweep.storage.path, workdir)
     if (exp_dir / STATE_FILE).exists():
         raise ConfigError(f"{sweep_file}: a sweep named {sweep.name!r} already exists at {exp_dir}; continue it with "
                           f"`uda-sweep resume {sweep.name}`, or give this sweep another name (nothing was changed)")
@@ -126,7 +143,7 @@ def resume_sweep(name: str, *, storage: str | Path = "runs/sweeps", address: str
                  workdir: Path | None = None, trainable=None, progress: bool = True) -> SweepSummary:
     """Continue a sweep whose driver died: finished trials stay, unfinished ones restart from their checkpoint."""
     workdir = Path(workdir or Path.cwd()).resolve()
-    exp_dir = (workdir / storage).resolve() / name
+    exp_dir = sweep_dir(name, storage, workdir)
     if not (exp_dir / STATE_FILE).exists():
         raise ConfigError(f"no sweep named {name!r} under {exp_dir.parent} (give --storage if it lives elsewhere)")
     sweep = parse_sweep(yaml.safe_load((exp_dir / SWEEP_FILE).read_text()), str(exp_dir / SWEEP_FILE))
@@ -216,7 +233,6 @@ def _fit_locked(sweep: SweepConfig, exp_dir: Path, state: dict, address: str | N
     if restore and tune.Tuner.can_restore(str(exp_dir)):
         tuner = tune.Tuner.restore(str(exp_dir), trainable=fn, resume_unfinished=True, resume_errored=False)
     else:
-        storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(exp_dir / STUDY_FILE)))
         if sweep.search.algorithm == "tpe":
             # Multivariate TPE over grouped conditional sub-spaces; constant liar because parallel trials are
             # asked for before earlier ones are told (optuna 5 defaults, set explicitly for clarity).
@@ -227,7 +243,7 @@ def _fit_locked(sweep: SweepConfig, exp_dir: Path, state: dict, address: str | N
         points = [space.default_point(base)] if sweep.search.seed_with_defaults else None
         searcher = OptunaSearch(space=space, metric=metrics if len(metrics) > 1 else metrics[0],
                                 mode=modes if len(modes) > 1 else modes[0], points_to_evaluate=points,
-                                sampler=sampler, study_name=state["study_name"], storage=storage)
+                                sampler=sampler, study_name=state["study_name"], storage=study_storage(exp_dir))
         if sweep.scheduler.type == "asha":
             scheduler = ASHAScheduler(time_attr="step", metric=metrics[0], mode=modes[0], max_t=sweep.run.train.steps,
                                       grace_period=sweep.grace_period, reduction_factor=sweep.scheduler.reduction_factor)
@@ -249,14 +265,13 @@ def _fit_locked(sweep: SweepConfig, exp_dir: Path, state: dict, address: str | N
                 verbose=1 if progress else 0,
             ),
         )
-    from .tracking import SweepRun
-
     from .summary import summarise
+    from .tracking import SweepRun
 
     parent = SweepRun(state["tracking_uri"], state["experiment_id"], run_id=state["parent_run_id"])
     try:
-        results = tuner.fit()  # Ctrl-C: Tune saves the experiment and returns; `uda-sweep resume` continues it
-        summary = summarise(sweep, exp_dir, state, results, parent)
+        tuner.fit()  # Ctrl-C: Tune saves the experiment and returns; `uda-sweep resume` continues it
+        summary = summarise(sweep, exp_dir, state, parent)
         if summary.finished:  # only then: an interrupted sweep's RUNNING trials are still to be told their result
             _fail_orphan_study_trials(exp_dir, state)
         return summary
@@ -275,10 +290,8 @@ def _fail_orphan_study_trials(exp_dir: Path, state: dict) -> None:
     """Optuna trials left RUNNING by a killed driver (asked for, never known to Tune's snapshot) are marked FAIL."""
     import optuna
 
-    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(exp_dir / STUDY_FILE)))
-    try:
-        study = optuna.load_study(study_name=state["study_name"], storage=storage)
-    except KeyError:
+    study = load_study(exp_dir, state["study_name"])
+    if study is None:
         return
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+        study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)

@@ -55,13 +55,18 @@ def trial_rows(exp_dir: Path, sweep: SweepConfig) -> list[dict]:
     return rows
 
 
-def best_row(rows: list[dict], sweep: SweepConfig) -> dict | None:
-    """The search trial with the best objective at its best checkpoint (first metric for multi-objective)."""
+def ranked_rows(rows: list[dict], sweep: SweepConfig) -> list[dict]:
+    """Search trials with an objective, best first, by their best checkpoint (first metric for multi-objective).
+
+    Python's sort is stable, so ties keep trial order."""
     m, mode = sweep.objective.metrics[0], sweep.objective.modes[0]
     scored = [r for r in rows if r["kind"] == "search" and r.get(f"best/{m}") is not None]
-    if not scored:
-        return None
-    return (max if mode == "max" else min)(scored, key=lambda r: r[f"best/{m}"])
+    return sorted(scored, key=lambda r: -r[f"best/{m}"] if mode == "max" else r[f"best/{m}"])
+
+
+def best_row(rows: list[dict], sweep: SweepConfig) -> dict | None:
+    ranked = ranked_rows(rows, sweep)
+    return ranked[0] if ranked else None
 
 
 def pareto_rows(rows: list[dict], sweep: SweepConfig) -> list[dict]:
@@ -111,7 +116,7 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def summarise(sweep: SweepConfig, exp_dir: Path, state: dict, results, parent):
+def summarise(sweep: SweepConfig, exp_dir: Path, state: dict, parent):
     """Close stale child runs and write the sweep's summary to the parent run; returns a SweepSummary."""
     from .run import SweepSummary
     from .tracking import close_stale_runs
@@ -163,12 +168,10 @@ def _log_study_plots(sweep: SweepConfig, exp_dir: Path, state: dict, parent) -> 
     import optuna
     from optuna.visualization import matplotlib as ovm
 
-    from .run import STUDY_FILE
+    from .run import load_study
 
-    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(exp_dir / STUDY_FILE)))
-    try:
-        study = optuna.load_study(study_name=state["study_name"], storage=storage)
-    except KeyError:
+    study = load_study(exp_dir, state["study_name"])
+    if study is None:
         return
     target = None if len(sweep.objective.metrics) == 1 else (lambda t: t.values[0])
     name = sweep.objective.metrics[0] + (" (ORACLE)" if sweep.objective.oracle else "")

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunStatus
+from mlflow.entities import Metric, Param
 
 __all__ = ["default_tracking_uri", "open_experiment", "SweepRun", "TrialRun", "child_runs", "close_stale_runs", "TUNE_TO_MLFLOW"]
 
@@ -25,6 +25,14 @@ log = logging.getLogger(__name__)
 
 # Ray Tune trial status -> MLflow run status, for runs a killed process left RUNNING.
 TUNE_TO_MLFLOW = {"TERMINATED": "FINISHED", "ERROR": "FAILED"}
+
+
+def _log_metrics(client: MlflowClient, run_id: str, metrics: dict[str, float], step: int) -> None:
+    """All metrics of one step in as few calls as MLflow allows (log_batch takes up to 1000 entries)."""
+    now = int(time.time() * 1000)
+    batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None]
+    for i in range(0, len(batch), 500):
+        client.log_batch(run_id, metrics=batch[i : i + 500])
 
 
 def default_tracking_uri(workdir: Path | None = None) -> str:
@@ -70,10 +78,7 @@ class SweepRun:
             self.client.log_dict(self.run_id, d, name)
 
     def log_metrics(self, metrics: dict[str, float]) -> None:
-        now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, 0) for k, v in metrics.items() if v is not None and math.isfinite(v)]
-        for i in range(0, len(batch), 500):
-            self.client.log_batch(self.run_id, metrics=batch[i : i + 500])
+        _log_metrics(self.client, self.run_id, {k: v for k, v in metrics.items() if v is not None and math.isfinite(v)}, 0)
 
     def log_figure(self, fig, name: str) -> None:
         self.client.log_figure(self.run_id, fig, name)
@@ -145,10 +150,7 @@ class TrialRun:
         """
         if step <= self.logged_step:
             return
-        now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None]
-        for i in range(0, len(batch), 500):
-            self.client.log_batch(self.run_id, metrics=batch[i : i + 500])
+        _log_metrics(self.client, self.run_id, metrics, step)
         for folder, content in ((f"evaluations/step_{step:07d}", files), ("best", best_files)):
             if not content:
                 continue

@@ -17,7 +17,7 @@ from mlflow import MlflowClient
 
 import sweep_helpers
 from sweeps.cli import main
-from sweeps.run import STUDY_FILE, resume_sweep, run_sweep
+from sweeps.run import resume_sweep, run_sweep, study_storage
 from sweeps.tracking import child_runs
 
 STEPS, EVERY = 6, 2
@@ -104,7 +104,7 @@ def test_every_evaluation_has_metrics_and_confusion_matrices(finished):
 
 def test_study_seeded_with_defaults_and_persisted(finished):
     summary, work, _ = finished
-    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(summary.path / STUDY_FILE)))
+    storage = study_storage(summary.path)
     (study_summary,) = optuna.get_all_study_summaries(storage)
     assert study_summary.study_name.startswith("nest-")
     study = optuna.load_study(study_name=study_summary.study_name, storage=storage)
@@ -153,7 +153,7 @@ def test_failing_and_diverging_trials_do_not_stop_the_sweep(tmp_path, data_root,
     failures = sorted(r.data.tags.get("failure", "") for r in runs.values() if r.info.status == "FAILED")
     assert failures == ["RuntimeError", "diverged"]
     assert all(runs[t].info.status == "FINISHED" for t, s in status.items() if s == "TERMINATED")
-    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(summary.path / STUDY_FILE)))
+    storage = study_storage(summary.path)
     (s,) = optuna.get_all_study_summaries(storage)
     states = sorted(t.state.name for t in optuna.load_study(study_name=s.study_name, storage=storage).trials)
     assert states == ["COMPLETE", "COMPLETE", "FAIL"]
@@ -215,7 +215,7 @@ def test_multi_objective_sweep(tmp_path, data_root, tiny_folder):
                        tracking={"embedding": "none", "finalists": 0})
     summary = run_sweep(path, workdir=tmp_path, progress=False)
     assert summary.finished and len(summary.trials) == 2
-    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(summary.path / STUDY_FILE)))
+    storage = study_storage(summary.path)
     (s,) = optuna.get_all_study_summaries(storage)
     study = optuna.load_study(study_name=s.study_name, storage=storage)
     assert [d.name for d in study.directions] == ["MINIMIZE", "MAXIMIZE"]

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import ConfigError
 
-__all__ = ["DataConfig", "ModelConfig", "MethodConfig", "OptimConfig", "TrainConfig", "EvalConfig", "RunConfig", "load_config"]
+__all__ = ["DataConfig", "ModelConfig", "MethodConfig", "OptimConfig", "TrainConfig", "EvalConfig", "RunConfig", "load_config", "read_yaml"]
 
 
 class _Strict(BaseModel):
@@ -163,14 +163,19 @@ def build_config(raw: dict | None, source: str = "config") -> RunConfig:
         raise ConfigError(f"{source}: {e}") from None
 
 
-def load_config(path: str | Path) -> RunConfig:
+def read_yaml(path: str | Path, what: str = "config file") -> Any:
+    """The parsed YAML file at `path`; a missing file or bad YAML is a ConfigError naming it."""
     path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"{path}: no such config file")
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such {what}")
     try:
-        raw = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({e})") from None
+
+
+def load_config(path: str | Path) -> RunConfig:
+    raw = read_yaml(path)
     if raw is not None and not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping with sections data, model, method, optim, train, eval")
     return build_config(raw, str(path))
