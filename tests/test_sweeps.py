@@ -143,13 +143,34 @@ def test_status_and_refusing_to_overwrite(finished, capsys, monkeypatch):
     assert main(["status", "nope"]) == 2
 
 
+def test_one_driver_per_sweep_and_no_resume_from_a_moved_folder(finished):
+    import fcntl
+
+    from uda_core.errors import ConfigError
+
+    summary, work, _ = finished
+    with open(summary.path / "driver.lock", "w") as lock:  # another driver holds the sweep
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        with pytest.raises(ConfigError, match="already being run by another driver"):
+            resume_sweep("nest", workdir=work, progress=False)
+    state_file = summary.path / "sweep_state.json"
+    original = state_file.read_text()
+    try:
+        state_file.write_text(json.dumps({**json.loads(original), "path": "/elsewhere/nest"}))
+        with pytest.raises(ConfigError, match="has moved"):
+            resume_sweep("nest", workdir=work, progress=False)
+    finally:
+        state_file.write_text(original)
+
+
 def test_failing_and_diverging_trials_do_not_stop_the_sweep(tmp_path, data_root, tiny_folder):
     path = write_sweep(tmp_path, data_root, "flaky")
     summary = run_sweep(path, workdir=tmp_path, trainable=sweep_helpers.flaky_trial, progress=False)
     status = {r["trial_id"]: r["status"] for r in summary.trials}
     assert sorted(status.values()) == ["ERROR", "ERROR", "TERMINATED", "TERMINATED"]
-    runs = {c.data.tags["trial_id"]: c for c in child_runs(summary.tracking_uri, summary.experiment_id, summary.parent_run_id)}
-    assert len(runs) == 4  # a retried trial reuses its run
+    children = child_runs(summary.tracking_uri, summary.experiment_id, summary.parent_run_id)
+    assert len(children) == 4  # a retried trial (max_retries 1) reuses its run instead of adding one
+    runs = {c.data.tags["trial_id"]: c for c in children}
     failures = sorted(r.data.tags.get("failure", "") for r in runs.values() if r.info.status == "FAILED")
     assert failures == ["RuntimeError", "diverged"]
     assert all(runs[t].info.status == "FINISHED" for t, s in status.items() if s == "TERMINATED")
