@@ -88,16 +88,10 @@ def _resume(a: argparse.Namespace) -> None:
 def _status(a: argparse.Namespace) -> None:
     import time
 
-    import yaml
-
-    from .config import parse_sweep
-    from .run import STATE_FILE, SWEEP_FILE, sweep_dir
+    from .run import open_sweep
     from .summary import format_table, trial_rows
 
-    path = sweep_dir(a.name, a.storage)
-    if not (path / STATE_FILE).exists():
-        raise UdaError(f"no sweep named {a.name!r} under {path.parent} (give --storage if it lives elsewhere)")
-    sweep = parse_sweep(yaml.safe_load((path / SWEEP_FILE).read_text()), str(path / SWEEP_FILE))
+    path, sweep, _ = open_sweep(a.name, a.storage)
     while True:
         try:
             rows = trial_rows(path, sweep)
@@ -108,6 +102,42 @@ def _status(a: argparse.Namespace) -> None:
         if not a.watch:
             return
         time.sleep(a.watch)
+
+
+def _promote(a: argparse.Namespace) -> None:
+    from .registry import promote
+
+    result = promote(a.name, storage=a.storage, trial_id=a.trial, model_name=a.model_name, force=a.force,
+                     dry_run=a.dry_run, min_source_val_acc=a.min_source_val_acc)
+    print(result.describe())
+    if not a.dry_run:
+        print(f"load it with: mlflow.pyfunc.load_model('models:/{result.model_name}@champion')")
+
+
+def _default_tracking_uri(a: argparse.Namespace) -> str:
+    from .tracking import default_tracking_uri
+
+    return a.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+
+
+def _rollback(a: argparse.Namespace) -> None:
+    from .registry import CHAMPION, rollback
+
+    old, new = rollback(a.model_name, _default_tracking_uri(a))
+    print(f"{a.model_name}: {CHAMPION} moved back from version {old} to version {new}")
+
+
+def _predict(a: argparse.Namespace) -> None:
+    from .catalogue import predict_catalogue
+
+    s = predict_catalogue(a.model_uri, a.input, a.out, tracking_uri=_default_tracking_uri(a), domain=a.domain,
+                          batch_size=a.batch_size, views=a.views, use_ray=a.ray, workers=a.workers, top_n=a.top_n,
+                          overwrite=a.overwrite, progress=True)
+    version = f" version {s.model['model_version']}" if s.model["model_version"] else ""
+    print(f"wrote {s.path}: {s.rows} galaxies ({s.unknown} flagged unknown) in {s.seconds:.1f} s "
+          f"({s.rows / max(s.seconds, 1e-9):.0f}/s) with {s.model['model_uri']}{version}")
+    if s.picture:
+        print(f"most anomalous galaxies: {s.picture}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -151,6 +181,36 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--storage", default="runs/sweeps")
     r.add_argument("--watch", type=float, metavar="SECONDS", help="refresh every SECONDS until interrupted")
     r.set_defaults(func=_status)
+
+    r = sub.add_parser("promote", help="register a sweep's best trial in the MLflow registry (alias challenger; "
+                                       "champion if it beats the current one)")
+    r.add_argument("name", help="the sweep's name")
+    r.add_argument("--storage", default="runs/sweeps")
+    r.add_argument("--trial", help="promote this trial id instead of the best one")
+    r.add_argument("--model-name", help="registered model name (default: the sweep file's tracking.model_name, else the sweep's name)")
+    r.add_argument("--min-source-val-acc", type=float, help="guard floor (default: the sweep's objective.min_source_val_acc)")
+    r.add_argument("--force", action="store_true", help="make it the champion even if it does not beat the current one")
+    r.add_argument("--dry-run", action="store_true", help="say what would happen; change nothing")
+    r.set_defaults(func=_promote)
+    r = sub.add_parser("rollback", help="move a registered model's champion alias back to the version it replaced")
+    r.add_argument("model_name")
+    r.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here")
+    r.set_defaults(func=_rollback)
+    r = sub.add_parser("predict", help="a Parquet morphology catalogue from a model and cutouts")
+    r.add_argument("model_uri", help="models:/NAME@champion, models:/NAME/VERSION, runs:/..., or a model folder")
+    r.add_argument("input", help="a data set folder, a Parquet file (or folder) of cutouts, a folder of FITS cutouts, "
+                                 "or an HDF5 file in the Galaxy10 layout")
+    r.add_argument("--out", required=True, help="catalogue path (.parquet); a PNG of the most anomalous galaxies goes beside it")
+    r.add_argument("--domain", default="target", choices=["source", "target", "all"], help="rows of a data set folder")
+    r.add_argument("--batch-size", type=int, default=512)
+    r.add_argument("--views", type=int, default=8, choices=[1, 2, 4, 8],
+                   help="dihedral views for the uncertainty (1: no uncertainty, 8x faster)")
+    r.add_argument("--ray", action="store_true", help="run as a Ray Data job ($RAY_ADDRESS or a local Ray)")
+    r.add_argument("--workers", type=int, help="model actors with --ray (default: one per GPU, else half the CPUs)")
+    r.add_argument("--top-n", type=int, default=25, help="galaxies in the anomaly picture (0: none)")
+    r.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    r.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here")
+    r.set_defaults(func=_predict)
     return p
 
 

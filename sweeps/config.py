@@ -136,6 +136,7 @@ class TrackingConfig(_Strict):
     artifacts: str = "mlartifacts"  # artifact root for a local (sqlite) store; a server stores its own
     embedding: Literal["tsne", "pca", "none"] = "tsne"  # picture of source vs target features at each new best
     finalists: int = Field(1, ge=0, le=100)  # best trials whose model is logged at the end
+    model_name: str | None = None  # registered model `uda-sweep promote` writes to; default: the sweep's name
 
 
 class SweepConfig(_Strict):

@@ -46,6 +46,15 @@ def sweep_dir(name: str, storage: str | Path = "runs/sweeps", workdir: Path | No
     return (Path(workdir or Path.cwd()) / storage).resolve() / name
 
 
+def open_sweep(name: str, storage: str | Path = "runs/sweeps", workdir: Path | None = None) -> tuple[Path, SweepConfig, dict]:
+    """An existing sweep's folder, its sweep file (data paths already absolute) and its state."""
+    path = sweep_dir(name, storage, workdir)
+    if not (path / STATE_FILE).exists():
+        raise ConfigError(f"no sweep named {name!r} under {path.parent} (give --storage if it lives elsewhere)")
+    sweep = parse_sweep(yaml.safe_load((path / SWEEP_FILE).read_text()), str(path / SWEEP_FILE))
+    return path, sweep, json.loads((path / STATE_FILE).read_text())
+
+
 def _tracking_uri(sweep: SweepConfig, address: str | None, workdir: Path) -> str:
     from .tracking import default_tracking_uri
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 import warnings
 from pathlib import Path
 
@@ -53,6 +54,18 @@ def trial_rows(exp_dir: Path, sweep: SweepConfig) -> list[dict]:
             row[f"at_best/{m}"] = float(at_best[m]) if at_best is not None and m in at_best else None
         rows.append(row)
     return rows
+
+
+def metrics_at(exp_dir: Path, trial_id: str, step: int) -> dict[str, float]:
+    """Every metric a trial reported at `step` (from Tune's results, which the trial logged to MLflow too)."""
+    df = _analysis(exp_dir).trial_dataframes.get(trial_id)
+    if df is None or "step" not in df:
+        return {}
+    match = df[df["step"] == step]
+    if not len(match):
+        return {}
+    row = match.iloc[-1]
+    return {k: float(v) for k, v in row.items() if "/" in str(k) and isinstance(v, numbers.Real) and not isinstance(v, bool)}
 
 
 def ranked_rows(rows: list[dict], sweep: SweepConfig) -> list[dict]:

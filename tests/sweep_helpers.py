@@ -1,4 +1,4 @@
-"""Test doubles for the sweep tests, shipped to Ray workers by value (cloudpickle.register_pickle_by_value).
+"""Sweep files and test doubles for the sweep tests, shipped to Ray workers by value (cloudpickle.register_pickle_by_value).
 
 `flaky_trial` is the real trainable except for two injected faults: the source_only baseline's training raises, and the
 search trial at the seeded default point (lr = 0.002) gets a NaN loss weight, so the real divergence path runs.
@@ -7,8 +7,38 @@ search trial at the seeded default point (lr = 0.002) gets a NaN loss weight, so
 from __future__ import annotations
 
 import math
+from pathlib import Path
+
+import yaml
 
 from sweeps.trainable import run_trial
+
+STEPS, EVERY = 6, 2
+
+
+def write_sweep(folder: Path, data_root: Path, name: str, **over) -> Path:
+    raw = {
+        "name": name,
+        "run": {
+            "data": {"size": "tiny", "root": str(data_root)},
+            "model": {"width": 8, "depth": 2, "feature_dim": 16, "domain_bn": True},
+            "method": {"name": "dance"},
+            "optim": {"batch_size": 16},
+            "train": {"steps": STEPS, "eval_every": EVERY, "precision": "fp32"},
+            "eval": {"max_source_features": 100, "snd_max_samples": 200},
+        },
+        "search": {"num_trials": 3, "overrides": {"model.width": 8, "optim.batch_size": 16}},
+        "objective": {"metric": "label_free/im", "min_source_val_acc": 0.0},
+        "baselines": ["source_only"],
+        "resources": {"cpus_per_trial": 1, "concurrency": 2},
+        "failure": {"max_retries": 1},
+        "tracking": {"embedding": "pca", "finalists": 1},
+    }
+    for k, v in over.items():
+        raw[k] = {**raw[k], **v} if isinstance(v, dict) and isinstance(raw.get(k), dict) else v
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
 
 
 def flaky_trial(config, ctx):

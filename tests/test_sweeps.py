@@ -16,12 +16,10 @@ import yaml
 from mlflow import MlflowClient
 
 import sweep_helpers
+from sweep_helpers import STEPS, EVERY, write_sweep
 from sweeps.cli import main
 from sweeps.run import resume_sweep, run_sweep, study_storage
 from sweeps.tracking import child_runs
-
-STEPS, EVERY = 6, 2
-
 
 @pytest.fixture(scope="module", autouse=True)
 def local_ray():
@@ -29,31 +27,6 @@ def local_ray():
     ray.cloudpickle.register_pickle_by_value(sweep_helpers)
     yield
     ray.shutdown()
-
-
-def write_sweep(folder: Path, data_root: Path, name: str, **over) -> Path:
-    raw = {
-        "name": name,
-        "run": {
-            "data": {"size": "tiny", "root": str(data_root)},
-            "model": {"width": 8, "depth": 2, "feature_dim": 16, "domain_bn": True},
-            "method": {"name": "dance"},
-            "optim": {"batch_size": 16},
-            "train": {"steps": STEPS, "eval_every": EVERY, "precision": "fp32"},
-            "eval": {"max_source_features": 100, "snd_max_samples": 200},
-        },
-        "search": {"num_trials": 3, "overrides": {"model.width": 8, "optim.batch_size": 16}},
-        "objective": {"metric": "label_free/im", "min_source_val_acc": 0.0},
-        "baselines": ["source_only"],
-        "resources": {"cpus_per_trial": 1, "concurrency": 2},
-        "failure": {"max_retries": 1},
-        "tracking": {"embedding": "pca", "finalists": 1},
-    }
-    for k, v in over.items():
-        raw[k] = {**raw[k], **v} if isinstance(v, dict) and isinstance(raw.get(k), dict) else v
-    path = folder / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
 
 
 @pytest.fixture(scope="module")

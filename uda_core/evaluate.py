@@ -21,7 +21,7 @@ from .evaluation.validators import HIGHER_IS_BETTER, label_free_scores
 from .methods import Method
 from .models import SOURCE, TARGET, UdaNet, reestimate_bn
 
-__all__ = ["Evaluation", "evaluate", "predict", "OBJECTIVES", "is_oracle"]
+__all__ = ["Evaluation", "evaluate", "predict", "entropy_rho", "rejection_threshold", "OBJECTIVES", "is_oracle"]
 
 # Metrics a sweep may optimise, with the direction that is better. Those under oracle/ need target labels: a real
 # survey has none, so they serve benchmarks on simulated pairs and must be marked wherever they are used.
@@ -70,6 +70,22 @@ def predict(model: UdaNet, x: torch.Tensor, domain: int, batch_size: int = 512, 
     return torch.cat(logits).numpy(), torch.cat(feats).numpy()
 
 
+def entropy_rho(method: Method, cfg: RunConfig, num_known: int) -> float:
+    """The entropy threshold rho: the method's own (DANCE) or rho_frac * ln K."""
+    rho = method.rho()
+    return rho if rho is not None else cfg.eval.rho_frac * math.log(num_known)
+
+
+def rejection_threshold(target_train_scores: dict[str, np.ndarray], method: Method, cfg: RunConfig, num_known: int) -> float:
+    """The unknown-class rule's threshold on `eval.reject_score`, fitted on the unlabelled target/train split.
+
+    Shared by evaluation and model export, so a deployed model flags unknowns exactly as its sweep scored it.
+    """
+    if cfg.eval.reject_threshold == "rho":
+        return entropy_rho(method, cfg, num_known)
+    return M.gmm_threshold(target_train_scores[cfg.eval.reject_score])
+
+
 def evaluate(model: UdaNet, method: Method, data: UdaData, cfg: RunConfig, step: int, autocast=contextlib.nullcontext) -> Evaluation:
     ev = cfg.eval
     K, shared = data.num_known, data.shared
@@ -102,8 +118,8 @@ def evaluate(model: UdaNet, method: Method, data: UdaData, cfg: RunConfig, step:
     scores_tt = M.anomaly_scores(lg_tt, f_tt, protos, src_feats, temp, k=ev.knn_k)
     scores_te = M.anomaly_scores(lg_te, f_te, protos, src_feats, temp, k=ev.knn_k)
     thresholds = {s: M.gmm_threshold(scores_tt[s]) for s in ANOMALY_SCORES}
-    rho = method.rho() if method.rho() is not None else ev.rho_frac * math.log(K)
-    primary_thr = rho if ev.reject_threshold == "rho" else thresholds[ev.reject_score]
+    rho = entropy_rho(method, cfg, K)
+    primary_thr = rejection_threshold(scores_tt, method, cfg, K)
     out["label_free/rejected_frac"] = float((scores_tt[ev.reject_score] > primary_thr).mean())
 
     y_te = data["target/test"].y.numpy()

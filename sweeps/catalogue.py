@@ -1,0 +1,205 @@
+"""`uda-sweep predict`: a morphology catalogue (Parquet) from a model in MLflow and a set of cutouts.
+
+The model is loaded through MLflow (`models:/NAME@champion`, `models:/m-...`, `runs:/...` or a local model folder)
+and used through its exported classifier (uda_core.inference), so every row is preprocessed and scored exactly as
+in training and evaluation. Inputs are read in shards (uda_core.data.readers): memory stays bounded by one shard per
+worker. Locally the shards stream through one process; with `--ray` they become a Ray Data job (reading tasks,
+then a pool of model actors, on GPUs where the cluster has them), so a bigger catalogue needs more nodes, not a
+different command. The catalogue is written to a temporary file and renamed, so an interrupted run never leaves a
+half catalogue under the requested name.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from uda_core.errors import ConfigError
+
+__all__ = ["predict_catalogue", "load_classifier", "CatalogueSummary"]
+
+log = logging.getLogger(__name__)
+METADATA_KEY = b"galaxy_uda_sweeps"
+
+
+@dataclass
+class CatalogueSummary:
+    path: Path
+    rows: int
+    unknown: int
+    seconds: float
+    picture: Path | None
+    model: dict
+
+
+def load_classifier(model_uri: str, tracking_uri: str | None):
+    """(Classifier, provenance dict) for an MLflow model URI; resolves registry aliases to their version."""
+    import mlflow
+
+    if tracking_uri:
+        mlflow.set_tracking_uri(tracking_uri)
+        mlflow.set_registry_uri(tracking_uri)
+    model = mlflow.pyfunc.load_model(model_uri)
+    clf = model.unwrap_python_model().classifier
+    info = {"model_uri": model_uri, "model_name": "", "model_version": "", "run_id": model.metadata.run_id or ""}
+    if model_uri.startswith("models:/") and not model_uri.startswith("models:/m-"):
+        name_ref = model_uri.removeprefix("models:/")
+        client = mlflow.MlflowClient()
+        if "@" in name_ref:
+            name, alias = name_ref.split("@", 1)
+            mv = client.get_model_version_by_alias(name, alias)
+        else:
+            name, version = name_ref.rsplit("/", 1)
+            mv = client.get_model_version(name, version)
+        info.update(model_name=name, model_version=str(mv.version), run_id=mv.run_id or info["run_id"])
+    return clf, info
+
+
+def _columns(batch, res: dict, class_names: list[str]) -> dict[str, np.ndarray]:
+    cols = {"id": np.asarray(batch["id"]).astype(str)}
+    for i, n in enumerate(class_names):
+        cols[f"prob_{n}"] = res["probs"][:, i]
+    cols["predicted_class"] = np.asarray(class_names)[res["predicted"]]
+    for key in ("unknown", "anomaly_score", "entropy", "uncertainty", "predicted_prob_std"):
+        cols[key] = res[key]
+    cols["source_file"] = np.asarray(batch["source_file"]).astype(str)
+    cols["source_index"] = np.asarray(batch["source_index"], dtype=np.int64)
+    return cols
+
+
+def _batch_dict(b) -> dict:
+    return {"id": b.ids, "flux": b.flux, "source_file": b.source_file, "source_index": b.source_index}
+
+
+class _RayPredictor:
+    """A Ray Data actor: loads the model once, then scores batches of stamps."""
+
+    def __init__(self, model_uri: str, tracking_uri: str | None, views: int, batch_size: int):
+        self.clf, _ = load_classifier(model_uri, tracking_uri)
+        self.views, self.batch_size = views, batch_size
+
+    def __call__(self, batch: dict) -> dict:
+        res = self.clf.predict(batch["flux"], views=self.views, batch_size=self.batch_size)
+        return _columns(batch, res, self.clf.class_names)
+
+
+def _ray_tables(source, shards, model_uri, tracking_uri, views, batch_size, workers):
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False, log_to_driver=False)
+    gpus = ray.cluster_resources().get("GPU", 0)
+    workers = workers or (int(gpus) if gpus else max(1, int(ray.cluster_resources().get("CPU", 1)) // 2))
+
+    def read(items: dict) -> dict:
+        parts = [_batch_dict(source.read(shards[int(i)])) for i in items["shard"]]
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    ds = ray.data.from_items([{"shard": i} for i in range(len(shards))])
+    ds = ds.map_batches(read, batch_size=1)
+    ds = ds.map_batches(_RayPredictor, fn_constructor_kwargs={"model_uri": model_uri, "tracking_uri": tracking_uri,
+                                                               "views": views, "batch_size": batch_size},
+                        batch_size=batch_size, concurrency=workers, num_gpus=1 if gpus else 0, num_cpus=1)
+    for table in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+        yield table
+
+
+def _local_tables(source, shards, clf, views, batch_size, progress):
+    from tqdm import tqdm
+
+    bar = tqdm(total=source.num_rows, unit="galaxy", disable=not progress, desc="predict")
+    for shard in shards:
+        b = source.read(shard)
+        res = clf.predict(b.flux, views=views, batch_size=batch_size)
+        bar.update(len(b.ids))
+        yield pa.table(_columns(_batch_dict(b), res, clf.class_names))
+    bar.close()
+
+
+def _plot_anomalies(source, top: list, softening: float, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from uda_core.data.show import to_rgb
+
+    top = sorted(top, reverse=True)
+    cols = min(5, len(top))
+    rows = (len(top) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 2.0, rows * 2.2), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, (score, file, index, gid, unknown) in zip(axes.ravel(), top):
+        stamp = source.read_at(file, [index])[0]
+        ax.imshow(to_rgb(stamp, softening), origin="lower")
+        ax.set_title(f"{gid}\nscore {score:.3f}{' unknown' if unknown else ''}", fontsize=7)
+    fig.suptitle(f"The {len(top)} most anomalous galaxies", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def predict_catalogue(model_uri: str, input_path: str | Path, out: str | Path, *, tracking_uri: str | None = None,
+                      domain: str = "target", batch_size: int = 512, views: int = 8, rows_per_shard: int = 4096,
+                      use_ray: bool = False, workers: int | None = None, top_n: int = 25, overwrite: bool = False,
+                      progress: bool = True) -> CatalogueSummary:
+    from uda_core.data.readers import open_cutouts
+
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise ConfigError(f"--out {out} exists; choose another path or pass --overwrite (nothing was changed)")
+    if out.suffix != ".parquet":
+        raise ConfigError(f"--out {out}: the catalogue is Parquet; give a path ending in .parquet")
+    source = open_cutouts(input_path, domain)  # metadata only: cheap, and bad inputs fail here
+    clf, info = load_classifier(model_uri, tracking_uri)
+    clf.check_input(source.bands, source.stamp_shape, source.pixel_arcsec, str(source.path))
+    shards = source.shards(rows_per_shard)
+    meta = {**info, "classes": clf.class_names, "rejection": clf.meta["rejection"], "bands": clf.meta["bands"],
+            "target_survey": clf.meta["target_survey"], "input": str(source.path), "input_kind": source.kind,
+            "views": views, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    t0, rows, unknown, top, writer = time.perf_counter(), 0, 0, [], None
+    tables = (_ray_tables(source, shards, model_uri, tracking_uri, views, batch_size, workers) if use_ray
+              else _local_tables(source, shards, clf, views, batch_size, progress))
+    try:
+        for table in tables:
+            if writer is None:
+                schema = table.schema.with_metadata({METADATA_KEY: json.dumps(meta).encode()})
+                writer = pq.ParquetWriter(tmp, schema)
+            writer.write_table(table.cast(writer.schema))
+            rows += table.num_rows
+            flags = table["unknown"].to_numpy(zero_copy_only=False)
+            unknown += int(flags.sum())
+            scores = table["anomaly_score"].to_numpy()
+            for j in np.argsort(scores)[-top_n:] if top_n else []:  # a bounded heap of the most anomalous rows
+                item = (float(scores[j]), table["source_file"][j].as_py(), int(table["source_index"][j].as_py()),
+                        table["id"][j].as_py(), bool(flags[j]))
+                (heapq.heappush if len(top) < top_n else heapq.heappushpop)(top, item)
+        if writer is None:
+            raise ConfigError(f"{source.path}: no galaxies to predict")
+        writer.close()
+        writer = None
+        os.replace(tmp, out)
+    finally:
+        if writer is not None:
+            writer.close()
+        if tmp.exists():
+            tmp.unlink()
+    seconds = time.perf_counter() - t0
+    picture = None
+    if top:
+        bands = clf.meta["bands"]
+        picture = _plot_anomalies(source, top, clf.meta["softening"][len(bands) // 2], out.with_name(out.stem + "_anomalies.png"))
+    return CatalogueSummary(out, rows, unknown, seconds, picture, info)

@@ -1,0 +1,269 @@
+"""`uda-sweep promote` and `uda-sweep rollback`: a sweep's best trial into the MLflow model registry.
+
+Aliases, not stages (deprecated since MLflow 2.9): every promoted version gets `challenger`; `champion` moves to it
+only when it beats the current champion on the sweep's objective, both re-evaluated now on the sweep's data with
+the trials' own evaluation code (or with --force). A version remembers the champion it replaced
+(tag `previous_champion`), so `rollback` is one alias move back.
+
+Promoting is idempotent (one version per trial and step, found again by tag) and serialised by a lock file beside
+the sweep folders, so two terminals promoting at once leave one version and a champion that was compared fairly.
+Each alias move is one registry call: nobody ever sees a half-updated alias.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import math
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from uda_core.errors import ConfigError, UdaError
+
+from .config import SweepConfig
+
+__all__ = ["promote", "rollback", "Promotion", "PromotionRefused", "CHAMPION", "CHALLENGER"]
+
+log = logging.getLogger(__name__)
+CHAMPION, CHALLENGER = "champion", "challenger"
+
+
+class PromotionRefused(UdaError):
+    """No trial of the sweep passes the guards (or the named one does not)."""
+
+
+@dataclass
+class Promotion:
+    model_name: str
+    trial_id: str
+    step: int
+    objective: str
+    mode: str
+    score: float  # the challenger's objective, re-evaluated
+    version: str | None = None  # None on a dry run that would create a new version
+    champion_before: str | None = None
+    champion_score: float | None = None
+    became_champion: bool = False
+    reason: str = ""
+    dry_run: bool = False
+    tags: dict[str, str] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        v = f"version {self.version}" if self.version else "a new version"
+        if self.dry_run:
+            moves, stays, gets = "would move to", "would stay at", "would get"
+        else:
+            moves, stays, gets = "moved to", "stays at", "has"
+        champ = f"{moves} {v}" if self.became_champion else f"{stays} version {self.champion_before}"
+        return (f"{self.model_name}: trial {self.trial_id} at step {self.step}, {self.objective} = {self.score:.4f} "
+                f"(re-evaluated) -> {v} {gets} alias {CHALLENGER}\n{CHAMPION}: {champ} ({self.reason})")
+
+
+def _finite(v) -> bool:
+    return v is not None and isinstance(v, (int, float)) and math.isfinite(v)
+
+
+def _guard_failures(row: dict, metrics: dict, sweep: SweepConfig, floor: float, checkpoint) -> list[str]:
+    problems = []
+    acc = metrics.get("source_val/acc")
+    if not _finite(acc) or acc < floor:
+        problems.append(f"source_val/acc {acc} below the floor {floor}")
+    label_free = [k for k in metrics if k.startswith("label_free/")]
+    bad = [k for k in (*sweep.objective.metrics, "source_val/acc", *label_free) if not _finite(metrics.get(k))]
+    if bad:
+        problems.append(f"non-finite metrics at its best step: {sorted(set(bad))}")
+    if checkpoint is None:
+        problems.append(f"no checkpoint at its best step {row['best_step']} under {row['path']}")
+    return problems
+
+
+def _pick(exp_dir: Path, sweep: SweepConfig, trial_id: str | None, floor: float) -> tuple[dict, dict, Path]:
+    """The best (or named) search trial that passes the guards, its metrics at its best step and checkpoint."""
+    from .finalists import checkpoint_at
+    from .summary import metrics_at, ranked_rows, trial_rows
+
+    rows = trial_rows(exp_dir, sweep)
+    ranked = ranked_rows(rows, sweep)
+    if trial_id is not None:
+        ranked = [r for r in rows if r["trial_id"] == trial_id]
+        if not ranked:
+            raise PromotionRefused(f"sweep {sweep.name}: no trial {trial_id!r}; trials: {[r['trial_id'] for r in rows]}")
+        if ranked[0]["best_step"] < 0:
+            raise PromotionRefused(f"trial {trial_id} has no checkpoint that passed the objective's guard")
+    refusals = []
+    for row in ranked:
+        metrics = metrics_at(exp_dir, row["trial_id"], row["best_step"])
+        ckpt = checkpoint_at(Path(row["path"]), row["best_step"]) if row["path"] else None
+        problems = _guard_failures(row, metrics, sweep, floor, ckpt)
+        if not problems:
+            return row, metrics, ckpt
+        refusals.append(f"trial {row['trial_id']}: " + "; ".join(problems))
+    detail = "\n  ".join(refusals) or "no search trial has a finite objective yet"
+    raise PromotionRefused(f"sweep {sweep.name}: nothing to promote\n  {detail}")
+
+
+@contextmanager
+def _registry_lock(folder: Path, model_name: str):
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / f".registry-{model_name}.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)  # waits for the other promoter: promotion is short
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _version_of(client, model_name: str, trial_key: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        versions = client.search_model_versions(f"name = '{model_name}'")
+    except MlflowException:
+        return None
+    found = sorted((v for v in versions if v.tags.get("trial_key") == trial_key), key=lambda v: int(v.version))
+    return found[0] if found else None
+
+
+def _champion(client, model_name: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(model_name, CHAMPION)
+    except MlflowException:  # no such model or no such alias
+        return None
+
+
+def _score(classifier_dir: Path, data, sweep: SweepConfig, metric: str) -> float:
+    from uda_core.inference import evaluate_classifier
+
+    return float(evaluate_classifier(classifier_dir, data, sweep.run).metrics[metric])
+
+
+def _champion_score(client, model_name: str, champion, data, sweep: SweepConfig, metric: str) -> float | None:
+    """The current champion re-evaluated on this sweep's data; None if it cannot be (other bands, classes)."""
+    import mlflow
+
+    with tempfile.TemporaryDirectory() as tmp:
+        local = mlflow.artifacts.download_artifacts(f"models:/{model_name}/{champion.version}", dst_path=tmp)
+        try:
+            return _score(Path(local) / "artifacts" / "classifier", data, sweep, metric)
+        except UdaError as e:
+            log.warning("the champion (version %s) cannot be scored on this sweep's data: %s", champion.version, e)
+            return None
+
+
+def _better(a: float, b: float | None, mode: str) -> bool:
+    return b is None or not math.isfinite(b) or (a > b if mode == "max" else a < b)
+
+
+def _version_tags(sweep: SweepConfig, state: dict, row: dict, metrics: dict, parent_params: dict, score: float) -> dict:
+    m = sweep.objective.metrics[0]
+    tags = {
+        "sweep": sweep.name, "sweep_path": state["path"], "trial_id": row["trial_id"], "trial_step": str(row["best_step"]),
+        "trial_key": f"{state['experiment_id']}/{row['trial_id']}/{row['best_step']}", "method": row["method"],
+        "selected_by": m, "objective_mode": sweep.objective.modes[0],
+        "objective_value_in_sweep": str(row[f"best/{m}"]), "objective_value_reevaluated": str(score),
+        "objective_is_oracle": str(m.startswith("oracle/")).lower(),
+        # Metrics needing target labels keep their oracle/ prefix: on a real survey they do not exist.
+        **{f"metric.{k}": str(v) for k, v in metrics.items() if "/" in k and not k.startswith("train/")},
+        "data.fingerprint": parent_params.get("data.fingerprint", "unknown"),
+        **{k: v for k, v in parent_params.items() if k.startswith(("git.", "version."))},
+        **{f"param.{k}": str(v) for k, v in row["params"].items()},
+    }
+    return {k: v[:5000] for k, v in tags.items()}
+
+
+def promote(name: str, *, storage: str = "runs/sweeps", workdir: Path | None = None, trial_id: str | None = None,
+            model_name: str | None = None, force: bool = False, dry_run: bool = False,
+            min_source_val_acc: float | None = None) -> Promotion:
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from uda_core.inference import export_classifier
+    from uda_core.train import load_data
+
+    from .finalists import log_trial_model, trial_run
+    from .run import open_sweep
+
+    exp_dir, sweep, state = open_sweep(name, storage, workdir)
+    floor = sweep.objective.min_source_val_acc if min_source_val_acc is None else min_source_val_acc
+    row, metrics, ckpt = _pick(exp_dir, sweep, trial_id, floor)
+    model_name = model_name or sweep.tracking.model_name or sweep.name
+    metric, mode = sweep.objective.metrics[0], sweep.objective.modes[0]
+    uri = state["tracking_uri"]
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    client = mlflow.MlflowClient(uri, registry_uri=uri)
+    run = trial_run(client, state["experiment_id"], row["trial_id"])
+    if run is None:
+        raise PromotionRefused(f"trial {row['trial_id']} has no MLflow run in {uri}; was the store moved?")
+    data = load_data(sweep.run, progress=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        export_classifier(ckpt, Path(tmp) / "classifier", data)
+        score = _score(Path(tmp) / "classifier", data, sweep, metric)
+    if not math.isfinite(score):
+        raise PromotionRefused(f"trial {row['trial_id']}: {metric} re-evaluated to {score}; not promoted")
+    parent_params = client.get_run(state["parent_run_id"]).data.params
+    tags = _version_tags(sweep, state, row, metrics, parent_params, score)
+    result = Promotion(model_name, row["trial_id"], row["best_step"], metric, mode, score, dry_run=dry_run, tags=tags)
+
+    def decide(champion) -> None:
+        # The sqlite store returns versions as int, the REST server as str: compare as str.
+        result.champion_before = str(champion.version) if champion else None
+        if champion is None:
+            result.became_champion, result.reason = True, "there was no champion"
+        elif result.version is not None and result.champion_before == str(result.version):
+            result.became_champion, result.reason = True, "it already is the champion"
+        else:
+            result.champion_score = _champion_score(client, model_name, champion, data, sweep, metric)
+            beats = result.champion_score is not None and _better(score, result.champion_score, mode)
+            vs = f"{metric} {score:.4f} vs champion's {result.champion_score:.4f}" if result.champion_score is not None \
+                else "the champion cannot be scored on this sweep's data"
+            result.became_champion = beats or force
+            result.reason = (f"{vs}, re-evaluated on {sweep.name}'s data" if not force or beats
+                             else f"--force ({vs})")
+
+    if dry_run:
+        existing = _version_of(client, model_name, tags["trial_key"])
+        result.version = existing.version if existing else None
+        decide(_champion(client, model_name))
+        return result
+
+    with _registry_lock(exp_dir.parent, model_name):
+        existing = _version_of(client, model_name, tags["trial_key"])
+        if existing is None:
+            model_uri = log_trial_model(client, uri, run, ckpt, row["best_step"])
+            try:
+                client.create_registered_model(model_name, description=f"galaxy classifiers promoted from uda-sweep sweeps")
+            except MlflowException:
+                pass  # it exists
+            existing = client.create_model_version(model_name, model_uri, run_id=run.info.run_id, tags=tags,
+                                                   description=f"sweep {sweep.name}, trial {row['trial_id']}, step {row['best_step']}")
+        result.version = str(existing.version)
+        client.set_registered_model_alias(model_name, CHALLENGER, result.version)
+        decide(_champion(client, model_name))
+        if result.became_champion and result.champion_before != result.version:
+            if result.champion_before is not None:
+                client.set_model_version_tag(model_name, result.version, "previous_champion", str(result.champion_before))
+            client.set_model_version_tag(model_name, result.version, "champion_reason", result.reason[:5000])
+            client.set_registered_model_alias(model_name, CHAMPION, result.version)  # the one atomic switch
+    return result
+
+
+def rollback(model_name: str, tracking_uri: str) -> tuple[str, str]:
+    """Move `champion` back to the version it replaced; returns (from_version, to_version)."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri, registry_uri=tracking_uri)
+    current = _champion(client, model_name)
+    if current is None:
+        raise ConfigError(f"model {model_name!r} in {tracking_uri} has no {CHAMPION} alias: nothing to roll back")
+    previous = current.tags.get("previous_champion")
+    if previous is None:
+        raise ConfigError(f"{model_name} version {current.version} was the first {CHAMPION}: there is no earlier one")
+    client.set_model_version_tag(model_name, str(current.version), "rolled_back", "true")
+    client.set_registered_model_alias(model_name, CHAMPION, previous)
+    return str(current.version), str(previous)

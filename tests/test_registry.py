@@ -1,0 +1,173 @@
+"""Promotion to a real MLflow model registry (sqlite store) after a real tiny sweep, loading by alias in a fresh
+process, and catalogues from `uda-sweep predict` (local and Ray Data)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import ray
+import torch
+
+import sweep_helpers
+from sweep_helpers import write_sweep
+from sweeps.cli import main
+from sweeps.registry import CHALLENGER, CHAMPION, PromotionRefused, _guard_failures, promote, rollback
+from sweeps.run import open_sweep, run_sweep
+from uda_core.config import RunConfig
+from uda_core.data.store import DataSpec, ensure_dataset
+from uda_core.errors import ConfigError, DataError
+
+PYTHON = sys.executable
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.cloudpickle.register_pickle_by_value(sweep_helpers)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory, data_root, tiny_folder):
+    """A finished 3-trial sweep (plus a baseline) with no finalist models: promote must log its own."""
+    work = tmp_path_factory.mktemp("registry")
+    path = write_sweep(work, data_root, "reg", tracking={"embedding": "none", "finalists": 0})
+    summary = run_sweep(path, workdir=work, progress=False)
+    assert summary.finished
+    return summary, work
+
+
+@pytest.fixture
+def in_workdir(sweep, monkeypatch):
+    summary, work = sweep
+    monkeypatch.chdir(work)
+    return summary
+
+
+def _client(summary):
+    return mlflow.MlflowClient(summary.tracking_uri, registry_uri=summary.tracking_uri)
+
+
+def _versions(summary, name):
+    return sorted(_client(summary).search_model_versions(f"name = '{name}'"), key=lambda v: int(v.version))
+
+
+def _alias(summary, name, alias):
+    return str(_client(summary).get_model_version_by_alias(name, alias).version)
+
+
+def test_champion_lifecycle(in_workdir, capsys):
+    summary = in_workdir
+    ranked = sorted((r for r in summary.trials if r["kind"] == "search" and r["best/label_free/im"] is not None),
+                    key=lambda r: -r["best/label_free/im"])
+    best, worse = ranked[0], ranked[-1]
+    assert best["best/label_free/im"] > worse["best/label_free/im"]
+
+    assert main(["promote", "reg", "--dry-run"]) == 0
+    assert "would move to a new version" in capsys.readouterr().out
+    assert _versions(summary, "reg") == []  # a dry run writes nothing
+
+    first = promote("reg")
+    assert (first.trial_id, first.became_champion) == (best["trial_id"], True)
+    # Re-evaluated from the registered files with the trial's own code: the sweep's own number comes back.
+    assert first.score == pytest.approx(best["best/label_free/im"], abs=1e-4)
+    (v1,) = _versions(summary, "reg")
+    tags = v1.tags
+    assert tags["trial_id"] == best["trial_id"] and tags["selected_by"] == "label_free/im"
+    assert tags["sweep"] == "reg" and tags["data.fingerprint"] not in ("", "unknown")
+    assert tags["git.revision"] and tags["version.torch"]
+    assert "metric.oracle/target_test/h_score" in tags and "metric.source_val/acc" in tags
+    assert _alias(summary, "reg", CHAMPION) == _alias(summary, "reg", CHALLENGER) == str(v1.version)
+
+    again = promote("reg")  # idempotent: same version, nothing moved
+    assert again.version == str(v1.version) and len(_versions(summary, "reg")) == 1
+
+    refused = promote("reg", trial_id=worse["trial_id"])  # the guard: a worse model does not take the champion
+    assert not refused.became_champion and refused.champion_score == pytest.approx(first.score, abs=1e-6)
+    assert _alias(summary, "reg", CHAMPION) == str(v1.version)
+    assert _alias(summary, "reg", CHALLENGER) == refused.version != str(v1.version)
+
+    forced = promote("reg", trial_id=worse["trial_id"], force=True)
+    assert forced.version == refused.version and forced.became_champion and "--force" in forced.reason
+    assert _alias(summary, "reg", CHAMPION) == forced.version
+    assert len(_versions(summary, "reg")) == 2
+
+    assert rollback("reg", summary.tracking_uri) == (forced.version, str(v1.version))
+    assert _alias(summary, "reg", CHAMPION) == str(v1.version)
+    with pytest.raises(ConfigError, match="first champion"):
+        rollback("reg", summary.tracking_uri)
+
+
+def test_guards_refuse_with_reasons(in_workdir):
+    with pytest.raises(PromotionRefused, match="below the floor 0.99"):
+        promote("reg", model_name="guarded", min_source_val_acc=0.99)
+    with pytest.raises(PromotionRefused, match="no trial 'nope'"):
+        promote("reg", model_name="guarded", trial_id="nope")
+    _, sweep, _ = open_sweep("reg")
+    row = {"best_step": 4, "path": "/gone"}
+    problems = _guard_failures(row, {"source_val/acc": 0.9, "label_free/im": float("nan"), "label_free/snd": 1.0},
+                               sweep, 0.5, None)
+    assert any("label_free/im" in p for p in problems) and any("no checkpoint" in p for p in problems)
+    assert _guard_failures(row, {"source_val/acc": 0.9, "label_free/im": 0.3}, sweep, 0.5, Path("/x")) == []
+    assert _versions(in_workdir, "guarded") == []
+
+
+def test_concurrent_promotions_leave_one_version(in_workdir):
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    cmd = [PYTHON, "-m", "sweeps.cli", "promote", "reg", "--model-name", "racing"]
+    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    (only,) = _versions(in_workdir, "racing")
+    assert _alias(in_workdir, "racing", CHAMPION) == _alias(in_workdir, "racing", CHALLENGER) == str(only.version)
+
+
+def test_champion_loads_in_a_fresh_process_and_matches_the_trials_evaluation(in_workdir, tmp_path):
+    summary = in_workdir
+    promote("reg")
+    _, sweep, _ = open_sweep("reg")
+    from uda_core.data.dataset import load_dataset
+
+    data = load_dataset(next(Path(sweep.run.data.root).glob("universal-decals-sdss-tiny-*")))
+    rows = data["target/test"].catalogue["row"].to_numpy()
+    flux = np.load(data.folder / "pixels.npy", mmap_mode="r")[rows].astype(np.float32)
+    np.save(tmp_path / "flux.npy", flux)
+    script = textwrap.dedent(f"""
+        import mlflow, numpy as np
+        mlflow.set_tracking_uri({summary.tracking_uri!r})
+        model = mlflow.pyfunc.load_model("models:/reg@champion")
+        out = model.predict(np.load({str(tmp_path / 'flux.npy')!r}))
+        out.to_parquet({str(tmp_path / 'out.parquet')!r})
+    """)
+    subprocess.run([PYTHON, "-c", script], check=True, cwd=tmp_path, timeout=300)
+    out = pq.read_table(tmp_path / "out.parquet").to_pandas()
+    names = data.class_names[: data.num_known]
+    assert list(out.columns) == [f"prob_{n}" for n in names] + [
+        "predicted_class", "unknown", "anomaly_score", "entropy", "uncertainty", "predicted_prob_std"]
+
+    # The trial's own evaluation path on its checkpoint: uda_core.evaluate.predict on the target domain.
+    from sweeps.finalists import checkpoint_at
+    from uda_core.evaluate import predict
+    from uda_core.evaluation.metrics import softmax
+    from uda_core.models import TARGET, build_model
+    from uda_core.train import CHECKPOINT_FILE
+
+    version = _client(summary).get_model_version_by_alias("reg", CHAMPION)
+    row = next(r for r in summary.trials if r["trial_id"] == version.tags["trial_id"])
+    ckpt = checkpoint_at(Path(row["path"]), row["best_step"])
+    trial_cfg = RunConfig.model_validate_json((ckpt / "config.json").read_text())
+    model = build_model(trial_cfg.model, data.in_channels, data.num_known)
+    model.load_state_dict(torch.load(ckpt / CHECKPOINT_FILE, weights_only=True)["model"])
+    logits, _ = predict(model, data["target/test"].x, TARGET)
+    np.testing.assert_allclose(out[[f"prob_{n}" for n in names]].to_numpy(), softmax(logits), atol=1e-5)
+    assert (out["uncertainty"] >= 0).all() and out["anomaly_score"].notna().all()

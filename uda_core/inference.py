@@ -1,0 +1,197 @@
+"""A trained classifier outside its training run: export a checkpoint to portable files, load them, predict.
+
+An exported classifier is a folder of two files, so loading it never unpickles code:
+  weights.safetensors  the network's weights plus the source feature bank the kNN anomaly score needs
+  config.json          the run config, bands, stamp size, pixel scales, preprocessing, class names, and the
+                       unknown-class rule (score and threshold) fitted on the unlabelled target/train split exactly
+                       as the sweep's evaluation fitted it
+
+`Classifier.predict` maps flux stamps of the target survey to per-class probabilities, a predicted class, an
+unknown flag, an anomaly score and an uncertainty; `evaluate_classifier` re-scores an exported classifier on a
+data set with the same code a trial uses, so a registry can compare models on equal terms.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import RunConfig
+from .data.dataset import UdaData, preprocess
+from .errors import DataError
+from .evaluate import Evaluation, evaluate, predict, rejection_threshold
+from .evaluation import metrics as M
+from .methods import get_method
+from .models import SOURCE, TARGET, UdaNet, build_model
+
+__all__ = ["Classifier", "export_classifier", "evaluate_classifier", "WEIGHTS", "CONFIG", "FORMAT"]
+
+log = logging.getLogger(__name__)
+WEIGHTS, CONFIG = "weights.safetensors", "config.json"
+FORMAT = {"name": "galaxy-uda-classifier", "version": 1}
+_BANK = "source_features"
+PIXEL_SCALE_RTOL = 0.02  # resampled cutouts quote 0.262 vs DECam's 0.263: within tolerance
+
+
+def _build(meta: dict, state: dict[str, torch.Tensor]) -> tuple[RunConfig, UdaNet]:
+    cfg = RunConfig.model_validate(meta["run_config"])
+    model = build_model(cfg.model, len(meta["bands"]), meta["num_known"])
+    model.load_state_dict(state)
+    return cfg, model.eval()
+
+
+def export_classifier(checkpoint_dir: Path, out: Path, data: UdaData | None = None) -> dict:
+    """Write weights.safetensors + config.json for a core checkpoint (step_XXXXXXX or a Tune checkpoint folder)."""
+    from safetensors.torch import save_file
+
+    from .train import CHECKPOINT_FILE, autocast_factory, load_data
+
+    checkpoint_dir = Path(checkpoint_dir)
+    cfg = RunConfig.model_validate_json((checkpoint_dir / "config.json").read_text())
+    state = torch.load(checkpoint_dir / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+    data = data or load_data(cfg, progress=False)
+    model = build_model(cfg.model, data.in_channels, data.num_known)
+    model.load_state_dict(state["model"])
+    method = get_method(cfg.method.name)(cfg.method.parsed(), model, data.num_known, len(data["target/train"]))
+    # The same inputs evaluate() uses: BN statistics as saved right after the evaluation, the first
+    # max_source_features source/train stamps as the kNN bank, target/train scores for the threshold.
+    autocast = autocast_factory(cfg.train.precision, torch.device("cpu"))
+    _, bank = predict(model, data["source/train"].x[: cfg.eval.max_source_features], SOURCE, autocast=autocast)
+    lg_tt, f_tt = predict(model, data["target/train"].x, TARGET, autocast=autocast)
+    protos = torch.nn.functional.normalize(model.prototypes.detach().float(), dim=1).numpy()
+    scores_tt = M.anomaly_scores(lg_tt, f_tt, protos, bank, model.temperature, k=cfg.eval.knn_k)
+    threshold = rejection_threshold(scores_tt, method, cfg, data.num_known)
+    surveys = data.manifest["surveys"]
+    meta = {
+        "format": FORMAT,
+        "run_config": json.loads(cfg.model_dump_json()),
+        "bands": data.bands, "stamp_px": data.stamp_px, "softening": data.softening,
+        "class_names": data.class_names, "num_known": data.num_known,
+        "source_survey": surveys["source"]["name"], "target_survey": surveys["target"]["name"],
+        "pixel_arcsec": surveys["target"]["pixel_arcsec"],
+        "rejection": {"score": cfg.eval.reject_score, "threshold": float(threshold), "knn_k": cfg.eval.knn_k},
+        "step": int(state["step"]),
+        "data_fingerprint": data.manifest.get("fingerprint"),
+    }
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = {f"model.{k}": v.contiguous() for k, v in state["model"].items()}
+    tensors[_BANK] = torch.from_numpy(np.ascontiguousarray(bank))
+    save_file(tensors, str(out / WEIGHTS))
+    (out / CONFIG).write_text(json.dumps(meta, indent=1))
+    return meta
+
+
+@dataclass
+class Classifier:
+    meta: dict
+    model: UdaNet
+    source_features: np.ndarray
+    device: torch.device
+    autocast: object
+
+    @classmethod
+    def load(cls, folder: Path | str, device: str = "auto", precision: str | None = None) -> "Classifier":
+        """`precision` defaults to the training run's, so predictions match the sweep's own evaluation."""
+        from safetensors.torch import load_file
+
+        from .train import autocast_factory, resolve_device
+
+        folder = Path(folder)
+        try:
+            meta = json.loads((folder / CONFIG).read_text())
+            tensors = load_file(str(folder / WEIGHTS))
+        except (OSError, ValueError) as e:
+            raise DataError(f"{folder}: not an exported classifier ({type(e).__name__}: {e}); "
+                            f"it needs {WEIGHTS} and {CONFIG} written by export_classifier") from None
+        if meta.get("format", {}).get("name") != FORMAT["name"] or meta["format"].get("version", 0) > FORMAT["version"]:
+            raise DataError(f"{folder / CONFIG}: format {meta.get('format')} is not {FORMAT} or older; upgrade galaxy-uda-sweeps")
+        cfg, model = _build(meta, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        dev = resolve_device(cfg.train.device if device == "auto" else device)
+        model = model.to(dev).to(memory_format=torch.channels_last)
+        return cls(meta, model, tensors[_BANK].numpy(), dev, autocast_factory(precision or cfg.train.precision, dev))
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.meta["class_names"][: self.meta["num_known"]]
+
+    def check_input(self, bands: list[str], stamp_shape: tuple[int, ...], pixel_arcsec: float | None, where: str) -> None:
+        """One clear error when an input cannot be what the model was trained on (before any prediction)."""
+        m = self.meta
+        want = (len(m["bands"]), m["stamp_px"], m["stamp_px"])
+        problems = []
+        if list(bands) != list(m["bands"]):
+            problems.append(f"bands {list(bands)} but the model needs {m['bands']} in that order")
+        if tuple(stamp_shape) != want:
+            problems.append(f"stamps of shape {tuple(stamp_shape)} but the model needs {want} (bands, H, W): "
+                            f"cut {m['stamp_px']}x{m['stamp_px']} px cutouts")
+        if pixel_arcsec is None:
+            log.warning("%s does not record its pixel scale; assuming %.3f\"/px (%s)", where, m["pixel_arcsec"], m["target_survey"])
+        elif abs(pixel_arcsec / m["pixel_arcsec"] - 1) > PIXEL_SCALE_RTOL:
+            problems.append(f"pixel scale {pixel_arcsec:.4f}\"/px but the model was trained on {m['target_survey']} at "
+                            f"{m['pixel_arcsec']:.4f}\"/px: resample the cutouts (e.g. Legacy Survey pixscale=)")
+        if problems:
+            raise DataError(f"{where}: " + "; ".join(problems))
+
+    @torch.no_grad()
+    def predict(self, flux: np.ndarray, views: int = 8, batch_size: int = 256) -> dict[str, np.ndarray]:
+        """Per-stamp outputs for (N, bands, H, W) nanomaggy stamps of the target survey.
+
+        probs (N, K) come from the plain view, exactly as in evaluation. `uncertainty` is the mutual information
+        between the prediction and the view over `views` dihedral transforms (rotations, then flips): 0 when every
+        view agrees, up to ln K. With views=1 it is 0.
+        """
+        if views not in (1, 2, 4, 8):
+            raise ValueError("views must be 1, 2, 4 or 8 (dihedral transforms)")
+        flux = np.asarray(flux, dtype=np.float32)
+        if flux.ndim != 4 or flux.shape[1:] != (len(self.meta["bands"]), self.meta["stamp_px"], self.meta["stamp_px"]):
+            self.check_input(self.meta["bands"], flux.shape[1:], None, "input array")
+        x = preprocess(flux, self.meta["softening"]).to(self.device).contiguous(memory_format=torch.channels_last)
+        per_view = []
+        for v in range(views):
+            xv = torch.rot90(x, v % 4, dims=(2, 3))
+            if v >= 4:
+                xv = torch.flip(xv, dims=(3,))
+            per_view.append(predict(self.model, xv, TARGET, batch_size, self.autocast))
+        logits, feats = per_view[0]
+        p_views = np.stack([M.softmax(lg) for lg, _ in per_view])  # (V, N, K)
+        probs = p_views[0]
+        rule = self.meta["rejection"]
+        protos = torch.nn.functional.normalize(self.model.prototypes.detach().float(), dim=1).cpu().numpy()
+        score = M.anomaly_scores(logits, feats, protos, self.source_features, self.model.temperature, k=rule["knn_k"])[rule["score"]]
+        mean_p = p_views.mean(0)
+        mutual_info = M.entropy(mean_p) - np.mean([M.entropy(p) for p in p_views], axis=0)
+        pred = probs.argmax(1)
+        return {
+            "probs": probs.astype(np.float32),
+            "predicted": pred,
+            "unknown": score > rule["threshold"],
+            "anomaly_score": score.astype(np.float32),
+            "entropy": M.entropy(probs).astype(np.float32),
+            "uncertainty": np.maximum(mutual_info, 0).astype(np.float32),
+            "predicted_prob_std": p_views[:, np.arange(len(pred)), pred].std(0).astype(np.float32),
+        }
+
+
+def evaluate_classifier(folder: Path | str, data: UdaData, scoring: RunConfig) -> Evaluation:
+    """Re-score an exported classifier on `data` with the trial's evaluation code and `scoring`'s eval settings.
+
+    The model keeps its own method (its rho) but the data and evaluation settings are the caller's, so two
+    classifiers scored by the same call are compared on equal terms.
+    """
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    meta = json.loads((folder / CONFIG).read_text())
+    if list(meta["bands"]) != list(data.bands) or meta["stamp_px"] != data.stamp_px or meta["class_names"] != data.class_names:
+        raise DataError(f"{folder}: trained on bands {meta['bands']}, {meta['stamp_px']} px, classes {meta['class_names']}; "
+                        f"the data set {data.folder} has {data.bands}, {data.stamp_px} px, {data.class_names}: not comparable")
+    own, model = _build(meta, {k[6:]: v for k, v in load_file(str(folder / WEIGHTS)).items() if k.startswith("model.")})
+    cfg = own.model_copy(update={"eval": scoring.eval, "data": scoring.data})
+    method = get_method(cfg.method.name)(cfg.method.parsed(), model, data.num_known, len(data["target/train"]))
+    return evaluate(model, method, data, cfg, meta["step"])
