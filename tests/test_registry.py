@@ -171,3 +171,92 @@ def test_champion_loads_in_a_fresh_process_and_matches_the_trials_evaluation(in_
     logits, _ = predict(model, data["target/test"].x, TARGET)
     np.testing.assert_allclose(out[[f"prob_{n}" for n in names]].to_numpy(), softmax(logits), atol=1e-5)
     assert (out["uncertainty"] >= 0).all() and out["anomaly_score"].notna().all()
+
+
+@pytest.fixture(scope="module")
+def fresh_target(data_root, tiny_folder) -> Path:
+    """Target-survey stamps the sweep never saw: the same pair generated with another seed."""
+    return ensure_dataset(DataSpec(size="tiny", seed=7), data_root, progress=False)
+
+
+def _write_fits(folder: Path, ids, flux, bands="grz", pixel_arcsec=0.396) -> Path:
+    from astropy.io import fits
+    from astropy.wcs import WCS
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for gid, stamp in zip(ids, flux):
+        w = WCS(naxis=2)
+        w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+        w.wcs.cdelt = [-pixel_arcsec / 3600, pixel_arcsec / 3600]
+        w.wcs.crval = [150.0, 2.0]
+        header = w.to_header()
+        header["BANDS"] = bands
+        fits.PrimaryHDU(stamp.astype(np.float32), header=header).writeto(folder / f"{gid}.fits")
+    return folder
+
+
+def test_predict_catalogue_from_data_set_and_fits(in_workdir, fresh_target, tmp_path, capsys):
+    summary = in_workdir
+    promote("reg")
+    out = tmp_path / "cat.parquet"
+    assert main(["predict", "models:/reg@champion", str(fresh_target), "--out", str(out),
+                 "--tracking-uri", summary.tracking_uri, "--top-n", "6"]) == 0
+    assert "galaxies" in capsys.readouterr().out
+    table = pq.read_table(out)
+    meta = json.loads(table.schema.metadata[b"galaxy_uda_sweeps"])
+    version = _alias(summary, "reg", CHAMPION)
+    assert meta["model_version"] == version and meta["model_name"] == "reg" and meta["views"] == 8
+    cat = table.to_pandas()
+    manifest = json.loads((fresh_target / "manifest.json").read_text())
+    n_target = manifest["counts"]["target/train"] + manifest["counts"]["target/test"]
+    assert len(cat) == n_target and cat["id"].is_unique
+    probs = cat[[c for c in cat.columns if c.startswith("prob_")]].to_numpy()
+    np.testing.assert_allclose(probs.sum(1), 1, atol=1e-5)
+    assert set(cat["predicted_class"]) <= set(meta["classes"]) and cat["unknown"].dtype == bool
+    assert (tmp_path / "cat_anomalies.png").stat().st_size > 1000
+
+    # The same stamps as FITS cutouts (Legacy Survey style) give the same rows.
+    pixels = np.load(fresh_target / "pixels.npy", mmap_mode="r")
+    some = cat.iloc[:5]
+    fits_dir = _write_fits(tmp_path / "fits", some["id"], pixels[some["source_index"].to_numpy()].astype(np.float32))
+    out2 = tmp_path / "fits.parquet"
+    assert main(["predict", "models:/reg@champion", str(fits_dir), "--out", str(out2), "--tracking-uri", summary.tracking_uri]) == 0
+    again = pq.read_table(out2).to_pandas().set_index("id").loc[some["id"]]
+    np.testing.assert_allclose(again[[c for c in cat.columns if c.startswith("prob_")]].to_numpy(),
+                               probs[:5], atol=1e-5)
+    assert (again["predicted_class"].to_numpy() == some["predicted_class"].to_numpy()).all()
+
+    # Nothing stored is overwritten, and a refused run leaves the catalogue as it was.
+    before = out.read_bytes()
+    assert main(["predict", "models:/reg@champion", str(fresh_target), "--out", str(out), "--tracking-uri", summary.tracking_uri]) == 2
+    assert out.read_bytes() == before
+
+
+def test_predict_refuses_inputs_the_model_was_not_trained_on(in_workdir, tmp_path, capsys):
+    summary = in_workdir
+    promote("reg")
+    flux = np.full((1, 3, 32, 32), 0.01, np.float32)
+    cases = {"scale": _write_fits(tmp_path / "scale", ["a"], flux, pixel_arcsec=0.262),
+             "bands": _write_fits(tmp_path / "bands", ["a"], flux, bands="gri")}
+    for name, folder in cases.items():
+        out = tmp_path / f"{name}.parquet"
+        assert main(["predict", "models:/reg@champion", str(folder), "--out", str(out), "--tracking-uri", summary.tracking_uri]) == 2
+        err = capsys.readouterr().err
+        assert str(folder) in err and ("pixel scale" in err if name == "scale" else "bands" in err)
+        assert not out.exists()
+
+
+def test_predict_as_a_ray_data_job_matches_the_local_catalogue(in_workdir, fresh_target, tmp_path):
+    from sweeps.catalogue import predict_catalogue
+
+    summary = in_workdir
+    promote("reg")
+    kw = dict(tracking_uri=summary.tracking_uri, rows_per_shard=64, progress=False, top_n=3)
+    local = predict_catalogue("models:/reg@champion", fresh_target, tmp_path / "local.parquet", **kw)
+    distributed = predict_catalogue("models:/reg@champion", fresh_target, tmp_path / "ray.parquet", use_ray=True, workers=1, **kw)
+    assert distributed.rows == local.rows
+    a = pq.read_table(local.path).to_pandas().set_index("id").sort_index()
+    b = pq.read_table(distributed.path).to_pandas().set_index("id").sort_index()
+    assert list(a.columns) == list(b.columns)
+    np.testing.assert_allclose(a.select_dtypes("number").to_numpy(), b.select_dtypes("number").to_numpy(), atol=1e-5)
+    assert (a["predicted_class"] == b["predicted_class"]).all()
