@@ -15,8 +15,10 @@ sources open files per call and hold no open handles, so they pickle too.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
+import re
 import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
@@ -143,7 +145,8 @@ class _DatasetSource(CutoutSource):
             cat = pq.read_table(folder / CATALOGUE, columns=["id", "row", "domain"]).to_pandas()
             pixels = np.load(folder / PIXELS, mmap_mode="r")  # reads the header only
         except Exception as e:  # pyarrow and numpy raise many types on missing or corrupt files
-            raise DataError(f"{folder}: cannot read ({type(e).__name__}: {e}); delete the folder to regenerate it") from None
+            raise DataError(f"{folder}: cannot read ({type(e).__name__}: {e}); "
+                            "delete the folder to regenerate it") from None
         if domain != "all":
             cat = cat[cat["domain"] == domain]
         self.path, self.bands = folder, list(manifest["bands"])
@@ -182,13 +185,15 @@ class _FitsSource(CutoutSource):
 
     def __init__(self, path: Path):
         self.path = path
-        files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.name.lower().endswith(FITS_SUFFIXES))
+        found = [path] if path.is_file() else [p for p in path.iterdir() if p.name.lower().endswith(FITS_SUFFIXES)]
+        files = sorted(found)
         self._files = [str(p) for p in files]
         _, self.bands, self.stamp_shape, self.pixel_arcsec = self._open(self._files[0], with_data=False)
         self.num_rows = len(self._files)
 
     def shards(self, rows_per_shard: int = 1024) -> list[Shard]:
-        return [Shard(str(self.path), lo, hi, tuple(self._files[lo:hi])) for lo, hi in _steps(self.num_rows, rows_per_shard)]
+        steps = _steps(self.num_rows, rows_per_shard)
+        return [Shard(str(self.path), lo, hi, tuple(self._files[lo:hi])) for lo, hi in steps]
 
     def read(self, shard: Shard) -> CutoutBatch:
         files = shard.files or tuple(self._files[shard.start : shard.stop])
@@ -213,12 +218,10 @@ class _FitsSource(CutoutSource):
     def _open(file: str, with_data: bool):
         """(data or None, bands, (C, H, W), arcsec per pixel or None) from the first image HDU of `file`."""
         from astropy.io import fits
-        from astropy.wcs import FITSFixedWarning
 
         try:
             with warnings.catch_warnings():
                 warnings.filterwarnings("error", message="File may have been truncated")  # else only a warning
-                warnings.simplefilter("ignore", FITSFixedWarning)
                 with fits.open(file, memmap=False) as hdul:
                     # .fits.fz files keep the image in HDU 1 behind an empty primary HDU
                     hdu = next((h for h in hdul if h.is_image and h.shape), None)
@@ -264,17 +267,33 @@ def _fits_bands(file: str, headers, n: int) -> list[str]:
 
 
 def _fits_pixel_scale(header, headers) -> float | None:
-    from astropy.wcs import WCS
+    # only the cards that set the pixel scale matrix (not CRVAL/CRPIX, which move with each cutout), so the WCS,
+    # the slowest part of reading a cutout, is built once per folder
+    cards = tuple((k, header[k]) for k in header if _WCS_SCALE_KEY.match(k))
+    scale = _wcs_pixel_scale(cards) if cards else None
+    if scale is None:
+        scale = next((h["PIXSCALE"] for h in headers if "PIXSCALE" in h), None)
+    return None if scale is None else float(scale)
+
+
+_WCS_SCALE_KEY = re.compile(r"^(WCSAXES|CTYPE\d|CUNIT\d|CDELT\d|CD\d_\d|PC\d_\d|CROTA\d)$")
+
+
+@functools.lru_cache(maxsize=64)
+def _wcs_pixel_scale(cards: tuple) -> float | None:
+    from astropy.io.fits import Header
+    from astropy.wcs import WCS, FITSFixedWarning
     from astropy.wcs.utils import proj_plane_pixel_scales
 
     try:
-        wcs = WCS(header)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FITSFixedWarning)
+            wcs = WCS(Header(list(cards)))
         if wcs.has_celestial:
             return float(np.mean(proj_plane_pixel_scales(wcs.celestial)) * 3600.0)  # degrees -> arcsec
     except Exception:  # an unusable WCS: fall back to PIXSCALE
         pass
-    scale = next((h["PIXSCALE"] for h in headers if "PIXSCALE" in h), None)
-    return None if scale is None else float(scale)
+    return None
 
 
 class _ParquetSource(CutoutSource):
@@ -303,14 +322,16 @@ class _ParquetSource(CutoutSource):
         try:
             pf = pq.ParquetFile(file)
         except Exception as e:
-            raise DataError(f"{file}: cannot be read as Parquet ({type(e).__name__}: {e}); re-write it or delete it") from None
+            raise DataError(f"{file}: cannot be read as Parquet ({type(e).__name__}: {e}); "
+                            "re-write it or delete it") from None
         schema = pf.schema_arrow
         schema_meta = schema.metadata or {}
         missing = [c for c in ("id", "flux") if c not in schema.names]
         if missing:
             raise DataError(f"{file}: missing column(s) {missing}; {expected}")
         flux = schema.field("flux").type
-        if not isinstance(flux, pa.FixedShapeTensorType) or len(flux.shape) != 3 or not pa.types.is_floating(flux.value_type):
+        tensor = isinstance(flux, pa.FixedShapeTensorType)
+        if not tensor or len(flux.shape) != 3 or not pa.types.is_floating(flux.value_type):
             raise DataError(f"{file}: column flux has type {flux}; {expected}")
         if b"bands" not in schema_meta:
             raise DataError(f"{file}: schema metadata lacks 'bands'; {expected}")
@@ -397,7 +418,8 @@ class _Hdf5Source(CutoutSource):
         try:
             return h5py.File(self._file, "r")
         except Exception as e:
-            raise DataError(f"{self._file}: cannot be read as HDF5 ({type(e).__name__}: {e}); re-download it or delete it") from None
+            raise DataError(f"{self._file}: cannot be read as HDF5 ({type(e).__name__}: {e}); "
+                            "re-download it or delete it") from None
 
     def _pixel_scale(self, f, n: int) -> float | None:
         if "pxscale" not in f:
