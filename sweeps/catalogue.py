@@ -151,7 +151,7 @@ def _plot_anomalies(source, top: list, softening: float, path: Path) -> Path:
 
 
 def predict_catalogue(model_uri: str, input_path: str | Path, out: str | Path, *, tracking_uri: str | None = None,
-                      domain: str = "target", batch_size: int = 512, views: int = 8, rows_per_shard: int = 4096,
+                      domain: str = "target", batch_size: int | None = None, views: int = 8, rows_per_shard: int = 4096,
                       use_ray: bool = False, workers: int | None = None, top_n: int = 25, overwrite: bool = False,
                       progress: bool = True) -> CatalogueSummary:
     from uda_core.data.readers import open_cutouts

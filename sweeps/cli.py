@@ -202,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
                                  "or an HDF5 file in the Galaxy10 layout")
     r.add_argument("--out", required=True, help="catalogue path (.parquet); a PNG of the most anomalous galaxies goes beside it")
     r.add_argument("--domain", default="target", choices=["source", "target", "all"], help="rows of a data set folder")
-    r.add_argument("--batch-size", type=int, default=512)
+    r.add_argument("--batch-size", type=int, help="galaxies per forward pass (default: 64 on CPU, 512 on GPU)")
     r.add_argument("--views", type=int, default=8, choices=[1, 2, 4, 8],
                    help="dihedral views for the uncertainty (1: no uncertainty, 8x faster)")
     r.add_argument("--ray", action="store_true", help="run as a Ray Data job ($RAY_ADDRESS or a local Ray)")

@@ -17,7 +17,7 @@ import torch
 
 from .config import SweepConfig
 
-__all__ = ["log_finalists", "log_trial_model", "checkpoint_at", "trial_run"]
+__all__ = ["log_finalists", "log_trial_model", "model_signature", "checkpoint_at", "trial_run"]
 
 log = logging.getLogger(__name__)
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
@@ -40,24 +40,33 @@ def trial_run(client, experiment_id: str, trial_id: str):
     return runs[0] if runs else None
 
 
+def model_signature(classifier_dir: Path):
+    """(signature, input example) of an exported classifier's pyfunc model; `views` is a call-time parameter."""
+    from mlflow.models import infer_signature
+
+    from uda_core.inference import Classifier
+
+    from .pyfunc_model import to_frame
+
+    clf = Classifier.load(classifier_dir)
+    m = clf.meta
+    example = np.zeros((2, len(m["bands"]), m["stamp_px"], m["stamp_px"]), np.float32)
+    return infer_signature(example, to_frame(clf.predict(example, views=1), clf.class_names), params={"views": 8}), example
+
+
 def log_trial_model(client, tracking_uri: str, run, checkpoint: Path, step: int) -> str:
     """Log the classifier at `checkpoint` as a pyfunc model of `run`; returns its model URI. Idempotent per step."""
     import mlflow
-    from mlflow.models import infer_signature
 
-    from uda_core.inference import Classifier, export_classifier
+    from uda_core.inference import export_classifier
 
     if run.data.tags.get("model_step") == str(step) and run.data.tags.get("model_uri"):
         return run.data.tags["model_uri"]  # logged before (by the sweep's summary or an earlier promote)
     mlflow.set_tracking_uri(tracking_uri)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "classifier"
-        meta = export_classifier(checkpoint, folder)
-        example = np.zeros((2, len(meta["bands"]), meta["stamp_px"], meta["stamp_px"]), np.float32)
-        from .pyfunc_model import GalaxyClassifier, to_frame
-
-        clf = Classifier.load(folder)
-        signature = infer_signature(example, to_frame(clf.predict(example, views=1), clf.class_names), params={"views": 8})
+        export_classifier(checkpoint, folder)
+        signature, example = model_signature(folder)
         try:
             with mlflow.start_run(run_id=run.info.run_id):
                 info = mlflow.pyfunc.log_model(

@@ -142,12 +142,14 @@ def test_champion_loads_in_a_fresh_process_and_matches_the_trials_evaluation(in_
     rows = data["target/test"].catalogue["row"].to_numpy()
     flux = np.load(data.folder / "pixels.npy", mmap_mode="r")[rows].astype(np.float32)
     np.save(tmp_path / "flux.npy", flux)
+    train_rows = data["target/train"].catalogue["row"].to_numpy()
+    np.save(tmp_path / "train.npy", np.load(data.folder / "pixels.npy", mmap_mode="r")[train_rows].astype(np.float32))
     script = textwrap.dedent(f"""
         import mlflow, numpy as np
         mlflow.set_tracking_uri({summary.tracking_uri!r})
         model = mlflow.pyfunc.load_model("models:/reg@champion")
-        out = model.predict(np.load({str(tmp_path / 'flux.npy')!r}))
-        out.to_parquet({str(tmp_path / 'out.parquet')!r})
+        model.predict(np.load({str(tmp_path / 'flux.npy')!r})).to_parquet({str(tmp_path / 'out.parquet')!r})
+        model.predict(np.load({str(tmp_path / 'train.npy')!r}), params={{"views": 1}}).to_parquet({str(tmp_path / 'train.parquet')!r})
     """)
     subprocess.run([PYTHON, "-c", script], check=True, cwd=tmp_path, timeout=300)
     out = pq.read_table(tmp_path / "out.parquet").to_pandas()
@@ -171,6 +173,9 @@ def test_champion_loads_in_a_fresh_process_and_matches_the_trials_evaluation(in_
     logits, _ = predict(model, data["target/test"].x, TARGET)
     np.testing.assert_allclose(out[[f"prob_{n}" for n in names]].to_numpy(), softmax(logits), atol=1e-5)
     assert (out["uncertainty"] >= 0).all() and out["anomaly_score"].notna().all()
+    # The unknown flag is the trial's own rejection rule: on target/train it rejects the fraction the trial logged.
+    rejected = pq.read_table(tmp_path / "train.parquet").to_pandas()["unknown"].mean()
+    assert rejected == pytest.approx(float(version.tags["metric.label_free/rejected_frac"]), abs=1e-9)
 
 
 @pytest.fixture(scope="module")

@@ -139,7 +139,7 @@ class Classifier:
             raise DataError(f"{where}: " + "; ".join(problems))
 
     @torch.no_grad()
-    def predict(self, flux: np.ndarray, views: int = 8, batch_size: int = 256) -> dict[str, np.ndarray]:
+    def predict(self, flux: np.ndarray, views: int = 8, batch_size: int | None = None) -> dict[str, np.ndarray]:
         """Per-stamp outputs for (N, bands, H, W) nanomaggy stamps of the target survey.
 
         probs (N, K) come from the plain view, exactly as in evaluation. `uncertainty` is the mutual information
