@@ -13,7 +13,6 @@ Each alias move is one registry call: nobody ever sees a half-updated alias.
 from __future__ import annotations
 
 import fcntl
-import json
 import logging
 import math
 import tempfile

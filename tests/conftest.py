@@ -40,3 +40,16 @@ def tiny_config(data_root, tiny_folder):
         return build_config(raw)
 
     return make
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A local Ray (2 CPUs) for one test module; the sweep test doubles are shipped to workers by value."""
+    import ray
+
+    import sweep_helpers
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.cloudpickle.register_pickle_by_value(sweep_helpers)
+    yield
+    ray.shutdown()

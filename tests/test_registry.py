@@ -14,27 +14,20 @@ import mlflow
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-import ray
 import torch
 
-import sweep_helpers
 from sweep_helpers import write_sweep
 from sweeps.cli import main
 from sweeps.registry import CHALLENGER, CHAMPION, PromotionRefused, _guard_failures, promote, rollback
 from sweeps.run import open_sweep, run_sweep
 from uda_core.config import RunConfig
 from uda_core.data.store import DataSpec, ensure_dataset
-from uda_core.errors import ConfigError, DataError
+from uda_core.errors import ConfigError
 
 PYTHON = sys.executable
 
 
-@pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    ray.cloudpickle.register_pickle_by_value(sweep_helpers)
-    yield
-    ray.shutdown()
+pytestmark = pytest.mark.usefixtures("local_ray")
 
 
 @pytest.fixture(scope="module")

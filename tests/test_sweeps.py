@@ -11,7 +11,6 @@ from pathlib import Path
 
 import optuna
 import pytest
-import ray
 import yaml
 from mlflow import MlflowClient
 
@@ -21,12 +20,7 @@ from sweeps.cli import main
 from sweeps.run import resume_sweep, run_sweep, study_storage
 from sweeps.tracking import child_runs
 
-@pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    ray.cloudpickle.register_pickle_by_value(sweep_helpers)
-    yield
-    ray.shutdown()
+pytestmark = pytest.mark.usefixtures("local_ray")
 
 
 @pytest.fixture(scope="module")
