@@ -83,14 +83,15 @@ def entropy_rho(method: Method, cfg: RunConfig, num_known: int) -> float:
     return rho if rho is not None else cfg.eval.rho_frac * math.log(num_known)
 
 
-def rejection_threshold(target_train_scores: dict[str, np.ndarray], method: Method, cfg: RunConfig, num_known: int) -> float:
-    """The unknown-class rule's threshold on `eval.reject_score`, fitted on the unlabelled target/train split.
+def rejection_threshold(gmm_thresholds: dict[str, float], method: Method, cfg: RunConfig, num_known: int) -> float:
+    """The unknown-class rule's threshold on `eval.reject_score`: rho, or the GMM threshold fitted on the
+    unlabelled target/train scores (`gmm_thresholds[score]`, from `M.gmm_threshold`).
 
     Shared by evaluation and model export, so a deployed model flags unknowns exactly as its sweep scored it.
     """
     if cfg.eval.reject_threshold == "rho":
         return entropy_rho(method, cfg, num_known)
-    return M.gmm_threshold(target_train_scores[cfg.eval.reject_score])
+    return gmm_thresholds[cfg.eval.reject_score]
 
 
 def evaluate(model: UdaNet, method: Method, data: UdaData, cfg: RunConfig, step: int, autocast=contextlib.nullcontext) -> Evaluation:
@@ -126,7 +127,7 @@ def evaluate(model: UdaNet, method: Method, data: UdaData, cfg: RunConfig, step:
     scores_te = M.anomaly_scores(lg_te, f_te, protos, src_feats, temp, k=ev.knn_k)
     thresholds = {s: M.gmm_threshold(scores_tt[s]) for s in ANOMALY_SCORES}
     rho = entropy_rho(method, cfg, K)
-    primary_thr = rejection_threshold(scores_tt, method, cfg, K)
+    primary_thr = rejection_threshold(thresholds, method, cfg, K)
     out["label_free/rejected_frac"] = float((scores_tt[ev.reject_score] > primary_thr).mean())
 
     y_te = data["target/test"].y.numpy()

@@ -38,13 +38,6 @@ _BANK = "source_features"
 PIXEL_SCALE_RTOL = 0.02  # resampled cutouts quote 0.262 vs DECam's 0.263: within tolerance
 
 
-def _build(meta: dict, state: dict[str, torch.Tensor]) -> tuple[RunConfig, UdaNet]:
-    cfg = RunConfig.model_validate(meta["run_config"])
-    model = build_model(cfg.model, len(meta["bands"]), meta["num_known"])
-    model.load_state_dict(state)
-    return cfg, model.eval()
-
-
 def export_classifier(checkpoint_dir: Path, out: Path, data: UdaData | None = None) -> dict:
     """Write weights.safetensors + config.json for a core checkpoint (step_XXXXXXX or a Tune checkpoint folder)."""
     from safetensors.torch import save_file
@@ -65,7 +58,8 @@ def export_classifier(checkpoint_dir: Path, out: Path, data: UdaData | None = No
     lg_tt, f_tt = predict(model, data["target/train"].x, TARGET, autocast=autocast)
     protos = torch.nn.functional.normalize(model.prototypes.detach().float(), dim=1).numpy()
     scores_tt = M.anomaly_scores(lg_tt, f_tt, protos, bank, model.temperature, k=cfg.eval.knn_k)
-    threshold = rejection_threshold(scores_tt, method, cfg, data.num_known)
+    score = cfg.eval.reject_score
+    threshold = rejection_threshold({score: M.gmm_threshold(scores_tt[score])}, method, cfg, data.num_known)
     surveys = data.manifest["surveys"]
     meta = {
         "format": FORMAT,
@@ -111,7 +105,10 @@ class Classifier:
                             f"it needs {WEIGHTS} and {CONFIG} written by export_classifier") from None
         if meta.get("format", {}).get("name") != FORMAT["name"] or meta["format"].get("version", 0) > FORMAT["version"]:
             raise DataError(f"{folder / CONFIG}: format {meta.get('format')} is not {FORMAT} or older; upgrade galaxy-uda-sweeps")
-        cfg, model = _build(meta, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        cfg = RunConfig.model_validate(meta["run_config"])
+        model = build_model(cfg.model, len(meta["bands"]), meta["num_known"])
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        model.eval()
         dev = resolve_device(cfg.train.device if device == "auto" else device)
         model = model.to(dev).to(memory_format=torch.channels_last)
         return cls(meta, model, tensors[_BANK].numpy(), dev, autocast_factory(precision or cfg.train.precision, dev))
@@ -150,7 +147,7 @@ class Classifier:
             raise ValueError("views must be 1, 2, 4 or 8 (dihedral transforms)")
         flux = np.asarray(flux, dtype=np.float32)
         if flux.ndim != 4 or flux.shape[1:] != (len(self.meta["bands"]), self.meta["stamp_px"], self.meta["stamp_px"]):
-            self.check_input(self.meta["bands"], flux.shape[1:], None, "input array")
+            self.check_input(self.meta["bands"], flux.shape[1:], self.meta["pixel_arcsec"], "input array")
         x = preprocess(flux, self.meta["softening"]).to(self.device).contiguous(memory_format=torch.channels_last)
         per_view = []
         for v in range(views):
@@ -184,14 +181,12 @@ def evaluate_classifier(folder: Path | str, data: UdaData, scoring: RunConfig) -
     The model keeps its own method (its rho) but the data and evaluation settings are the caller's, so two
     classifiers scored by the same call are compared on equal terms.
     """
-    from safetensors.torch import load_file
-
-    folder = Path(folder)
-    meta = json.loads((folder / CONFIG).read_text())
+    clf = Classifier.load(folder, device="cpu")
+    meta, model = clf.meta, clf.model
     if list(meta["bands"]) != list(data.bands) or meta["stamp_px"] != data.stamp_px or meta["class_names"] != data.class_names:
         raise DataError(f"{folder}: trained on bands {meta['bands']}, {meta['stamp_px']} px, classes {meta['class_names']}; "
                         f"the data set {data.folder} has {data.bands}, {data.stamp_px} px, {data.class_names}: not comparable")
-    own, model = _build(meta, {k[6:]: v for k, v in load_file(str(folder / WEIGHTS)).items() if k.startswith("model.")})
+    own = RunConfig.model_validate(meta["run_config"])
     cfg = own.model_copy(update={"eval": scoring.eval, "data": scoring.data})
     method = get_method(cfg.method.name)(cfg.method.parsed(), model, data.num_known, len(data["target/train"]))
     return evaluate(model, method, data, cfg, meta["step"])
