@@ -23,6 +23,7 @@ from pathlib import Path
 from uda_core.errors import ConfigError, UdaError
 
 from .config import SweepConfig
+from .selection_benchmark import selection_tags
 
 __all__ = ["promote", "rollback", "Promotion", "PromotionRefused", "CHAMPION", "CHALLENGER"]
 
@@ -171,6 +172,7 @@ def _version_tags(sweep: SweepConfig, state: dict, row: dict, metrics: dict, par
         "data.fingerprint": parent_params.get("data.fingerprint", "unknown"),
         **{k: v for k, v in parent_params.items() if k.startswith(("git.", "version."))},
         **{f"param.{k}": str(v) for k, v in row["params"].items()},
+        **selection_tags(m),
     }
     return {k: v[:5000] for k, v in tags.items()}
 

@@ -160,6 +160,10 @@ def summarise(sweep: SweepConfig, exp_dir: Path, state: dict, parent):
         front = pareto_rows(rows, sweep)
         parent.set_tags({"pareto_trial_ids": ",".join(r["trial_id"] for r in front)})
     _log_study_plots(sweep, exp_dir, state, parent)
+    try:
+        _log_selection(exp_dir, rows, parent)
+    except Exception as e:  # a picture is never worth failing a sweep
+        log.warning("could not analyse the selection criteria: %s", e)
     if best and finished and sweep.tracking.finalists:  # an interrupted sweep's best trial may still be training
         from .finalists import log_finalists
 
@@ -203,3 +207,29 @@ def _log_study_plots(sweep: SweepConfig, exp_dir: Path, state: dict, parent) -> 
             plt.close(fig)
         except Exception as e:  # importance needs variance across trials; a plot is never worth failing a sweep
             log.warning("could not draw %s: %s", file, e)
+
+
+def _log_selection(exp_dir: Path, rows: list[dict], parent) -> None:
+    """ORACLE, simulated pairs only: how each label-free criterion would have chosen among this sweep's checkpoints
+    (regret and Spearman as metrics `oracle/selection/...`, and every checkpoint's criteria against the target
+    H-score as a picture). Skipped when the target has no labels."""
+    from uda_core.evaluation.selection import ORACLE, plot_criteria_vs_oracle, sweep_selection
+
+    import matplotlib.pyplot as plt
+
+    search = {r["trial_id"] for r in rows if r["kind"] == "search"}
+    parts = [df.assign(trial=tid) for tid, df in _analysis(exp_dir).trial_dataframes.items()
+             if tid in search and ORACLE["h"] in df and "source_val/acc" in df]
+    if not parts:
+        return
+    evals = pd.concat(parts, ignore_index=True)
+    evals = evals[evals[ORACLE["h"]].notna() & evals["source_val/acc"].notna()].reset_index(drop=True)
+    if evals.empty:
+        return
+    table = sweep_selection(evals)
+    metrics = {f"oracle/selection/{stat}/{r['criterion']}": r[stat] for _, r in table.iterrows()
+               for stat in ("regret_acc", "regret_h", "rho_trial_h", "rho_ckpt_h") if stat in r and pd.notna(r[stat])}
+    parent.log_metrics(metrics)
+    fig = plot_criteria_vs_oracle(evals)
+    parent.log_figure(fig, "selection/criteria_vs_oracle_ORACLE.png")
+    plt.close(fig)

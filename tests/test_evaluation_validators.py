@@ -14,6 +14,7 @@ from uda_core.evaluation import (
     mean_entropy,
     snd,
 )
+from uda_core.evaluation.validators import augmentation_agreement, combined_accuracy, dev_risk, domain_weights
 
 
 def _H(p):
@@ -79,7 +80,8 @@ def test_confident_vs_uniform_order():
     confident[np.arange(200), labels] = 0.97
     uniform = np.full((200, 4), 0.25)
     sc, su = label_free_scores(confident), label_free_scores(uniform)
-    assert set(sc) == {"snd", "entropy", "im"} == set(VALIDATORS) == set(HIGHER_IS_BETTER)
+    assert set(sc) == {"snd", "entropy", "im"} == set(VALIDATORS)
+    assert set(HIGHER_IS_BETTER) == set(VALIDATORS) | {"dev", "agreement", "combined"}
     assert sc["entropy"] < su["entropy"]
     assert sc["im"] > su["im"]
     assert su["im"] == pytest.approx(0.0, abs=1e-9)
@@ -88,3 +90,59 @@ def test_confident_vs_uniform_order():
     assert sc["snd"] < su["snd"]
     for name in ("entropy", "im"):
         assert (sc[name] > su[name]) == HIGHER_IS_BETTER[name]
+
+
+def _dev_naive(w, l):
+    n = len(w)
+    wl = [a * b for a, b in zip(w, l)]
+    mw, mwl = sum(w) / n, sum(wl) / n
+    cov = sum((a - mwl) * (b - mw) for a, b in zip(wl, w)) / (n - 1)
+    var = sum((b - mw) ** 2 for b in w) / (n - 1)
+    eta = -cov / var
+    return mwl + eta * mw - eta
+
+
+def test_dev_matches_naive_formula_and_its_guards():
+    rng = np.random.default_rng(5)
+    w = rng.lognormal(0.0, 0.7, 200)
+    l = (rng.random(200) < 0.3).astype(float)
+    assert dev_risk(w, l) == pytest.approx(_dev_naive(w, l), rel=1e-10)
+    # the control variate removes the error of mean(w) around 1: scaling all weights does not change the estimate
+    # as much as the plain weighted mean (which scales with them)
+    assert abs(dev_risk(2 * w, l) - dev_risk(w, l)) < abs(np.mean(2 * w * l) - np.mean(w * l))
+    assert dev_risk(np.ones(50), l[:50]) == pytest.approx(l[:50].mean())  # Var(w) = 0: plain mean, not nan
+    assert math.isnan(dev_risk([1.0], [0.0]))
+    assert math.isnan(dev_risk([1.0, np.inf], [0.0, 1.0]))
+
+
+def test_domain_weights_find_the_target_like_points_and_stay_bounded():
+    rng = np.random.default_rng(6)
+    src = rng.normal(0.0, 1.0, (400, 4))
+    tgt = rng.normal(0.0, 1.0, (400, 4))
+    tgt[:, 0] += 1.5  # the target is shifted along the first feature
+    query = np.zeros((3, 4))
+    query[:, 0] = [-2.0, 0.75, 3.0]
+    w = domain_weights(src, tgt, query, max_weight=50.0)
+    assert w[0] < 1.0 < w[2] and w[0] < w[1] < w[2]
+    # the logistic density ratio of two unit Gaussians 1.5 apart is exp(1.5 x - 1.125): check it roughly
+    assert w[1] == pytest.approx(1.0, abs=0.35)
+    # separable domains: weights are clipped, never infinite
+    far = domain_weights(src, tgt + 100.0, np.full((2, 4), 100.0), max_weight=10.0)
+    assert np.all(np.isfinite(far)) and far.max() <= 10.0 + 1e-9
+    with pytest.raises(ValueError, match="at least 10"):
+        domain_weights(src[:5], tgt, query)
+
+
+def test_augmentation_agreement_matches_naive_loop():
+    rng = np.random.default_rng(7)
+    p = rng.dirichlet(np.ones(3), size=40)
+    views = rng.dirichlet(np.ones(3), size=(5, 40))
+    naive = sum(int(np.argmax(views[v, i]) == np.argmax(p[i])) for v in range(5) for i in range(40)) / 200
+    assert augmentation_agreement(p, views) == pytest.approx(naive)
+    assert augmentation_agreement(p, np.stack([p] * 3)) == 1.0
+
+
+def test_combined_is_the_mean_of_two_accuracy_estimates():
+    assert combined_accuracy(0.2, 0.9) == pytest.approx(0.85)
+    assert combined_accuracy(0.0, 1.0) == 1.0
+    assert HIGHER_IS_BETTER["combined"] and HIGHER_IS_BETTER["agreement"] and not HIGHER_IS_BETTER["dev"]

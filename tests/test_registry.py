@@ -20,6 +20,7 @@ from sweep_helpers import write_sweep
 from sweeps.cli import main
 from sweeps.registry import CHALLENGER, CHAMPION, PromotionRefused, _guard_failures, promote, rollback
 from sweeps.run import open_sweep, run_sweep
+from sweeps.selection_benchmark import load_benchmark
 from uda_core.config import RunConfig
 from uda_core.data.store import DataSpec, ensure_dataset
 from uda_core.errors import ConfigError
@@ -80,6 +81,11 @@ def test_champion_lifecycle(in_workdir, capsys):
     assert tags["sweep"] == "reg" and tags["data.fingerprint"] not in ("", "unknown")
     assert tags["git.revision"] and tags["version.torch"]
     assert "metric.oracle/target_test/h_score" in tags and "metric.source_val/acc" in tags
+    # which criterion selected it, and what the selection benchmark measured of that criterion
+    measured = load_benchmark()["criteria"]["label_free/im"]
+    assert tags["selection.criterion"] == "label_free/im" and "bench/selection.py" in tags["selection.benchmark"]
+    assert float(tags["selection.benchmark_regret_h"]) == pytest.approx(measured["regret_h"], abs=1e-4)
+    assert float(tags["selection.benchmark_worst_pair_regret_acc"]) == pytest.approx(measured["worst_pair_regret_acc"], abs=1e-4)
     assert _alias(summary, "reg", CHAMPION) == _alias(summary, "reg", CHALLENGER) == str(v1.version)
 
     again = promote("reg")  # idempotent: same version, nothing moved

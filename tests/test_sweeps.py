@@ -48,6 +48,10 @@ def test_sweep_nests_trial_runs_under_one_parent(finished):
     assert {"sweep.yaml", "trials.json", "trials.csv", "search_space.json", "optuna"} <= parent_files
     plots = {a.path for a in client.list_artifacts(summary.parent_run_id, "optuna")}
     assert "optuna/optimization_history.png" in plots
+    # ORACLE selection analysis of the sweep's own checkpoints (the pair is simulated, so target labels exist)
+    assert "selection/criteria_vs_oracle_ORACLE.png" in {a.path for a in client.list_artifacts(summary.parent_run_id, "selection")}
+    regrets = {k: v for k, v in parent.data.metrics.items() if k.startswith("oracle/selection/regret_h/")}
+    assert "oracle/selection/regret_h/label_free/dev" in regrets and all(0 <= v <= 1 for v in regrets.values())
 
 
 def test_every_evaluation_has_metrics_and_confusion_matrices(finished):

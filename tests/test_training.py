@@ -26,6 +26,7 @@ def test_method_contract(name, tiny_config, tiny, tmp_path):
     assert [ev.step for ev, _ in reports] == [2, 4]
     m = last.metrics
     for key in ("source_val/acc", "source_test/acc_shared", "label_free/snd", "label_free/entropy", "label_free/im",
+                "label_free/dev", "label_free/agreement", "label_free/combined",
                 "oracle/target_test/acc_shared", "oracle/target_test/h_score", "oracle/target_test/auroc/entropy",
                 "oracle/target_test/auroc/knn_distance", "oracle/target_test/h_score/entropy_rho", "train/source_ce",
                 "oracle/target_test/auroc_by_class/lens", "oracle/target_test/auroc_by_class/artifact"):
@@ -176,3 +177,13 @@ def test_domain_bn_switches_statistics():
     assert bn(x).mean() == 0
     bn.domain = TARGET
     assert bn(x).mean() < -1
+
+
+def test_dihedral_views_are_the_eight_symmetries():
+    from uda_core.evaluate import dihedral
+
+    x = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).reshape(2, 3, 4, 4)  # no symmetry of its own
+    views = [dihedral(x, v) for v in range(8)]
+    assert len({tuple(v.flatten().tolist()) for v in views}) == 8
+    assert torch.equal(views[0], x) and torch.equal(views[4], x.flip(3))
+    assert torch.equal(dihedral(views[1], 3), x)  # four quarter turns close the group

@@ -111,6 +111,8 @@ class EvalConfig(_Strict):
     rho_frac: float = Field(0.5, gt=0.0, lt=1.0)  # rho = rho_frac * ln K for methods without their own rho
     unknown_clusters: int = Field(2, ge=1, le=50)
     snd_max_samples: int = Field(2000, ge=50)
+    dev_max_samples: int = Field(2000, ge=50)  # per domain, for DEV's domain classifier
+    agreement_max_samples: int = Field(500, ge=10)  # target stamps seen in all 8 dihedral views
     knn_k: int = Field(5, ge=1, le=100)
     max_source_features: int = Field(2000, ge=50)
     select_by: str = "source_val/acc"  # which evaluation `metrics.json` calls best

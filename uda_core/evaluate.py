@@ -17,11 +17,12 @@ import torch
 from .config import ANOMALY_SCORES, RunConfig
 from .data.dataset import UdaData
 from .evaluation import metrics as M
-from .evaluation.validators import HIGHER_IS_BETTER, label_free_scores
+from .evaluation.validators import (HIGHER_IS_BETTER, augmentation_agreement, combined_accuracy, dev_risk,
+                                    domain_weights, label_free_scores)
 from .methods import Method
 from .models import SOURCE, TARGET, UdaNet, reestimate_bn
 
-__all__ = ["Evaluation", "evaluate", "predict", "entropy_rho", "rejection_threshold", "OBJECTIVES", "is_oracle"]
+__all__ = ["Evaluation", "evaluate", "predict", "dihedral", "entropy_rho", "rejection_threshold", "OBJECTIVES", "is_oracle"]
 
 # Metrics a sweep may optimise, with the direction that is better. Those under oracle/ need target labels: a real
 # survey has none, so they serve benchmarks on simulated pairs and must be marked wherever they are used.
@@ -77,6 +78,13 @@ def predict(model: UdaNet, x: torch.Tensor, domain: int, batch_size: int | None 
     return torch.cat(logits).numpy(), torch.cat(feats).numpy()
 
 
+def dihedral(x: torch.Tensor, v: int) -> torch.Tensor:
+    """View v in 0..7 of the dihedral group on (N, C, H, W) stamps: v % 4 quarter turns, then a flip if v >= 4.
+    Galaxies have no preferred orientation, so every view is an equally valid image of the same galaxy."""
+    xv = torch.rot90(x, v % 4, dims=(2, 3))
+    return torch.flip(xv, dims=(3,)) if v >= 4 else xv
+
+
 def entropy_rho(method: Method, cfg: RunConfig, num_known: int) -> float:
     """The entropy threshold rho: the method's own (DANCE) or rho_frac * ln K."""
     rho = method.rho()
@@ -104,7 +112,7 @@ def evaluate(model: UdaNet, method: Method, data: UdaData, cfg: RunConfig, step:
     src_train = data["source/train"]
     src_feats_n = min(len(src_train), ev.max_source_features)
     _, src_feats = predict(model, src_train.x[:src_feats_n], SOURCE, autocast=autocast)
-    lg_val, _ = predict(model, data["source/val"].x, SOURCE, autocast=autocast)
+    lg_val, f_val = predict(model, data["source/val"].x, SOURCE, autocast=autocast)
     lg_stest, f_stest = predict(model, data["source/test"].x, SOURCE, autocast=autocast)
     lg_tt, f_tt = predict(model, data["target/train"].x, TARGET, autocast=autocast)
     lg_te, f_te = predict(model, data["target/test"].x, TARGET, autocast=autocast)
@@ -121,6 +129,12 @@ def evaluate(model: UdaNet, method: Method, data: UdaData, cfg: RunConfig, step:
 
     p_tt = M.softmax(lg_tt)
     out.update({f"label_free/{k}": v for k, v in label_free_scores(p_tt, ev.snd_max_samples).items()})
+    weights = domain_weights(src_feats, f_tt, f_val, max_samples=ev.dev_max_samples)
+    out["label_free/dev"] = dev_risk(weights, (pred_val != y_val).astype(np.float64))
+    x_agree = data["target/train"].x[: ev.agreement_max_samples]
+    views = [M.softmax(predict(model, dihedral(x_agree, v), TARGET, autocast=autocast)[0]) for v in range(1, 8)]
+    out["label_free/agreement"] = augmentation_agreement(p_tt[: len(x_agree)], np.stack(views))
+    out["label_free/combined"] = combined_accuracy(out["label_free/dev"], out["label_free/agreement"])
 
     temp = model.temperature
     scores_tt = M.anomaly_scores(lg_tt, f_tt, protos, src_feats, temp, k=ev.knn_k)

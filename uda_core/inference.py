@@ -24,7 +24,7 @@ import torch
 from .config import RunConfig
 from .data.dataset import UdaData, preprocess
 from .errors import DataError
-from .evaluate import Evaluation, evaluate, predict, rejection_threshold
+from .evaluate import Evaluation, dihedral, evaluate, predict, rejection_threshold
 from .evaluation import metrics as M
 from .methods import get_method
 from .models import SOURCE, TARGET, UdaNet, build_model
@@ -151,10 +151,7 @@ class Classifier:
         x = preprocess(flux, self.meta["softening"]).to(self.device).contiguous(memory_format=torch.channels_last)
         per_view = []
         for v in range(views):
-            xv = torch.rot90(x, v % 4, dims=(2, 3))
-            if v >= 4:
-                xv = torch.flip(xv, dims=(3,))
-            per_view.append(predict(self.model, xv, TARGET, batch_size, self.autocast))
+            per_view.append(predict(self.model, dihedral(x, v), TARGET, batch_size, self.autocast))
         logits, feats = per_view[0]
         p_views = np.stack([M.softmax(lg) for lg, _ in per_view])  # (V, N, K)
         probs = p_views[0]

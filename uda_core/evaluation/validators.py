@@ -1,7 +1,9 @@
-"""Label-free model-selection scores on unlabelled target predictions.
+"""Label-free model-selection scores: nothing here reads a target label.
 
-Each validator maps target probabilities (N, C) to one float. Whether higher
-or lower is better is given in ``HIGHER_IS_BETTER`` and in each docstring.
+``VALIDATORS`` map target probabilities (N, C) to one float. DEV also needs source features and source-validation
+errors, augmentation agreement needs predictions on transformed target stamps, and ``combined`` averages the two
+estimates of target accuracy they give. Whether higher or lower is better is in ``HIGHER_IS_BETTER`` (for every
+criterion an evaluation reports, ``source_val/acc`` aside) and in each docstring.
 """
 from __future__ import annotations
 
@@ -18,6 +20,10 @@ __all__ = [
     "VALIDATORS",
     "HIGHER_IS_BETTER",
     "label_free_scores",
+    "dev_risk",
+    "domain_weights",
+    "augmentation_agreement",
+    "combined_accuracy",
 ]
 
 _EPS = 1e-5  # same eps convention as metrics.entropy
@@ -87,7 +93,8 @@ VALIDATORS: dict[str, Callable[[Any], float]] = {
     "im": information_maximization,
 }
 
-HIGHER_IS_BETTER: dict[str, bool] = {"snd": True, "entropy": False, "im": True}
+HIGHER_IS_BETTER: dict[str, bool] = {"snd": True, "entropy": False, "im": True,
+                                     "dev": False, "agreement": True, "combined": True}
 
 
 def label_free_scores(target_probs: Any, snd_max_samples: int = 2000) -> dict[str, float]:
@@ -98,3 +105,73 @@ def label_free_scores(target_probs: Any, snd_max_samples: int = 2000) -> dict[st
     p = to_numpy(target_probs, np.float64)
     kwargs = {"snd": {"max_samples": snd_max_samples}}
     return {name: float(fn(p, **kwargs.get(name, {}))) for name, fn in VALIDATORS.items()}
+
+
+def domain_weights(
+    source_feats: Any, target_feats: Any, query_feats: Any, max_samples: int = 2000, seed: int = 0,
+    max_weight: float = 50.0,
+) -> np.ndarray:
+    """Importance weights ``w(x) = p(target | x) / p(source | x)`` at ``query_feats`` (DEV's density ratio).
+
+    A logistic-regression domain classifier is fitted on equal-sized seeded subsets of the two feature sets (so the
+    class prior ratio is 1 and E_source[w] = 1 when the classifier is calibrated); its inverse regularisation C is
+    chosen from a small grid by log-loss on a 20% hold-out, as DEV does. Probabilities are clipped to
+    [1/(1+max_weight), max_weight/(1+max_weight)] so one perfectly separated point cannot own the estimate.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import log_loss
+
+    rng = np.random.default_rng(seed)
+    s, t = to_numpy(source_feats, np.float64), to_numpy(target_feats, np.float64)
+    n = int(min(len(s), len(t), max_samples))
+    if n < 10:
+        raise ValueError(f"DEV needs at least 10 source and target features, got {len(s)} and {len(t)}")
+    x = np.concatenate([s[rng.choice(len(s), n, replace=False)], t[rng.choice(len(t), n, replace=False)]])
+    y = np.repeat([0, 1], n)
+    order = rng.permutation(2 * n)
+    fit, hold = order[: int(0.8 * 2 * n)], order[int(0.8 * 2 * n):]
+    best = None
+    for c in (0.01, 0.1, 1.0, 10.0):
+        clf = LogisticRegression(C=c, max_iter=500).fit(x[fit], y[fit])
+        loss = log_loss(y[hold], clf.predict_proba(x[hold])[:, 1], labels=[0, 1])
+        if best is None or loss < best[0]:
+            best = (loss, c)
+    clf = LogisticRegression(C=best[1], max_iter=500).fit(x, y)
+    lo = 1.0 / (1.0 + max_weight)
+    p = np.clip(clf.predict_proba(to_numpy(query_feats, np.float64))[:, 1], lo, 1.0 - lo)
+    return p / (1.0 - p)
+
+
+def dev_risk(weights: Any, losses: Any) -> float:
+    """Deep Embedded Validation (You et al., 2019): the target risk estimated from source-validation losses.
+
+    ``R = mean(w l) + eta mean(w) - eta`` with the control variate ``eta = -Cov(w l, w) / Var(w)`` (ddof 1), which
+    cancels the error of mean(w) around its expectation 1. Lower is better. With constant weights (Var(w) = 0) eta
+    is 0 and R is the plain mean loss; nan if fewer than 2 points or any weight is not finite.
+    """
+    w, l = to_numpy(weights, np.float64), to_numpy(losses, np.float64)
+    if len(w) < 2 or not np.all(np.isfinite(w)) or not np.all(np.isfinite(l)):
+        return float("nan")
+    wl = w * l
+    var = np.var(w, ddof=1)
+    eta = 0.0 if var < 1e-12 else -np.cov(wl, w, ddof=1)[0, 1] / var
+    return float(wl.mean() + eta * w.mean() - eta)
+
+
+def augmentation_agreement(probs: Any, view_probs: Any) -> float:
+    """How often the predicted class survives a symmetry of the sky: the mean over views and stamps of
+    ``argmax p(view(x)) == argmax p(x)``. Higher is better.
+
+    probs: (N, C) on the plain stamps; view_probs: (V, N, C) on V transformed copies (rotations, flips).
+    Disagreement between equally plausible predictions tracks the error rate (Jiang et al., 2022).
+    """
+    p, v = to_numpy(probs), to_numpy(view_probs)
+    return float((v.argmax(-1) == p.argmax(-1)[None]).mean())
+
+
+def combined_accuracy(dev: float, agreement: float) -> float:
+    """Mean of two independent label-free estimates of target accuracy: 1 - DEV (importance-weighted source error)
+    and augmentation agreement (target stability). Higher is better. Averaging estimators with unrelated failure
+    modes (DEV fails when the domains barely overlap, agreement when the model is confidently wrong) halves the
+    variance where they are unbiased and bounds the damage where one is not."""
+    return 0.5 * ((1.0 - dev) + agreement)

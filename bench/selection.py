@@ -1,0 +1,168 @@
+"""Label-free model selection, measured: how well each criterion ranks trials and checkpoints by the ORACLE target
+H-score and accuracy on labelled synthetic survey pairs, and the regret of promoting the model it picks.
+
+For every pair x seed x method, a random-search sweep of `--trials` configurations from the method's own search
+space (Optuna's RandomSampler: the population of models a sweep explores, unbiased by any objective) is trained on
+the pair's data (data, search and training seeded by the seed), and every evaluation's metrics are recorded. The
+analysis (uda_core.evaluation.selection) then applies each criterion the way a sweep does: the checkpoint with the
+best criterion among those whose source validation accuracy passes the sweep's guard (0.5).
+
+Records go to `<out>/records/*.jsonl`, one file per pair x seed x method, written when that sweep finishes, so an
+interrupted benchmark continues where it stopped. `--analyse-only` redraws the table and plot from the records.
+
+    .venv/bin/python bench/selection.py [--trials 24] [--seeds 0 1 2] [--steps 240] [--workers 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+PAIRS = ("decals:sdss", "lsst_y10:lsst_y1", "decals:bass_mzls")
+METHODS = ("adabn", "dance")
+# Width and batch are fixed so every trial costs the same on this CPU; the rest of each method's space is searched.
+OVERRIDES = {"model.width": 16, "optim.batch_size": 32}
+
+
+def base_config(pair: str, method: str, seed: int, args) -> dict:
+    source, target = pair.split(":")
+    return {
+        "data": {"source": source, "target": target, "size": args.size, "seed": seed, "root": str(args.data_root)},
+        "model": {"width": 16, "depth": 4, "feature_dim": 64, "domain_bn": True},
+        "method": {"name": method},
+        "optim": {"batch_size": 32},
+        "train": {"steps": args.steps, "eval_every": args.steps // args.evals, "seed": seed, "threads": 1,
+                  "precision": "auto", "progress": False, "keep_checkpoints": 1},
+        "eval": {"snd_max_samples": 500, "max_source_features": 500, "dev_max_samples": 500},
+    }
+
+
+def run_job(job: tuple[str, int, str, argparse.Namespace]) -> str:
+    """One random-search sweep; returns the records file it wrote."""
+    import optuna
+    import torch
+
+    from search_spaces import apply_params, get_space
+    from uda_core.config import build_config
+    from uda_core.train import TrainingDiverged, load_data, train
+
+    pair, seed, method, args = job
+    out = args.out / "records" / f"{pair.replace(':', '-')}_{method}_seed{seed}.jsonl"
+    if out.exists():
+        return str(out)
+    torch.set_num_threads(1)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    base = base_config(pair, method, seed, args)
+    space = get_space(method).with_overrides(OVERRIDES, base)
+    data = load_data(build_config(base), progress=False)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    lines, t0 = [], time.time()
+    for i in range(args.trials):
+        trial = study.ask()
+        params = {**space(trial), **trial.params}
+        cfg = build_config(apply_params(base, params))
+        evals = []
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                train(cfg, lambda ev, _ckpt: evals.append(ev.metrics), Path(tmp), data=data)
+            except TrainingDiverged:
+                pass  # its finished evaluations stay in the record, as in a sweep
+        for m in evals:
+            lines.append(json.dumps({"pair": pair, "seed": seed, "method": method, "trial": i, "params": params,
+                                     "metrics": {k: (v if v == v else None) for k, v in m.items()}}))
+        study.tell(trial, 0.0)
+        print(f"[{pair} {method} seed {seed}] trial {i + 1}/{args.trials} ({time.time() - t0:.0f} s)", flush=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.rename(out)  # a finished sweep appears whole or not at all
+    return str(out)
+
+
+def publish(summary, records, args) -> None:
+    """The measured regrets, per criterion, as the package's record of this benchmark."""
+    from sweeps.selection_benchmark import BENCHMARK_FILE
+    from uda_core.evaluation.selection import RANDOM
+
+    both = summary[summary["method"] == "both"]
+    pairs = both[both["pair"] != "all"]
+    overall = both[both["pair"] == "all"].set_index("criterion")
+    criteria = {}
+    for crit, r in overall.drop(RANDOM).iterrows():
+        per_pair = pairs[pairs["criterion"] == crit]
+        criteria[crit] = {"regret": r.regret, "regret_acc": r.regret_acc, "regret_acc_se": r.regret_acc_se,
+                          "regret_h": r.regret_h, "regret_h_se": r.regret_h_se,
+                          "worst_pair_regret_acc": per_pair.regret_acc.max(), "worst_pair_regret_h": per_pair.regret_h.max(),
+                          "rho_trial_acc": r.rho_trial_acc, "rho_trial_h": r.rho_trial_h,
+                          "rho_ckpt_acc": r.rho_ckpt_acc, "rho_ckpt_h": r.rho_ckpt_h}
+    n_trials = records.groupby(["pair", "method", "seed"])["trial"].nunique()
+    setup = (f"bench/selection.py: {records.pair.nunique()} pairs ({', '.join(sorted(records.pair.unique()))}) x "
+             f"{records.method.nunique()} methods ({', '.join(sorted(records.method.unique()))}) x {records.seed.nunique()} seeds, "
+             f"{n_trials.min()} random-search trials each, size {args.size}, {args.steps} steps, {args.evals} checkpoints per trial")
+    clean = {c: {k: (None if v != v else round(float(v), 5)) for k, v in d.items()} for c, d in criteria.items()}
+    random = overall.loc[RANDOM]
+    baseline = {"regret_acc": round(float(random.regret_acc), 5), "regret_h": round(float(random.regret_h), 5)}
+    BENCHMARK_FILE.write_text(json.dumps({"setup": setup, "criteria": clean, "random_baseline": baseline}, indent=1) + "\n")
+    print(f"wrote {BENCHMARK_FILE}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--pairs", nargs="+", default=list(PAIRS))
+    ap.add_argument("--methods", nargs="+", default=list(METHODS))
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--trials", type=int, default=24)
+    ap.add_argument("--steps", type=int, default=240)
+    ap.add_argument("--evals", type=int, default=6, help="evaluations (checkpoints) per trial")
+    ap.add_argument("--size", default="tiny")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "selection")
+    ap.add_argument("--data-root", type=Path, default=ROOT / "data")
+    ap.add_argument("--analyse-only", action="store_true")
+    ap.add_argument("--publish", action="store_true",
+                    help="write the per-criterion regrets to sweeps/selection_benchmark.json (promote's tags, the default objective)")
+    args = ap.parse_args()
+    (args.out / "records").mkdir(parents=True, exist_ok=True)
+
+    t0 = time.time()
+    if not args.analyse_only:
+        from uda_core.config import build_config
+        from uda_core.train import load_data
+
+        for pair in args.pairs:  # generate every data set once, before the workers race for it
+            for seed in args.seeds:
+                load_data(build_config(base_config(pair, args.methods[0], seed, args)), progress=False)
+        jobs = [(p, s, m, args) for s in args.seeds for p in args.pairs for m in args.methods]
+        with mp.get_context("spawn").Pool(args.workers) as pool:
+            for path in pool.imap_unordered(run_job, jobs):
+                print(f"done: {path} ({time.time() - t0:.0f} s)", flush=True)
+
+    from uda_core.evaluation.selection import RANDOM, load_records, plot_selection, selection_summary, summary_table
+
+    records = load_records(sorted((args.out / "records").glob("*.jsonl")))
+    summary = selection_summary(records)
+    summary.to_csv(args.out / "selection.csv", index=False)
+    table = summary_table(summary)
+    (args.out / "selection.md").write_text(table + "\n")
+    fig = plot_selection(summary)
+    fig.savefig(args.out / "selection.png", dpi=120, bbox_inches="tight")
+    print(table)
+    overall = summary[summary["pair"] == "all"].set_index("criterion")
+    best = overall["regret"].drop(RANDOM).idxmin()
+    if args.publish:
+        publish(summary, records, args)
+    print(json.dumps({"benchmark": "selection", "records": len(records), "wall_s": round(time.time() - t0, 1),
+                      "lowest_regret_criterion": best,
+                      "regret_acc": {c: round(v, 4) for c, v in overall["regret_acc"].items()},
+                      "regret_h": {c: round(v, 4) for c, v in overall["regret_h"].items()}}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""The selection analysis (regret, Spearman across checkpoints and trials) against a naive reference."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import spearmanr
+
+from uda_core.evaluation.selection import (
+    CRITERIA,
+    ORACLE,
+    RANDOM,
+    load_records,
+    plot_criteria_vs_oracle,
+    plot_selection,
+    selection_summary,
+    summary_table,
+    sweep_selection,
+)
+
+
+def _sweep(rng, trials=6, ckpts=5) -> pd.DataFrame:
+    rows = []
+    for t in range(trials):
+        for c in range(ckpts):
+            acc = rng.uniform(0.3, 0.9)
+            rows.append({"trial": t, "oracle/target_test/acc_shared": acc, "oracle/target_test/h_score": acc - 0.2 + rng.normal(0, 0.05),
+                         "source_val/acc": rng.uniform(0.3, 1.0)})
+    df = pd.DataFrame(rows)
+    df["label_free/im"] = df["oracle/target_test/acc_shared"] + rng.normal(0, 0.1, len(df))   # noisy but right
+    df["label_free/entropy"] = df["oracle/target_test/acc_shared"]                            # lower is better: exactly backwards
+    df["label_free/snd"] = rng.normal(size=len(df))
+    return df
+
+
+def _naive(df: pd.DataFrame, crit: str, sign: int, oracle: str) -> dict:
+    best, best_j = -math.inf, None
+    for j in range(len(df)):
+        v = sign * df[crit].iloc[j]
+        if df["source_val/acc"].iloc[j] >= 0.5 and v > best:
+            best, best_j = v, j
+    regret = df[oracle].max() - df[oracle].iloc[best_j]
+    rhos, picks = [], []
+    for _, g in df.groupby("trial"):
+        rhos.append(spearmanr(sign * g[crit], g[oracle]).statistic)
+        ok = g[g["source_val/acc"] >= 0.5]
+        if len(ok):
+            k = (sign * ok[crit]).to_numpy().argmax()
+            picks.append((sign * ok[crit].iloc[k], ok[oracle].iloc[k]))
+    return {"regret": regret, "rho_ckpt": np.mean(rhos), "rho_trial": spearmanr(*zip(*picks)).statistic}
+
+
+@pytest.mark.parametrize("crit", ["label_free/im", "label_free/entropy", "label_free/snd", "source_val/acc"])
+def test_sweep_selection_matches_naive(crit):
+    df = _sweep(np.random.default_rng(0))
+    got = sweep_selection(df).set_index("criterion").loc[crit]
+    for short, col in ORACLE.items():
+        ref = _naive(df, crit, CRITERIA[crit], col)
+        assert got[f"regret_{short}"] == pytest.approx(ref["regret"], abs=1e-12)
+        assert got[f"rho_ckpt_{short}"] == pytest.approx(ref["rho_ckpt"], abs=1e-12)
+        assert got[f"rho_trial_{short}"] == pytest.approx(ref["rho_trial"], abs=1e-12)
+
+
+def test_perfect_and_backwards_criteria_and_the_guard():
+    df = _sweep(np.random.default_rng(1))
+    df["source_val/acc"] = 0.9
+    df["label_free/im"] = df["oracle/target_test/acc_shared"]      # perfect ranking
+    df.loc[df["oracle/target_test/acc_shared"].idxmax(), "source_val/acc"] = 0.1  # ... but the best fails the guard
+    s = sweep_selection(df).set_index("criterion")
+    assert s.loc["label_free/im", "rho_ckpt_acc"] == pytest.approx(1.0)
+    assert s.loc["label_free/entropy", "rho_ckpt_acc"] == pytest.approx(-1.0)
+    acc = df["oracle/target_test/acc_shared"]
+    second = acc.sort_values().iloc[-2]
+    assert s.loc["label_free/im", "regret_acc"] == pytest.approx(acc.max() - second)  # guard made it take the second
+    passed = df["source_val/acc"] >= 0.5
+    assert s.loc[RANDOM, "regret_acc"] == pytest.approx(acc.max() - acc[passed].mean())
+
+
+def test_summary_over_sweeps_records_round_trip(tmp_path):
+    rng = np.random.default_rng(2)
+    for pair in ("a:b", "c:d"):
+        for method in ("adabn", "dance"):
+            for seed in (0, 1, 2):
+                df = _sweep(rng, trials=4, ckpts=3)
+                lines = [json.dumps({"pair": pair, "seed": seed, "method": method, "trial": int(r.trial), "params": {},
+                                     "metrics": {k: v for k, v in r.items() if k != "trial"}}) for _, r in df.iterrows()]
+                (tmp_path / f"{pair[0]}_{method}_{seed}.jsonl").write_text("\n".join(lines) + "\n")
+    records = load_records(sorted(tmp_path.glob("*.jsonl")))
+    assert len(records) == 2 * 2 * 3 * 12 and records.groupby(["pair", "method", "seed", "trial"]).size().eq(3).all()
+    summary = selection_summary(records)
+    one = records[(records.pair == "a:b") & (records.method == "dance")]
+    per_seed = [sweep_selection(g.reset_index(drop=True)).set_index("criterion").loc["label_free/im", "regret_acc"]
+                for _, g in one.groupby("seed")]
+    row = summary[(summary.pair == "a:b") & (summary.method == "dance") & (summary.criterion == "label_free/im")].iloc[0]
+    assert row.n == 3 and row.regret_acc == pytest.approx(np.mean(per_seed))
+    assert row.regret_acc_se == pytest.approx(np.std(per_seed, ddof=1) / math.sqrt(3))
+    overall = summary[(summary.pair == "all") & (summary.criterion == "label_free/im")].iloc[0]
+    assert overall.n == 12
+    table = summary_table(summary)
+    assert "a -> b" in table and "`label_free/im`" in table and RANDOM in table
+    plot_selection(summary).savefig(tmp_path / "s.png")
+    plot_criteria_vs_oracle(one[one.seed == 0]).savefig(tmp_path / "c.png")
+    assert (tmp_path / "s.png").stat().st_size > 10_000 and (tmp_path / "c.png").stat().st_size > 10_000

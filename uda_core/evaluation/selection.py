@@ -1,0 +1,208 @@
+"""How well label-free criteria select models, measured against target labels (ORACLE: simulated pairs only).
+
+Input is a table of evaluations (one row per trial x checkpoint) with the criteria and the oracle scores. A
+criterion selects as a sweep does: among checkpoints whose source validation accuracy passes the guard, the one
+with the best criterion value. Per sweep (a group of trials) this module reports
+
+* regret: the oracle-best score of any checkpoint minus the oracle score of the selected one (0 is perfect);
+* Spearman across checkpoints: within each trial, criterion vs oracle over its checkpoints, averaged over trials;
+* Spearman across trials: each trial represented by the checkpoint the criterion picks in it (how a sweep ranks
+  trials), criterion vs oracle over trials.
+
+"random" is the baseline: the expected regret of promoting a random guarded checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterable
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from scipy.stats import spearmanr  # noqa: E402
+
+from .validators import HIGHER_IS_BETTER  # noqa: E402
+
+__all__ = ["CRITERIA", "ORACLE", "GUARD", "RANDOM", "load_records", "sweep_selection", "selection_summary", "summary_table",
+           "plot_selection", "plot_criteria_vs_oracle"]
+
+# Every criterion an evaluation reports, with its direction (+1: higher is better).
+CRITERIA: dict[str, int] = {"source_val/acc": 1, **{f"label_free/{k}": 1 if up else -1 for k, up in HIGHER_IS_BETTER.items()}}
+ORACLE = {"acc": "oracle/target_test/acc_shared", "h": "oracle/target_test/h_score"}
+GUARD = ("source_val/acc", 0.5)  # the sweep's default objective.min_source_val_acc
+RANDOM = "random (expected)"
+
+
+def load_records(paths: Iterable[Path]) -> pd.DataFrame:
+    """bench/selection.py records (JSON lines) as one row per evaluation: pair, seed, method, trial, step, metrics."""
+    rows = []
+    for path in paths:
+        for line in Path(path).read_text().splitlines():
+            if line.strip():
+                r = json.loads(line)
+                rows.append({k: r[k] for k in ("pair", "seed", "method", "trial")}
+                            | {k: (np.nan if v is None else v) for k, v in r["metrics"].items()})
+    df = pd.DataFrame(rows)
+    df["step"] = df.groupby(["pair", "seed", "method", "trial"]).cumcount()  # checkpoint index within the trial
+    return df
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    ok = np.isfinite(a) & np.isfinite(b)
+    if ok.sum() < 3 or np.ptp(a[ok]) == 0 or np.ptp(b[ok]) == 0:
+        return np.nan
+    return float(spearmanr(a[ok], b[ok]).statistic)
+
+
+def sweep_selection(df: pd.DataFrame, trial_col: str = "trial", guard: tuple[str, float] = GUARD) -> pd.DataFrame:
+    """Per criterion (and the random baseline) for ONE sweep's evaluations: regret_{acc,h}, rho_ckpt_{acc,h},
+    rho_trial_{acc,h}, and the selected trial and row."""
+    passed = df[guard[0]].to_numpy() >= guard[1]
+    out = []
+    for crit, sign in CRITERIA.items():
+        if crit not in df:
+            continue
+        score = sign * df[crit].to_numpy(dtype=float)
+        ok = passed & np.isfinite(score)
+        row = {"criterion": crit}
+        sel = int(np.flatnonzero(ok)[np.argmax(score[ok])]) if ok.any() else None
+        row["selected_trial"] = None if sel is None else df[trial_col].iloc[sel]
+        for short, col in ORACLE.items():
+            oracle = df[col].to_numpy(dtype=float)
+            row[f"regret_{short}"] = np.nan if sel is None else float(np.nanmax(oracle) - oracle[sel])
+            per_trial = [_spearman(score[idx], oracle[idx]) for idx in df.groupby(trial_col).indices.values()]
+            row[f"rho_ckpt_{short}"] = float(np.nanmean(per_trial)) if np.isfinite(per_trial).any() else np.nan
+            picks = []  # per trial: (criterion, oracle) at the checkpoint the criterion picks in that trial
+            for idx in df.groupby(trial_col).indices.values():
+                idx = idx[ok[idx]]
+                if len(idx):
+                    j = idx[np.argmax(score[idx])]
+                    picks.append((score[j], oracle[j]))
+            row[f"rho_trial_{short}"] = _spearman(*map(np.array, zip(*picks))) if len(picks) >= 3 else np.nan
+        out.append(row)
+    base = {"criterion": RANDOM, "selected_trial": None}
+    for short, col in ORACLE.items():
+        oracle = df[col].to_numpy(dtype=float)
+        base[f"regret_{short}"] = float(np.nanmax(oracle) - np.nanmean(oracle[passed])) if passed.any() else np.nan
+    out.append(base)
+    return pd.DataFrame(out)
+
+
+_STATS = ("regret_acc", "regret_h", "rho_ckpt_acc", "rho_ckpt_h", "rho_trial_acc", "rho_trial_h")
+
+
+def selection_summary(records: pd.DataFrame) -> pd.DataFrame:
+    """Mean and standard error over sweeps (pair x method x seed) per criterion, for each pair and method, each
+    pair (both methods) and "all"; `regret` is the mean of the accuracy and H-score regrets."""
+    per_sweep = []
+    for (pair, method, seed), df in records.groupby(["pair", "method", "seed"]):
+        s = sweep_selection(df.reset_index(drop=True))
+        s["pair"], s["method"], s["seed"] = pair, method, seed
+        per_sweep.append(s)
+    ps = pd.concat(per_sweep, ignore_index=True)
+    ps["regret"] = (ps["regret_acc"] + ps["regret_h"]) / 2
+    groups = [(["pair", "method"], ps), (["pair"], ps.assign(method="both")), ([], ps.assign(pair="all", method="both"))]
+    rows = []
+    for keys, frame in groups:
+        for key, g in frame.groupby(keys + ["criterion"], sort=False) if keys else frame.groupby(["criterion"], sort=False):
+            key = key if isinstance(key, tuple) else (key,)
+            r = dict(zip(keys + ["criterion"], key)) | {"pair": g["pair"].iloc[0], "method": g["method"].iloc[0], "n": len(g)}
+            for stat in _STATS + ("regret",):
+                v = g[stat].to_numpy(dtype=float)
+                v = v[np.isfinite(v)]
+                r[stat] = float(v.mean()) if len(v) else np.nan
+                r[f"{stat}_se"] = float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else np.nan
+            rows.append(r)
+    return pd.DataFrame(rows)
+
+
+def _pm(mean: float, se: float, fmt: str = "{:.3f}") -> str:
+    if not np.isfinite(mean):
+        return "-"
+    return fmt.format(mean) + ("" if not np.isfinite(se) else " ± " + fmt.replace("+", "").format(se))
+
+
+def summary_table(summary: pd.DataFrame) -> str:
+    """Markdown: regret (accuracy / H-score) per pair and overall, then Spearman over all sweeps."""
+    both = summary[summary["method"] == "both"]
+    pairs = [p for p in both["pair"].unique() if p != "all"] + ["all"]
+    order = list(CRITERIA) + [RANDOM]
+    lines = ["| criterion | " + " | ".join(f"{p.replace(':', ' -> ')}: regret acc / H" for p in pairs) + " |",
+             "|---" * (len(pairs) + 1) + "|"]
+    for crit in order:
+        cells = []
+        for p in pairs:
+            r = both[(both["pair"] == p) & (both["criterion"] == crit)]
+            cells.append("-" if r.empty else f"{_pm(r.regret_acc.iloc[0], r.regret_acc_se.iloc[0])} / "
+                                             f"{_pm(r.regret_h.iloc[0], r.regret_h_se.iloc[0])}")
+        lines.append(f"| `{crit}` | " + " | ".join(cells) + " |")
+    lines += ["", "| criterion (all sweeps) | Spearman across checkpoints: acc / H | Spearman across trials: acc / H |",
+              "|---|---|---|"]
+    for crit in CRITERIA:
+        r = both[(both["pair"] == "all") & (both["criterion"] == crit)]
+        if not r.empty:
+            r = r.iloc[0]
+            lines.append(f"| `{crit}` | {_pm(r.rho_ckpt_acc, r.rho_ckpt_acc_se, '{:+.2f}')} / {_pm(r.rho_ckpt_h, r.rho_ckpt_h_se, '{:+.2f}')} "
+                         f"| {_pm(r.rho_trial_acc, r.rho_trial_acc_se, '{:+.2f}')} / {_pm(r.rho_trial_h, r.rho_trial_h_se, '{:+.2f}')} |")
+    return "\n".join(lines)
+
+
+def plot_selection(summary: pd.DataFrame):
+    """Regret (accuracy and H-score) per criterion and pair, and Spearman across trials; error bars are SEs."""
+    both = summary[summary["method"] == "both"]
+    pairs = list(both["pair"].unique())
+    crits = [c for c in list(CRITERIA) + [RANDOM] if c in set(both["criterion"])]
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    width = 0.8 / len(pairs)
+    y = np.arange(len(crits))
+    for ax, stat, label in ((axes[0], "regret_acc", "regret, target accuracy (ORACLE)"),
+                            (axes[1], "regret_h", "regret, target H-score (ORACLE)"),
+                            (axes[2], "rho_trial_h", "Spearman across trials vs H-score (ORACLE)")):
+        for i, p in enumerate(pairs):
+            g = both[both["pair"] == p].set_index("criterion").reindex(crits)
+            ax.barh(y + i * width, g[stat], width, xerr=g[f"{stat}_se"], label=p.replace(":", " -> "))
+        ax.set_yticks(y + width * (len(pairs) - 1) / 2, crits if ax is axes[0] else [""] * len(crits))
+        ax.set_xlabel(label)
+        ax.axvline(0, color="k", lw=0.5)
+        ax.invert_yaxis()
+    axes[0].axvline(0.02, color="r", ls="--", lw=0.8)
+    axes[1].axvline(0.02, color="r", ls="--", lw=0.8)
+    axes[2].legend(fontsize=8, loc="lower right")
+    fig.suptitle("Label-free model selection against target labels (ORACLE): lower regret is better; red: the 2-point goal")
+    fig.tight_layout()
+    return fig
+
+
+def plot_criteria_vs_oracle(df: pd.DataFrame, oracle: str = ORACLE["h"], trial_col: str = "trial"):
+    """One panel per criterion: its value against the ORACLE score at every checkpoint, one colour per trial, the
+    checkpoint it would promote circled."""
+    crits = [c for c in CRITERIA if c in df and np.isfinite(df[c].to_numpy(dtype=float)).any()]
+    sel = sweep_selection(df.reset_index(drop=True), trial_col).set_index("criterion")
+    cols = min(4, len(crits))
+    fig, axes = plt.subplots(-(-len(crits) // cols), cols, figsize=(4 * cols, 3.4 * -(-len(crits) // cols)), squeeze=False)
+    codes = pd.factorize(df[trial_col])[0]
+    passed = df[GUARD[0]].to_numpy() >= GUARD[1]
+    for ax, crit in zip(axes.flat, crits):
+        x, yv = df[crit].to_numpy(dtype=float), df[oracle].to_numpy(dtype=float)
+        ax.scatter(x[passed], yv[passed], c=codes[passed], cmap="tab20", s=14)
+        ax.scatter(x[~passed], yv[~passed], c="lightgrey", s=10, label="fails source guard")
+        score = CRITERIA[crit] * x
+        ok = passed & np.isfinite(score)
+        if ok.any():
+            j = np.flatnonzero(ok)[np.argmax(score[ok])]
+            ax.scatter([x[j]], [yv[j]], s=120, facecolors="none", edgecolors="r", lw=1.5)
+        r = sel.loc[crit]
+        short = "h" if oracle == ORACLE["h"] else "acc"
+        ax.set_title(f"{crit}\nrho ckpt {r[f'rho_ckpt_{short}']:+.2f}, regret {r[f'regret_{short}']:.3f}", fontsize=9)
+        ax.set_xlabel(crit + ("" if CRITERIA[crit] > 0 else " (lower is better)"), fontsize=8)
+        ax.set_ylabel(oracle, fontsize=8)
+    for ax in list(axes.flat)[len(crits):]:
+        ax.axis("off")
+    fig.suptitle("Label-free criteria against the ORACLE target score, every checkpoint (red circle: the one it selects)")
+    fig.tight_layout()
+    return fig
