@@ -89,13 +89,13 @@ def run_job(job: tuple[str, int, str, argparse.Namespace]) -> str:
 def publish(summary, records, args) -> None:
     """The measured regrets, per criterion, as the package's record of this benchmark."""
     from sweeps.selection_benchmark import BENCHMARK_FILE
-    from uda_core.evaluation.selection import RANDOM
+    from uda_core.evaluation.selection import NOISE_FLOOR, RANDOM
 
     both = summary[summary["method"] == "both"]
     pairs = both[both["pair"] != "all"]
     overall = both[both["pair"] == "all"].set_index("criterion")
     criteria = {}
-    for crit, r in overall.drop(RANDOM).iterrows():
+    for crit, r in overall.drop([RANDOM, NOISE_FLOOR], errors="ignore").iterrows():
         per_pair = pairs[pairs["criterion"] == crit]
         criteria[crit] = {"regret": r.regret, "regret_acc": r.regret_acc, "regret_acc_se": r.regret_acc_se,
                           "regret_h": r.regret_h, "regret_h_se": r.regret_h_se,
@@ -107,9 +107,9 @@ def publish(summary, records, args) -> None:
              f"{records.method.nunique()} methods ({', '.join(sorted(records.method.unique()))}) x {records.seed.nunique()} seeds, "
              f"{n_trials.min()} random-search trials each, size {args.size}, {args.steps} steps, {args.evals} checkpoints per trial")
     clean = {c: {k: (None if v != v else round(float(v), 5)) for k, v in d.items()} for c, d in criteria.items()}
-    random = overall.loc[RANDOM]
-    baseline = {"regret_acc": round(float(random.regret_acc), 5), "regret_h": round(float(random.regret_h), 5)}
-    BENCHMARK_FILE.write_text(json.dumps({"setup": setup, "criteria": clean, "random_baseline": baseline}, indent=1) + "\n")
+    refs = {name: {"regret_acc": round(float(overall.loc[name].regret_acc), 5), "regret_h": round(float(overall.loc[name].regret_h), 5)}
+            for name in (RANDOM, NOISE_FLOOR) if name in overall.index}
+    BENCHMARK_FILE.write_text(json.dumps({"setup": setup, "criteria": clean, "references": refs}, indent=1) + "\n")
     print(f"wrote {BENCHMARK_FILE}")
 
 
@@ -144,7 +144,7 @@ def main() -> None:
             for path in pool.imap_unordered(run_job, jobs):
                 print(f"done: {path} ({time.time() - t0:.0f} s)", flush=True)
 
-    from uda_core.evaluation.selection import RANDOM, load_records, plot_selection, selection_summary, summary_table
+    from uda_core.evaluation.selection import NOISE_FLOOR, RANDOM, load_records, plot_selection, selection_summary, summary_table
 
     records = load_records(sorted((args.out / "records").glob("*.jsonl")))
     summary = selection_summary(records)
@@ -155,7 +155,7 @@ def main() -> None:
     fig.savefig(args.out / "selection.png", dpi=120, bbox_inches="tight")
     print(table)
     overall = summary[summary["pair"] == "all"].set_index("criterion")
-    best = overall["regret"].drop(RANDOM).idxmin()
+    best = overall["regret"].drop([RANDOM, NOISE_FLOOR], errors="ignore").idxmin()
     if args.publish:
         publish(summary, records, args)
     print(json.dumps({"benchmark": "selection", "records": len(records), "wall_s": round(time.time() - t0, 1),

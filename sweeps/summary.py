@@ -161,7 +161,7 @@ def summarise(sweep: SweepConfig, exp_dir: Path, state: dict, parent):
         parent.set_tags({"pareto_trial_ids": ",".join(r["trial_id"] for r in front)})
     _log_study_plots(sweep, exp_dir, state, parent)
     try:
-        _log_selection(exp_dir, rows, parent)
+        _log_selection(sweep, exp_dir, rows, parent)
     except Exception as e:  # a picture is never worth failing a sweep
         log.warning("could not analyse the selection criteria: %s", e)
     if best and finished and sweep.tracking.finalists:  # an interrupted sweep's best trial may still be training
@@ -209,7 +209,7 @@ def _log_study_plots(sweep: SweepConfig, exp_dir: Path, state: dict, parent) -> 
             log.warning("could not draw %s: %s", file, e)
 
 
-def _log_selection(exp_dir: Path, rows: list[dict], parent) -> None:
+def _log_selection(sweep: SweepConfig, exp_dir: Path, rows: list[dict], parent) -> None:
     """ORACLE, simulated pairs only: how each label-free criterion would have chosen among this sweep's checkpoints
     (regret and Spearman as metrics `oracle/selection/...`, and every checkpoint's criteria against the target
     H-score as a picture). Skipped when the target has no labels."""
@@ -226,10 +226,11 @@ def _log_selection(exp_dir: Path, rows: list[dict], parent) -> None:
     evals = evals[evals[ORACLE["h"]].notna() & evals["source_val/acc"].notna()].reset_index(drop=True)
     if evals.empty:
         return
-    table = sweep_selection(evals)
+    guard = ("source_val/acc", sweep.objective.min_source_val_acc)  # the sweep's own rule for a trial's best
+    table = sweep_selection(evals, guard=guard)
     metrics = {f"oracle/selection/{stat}/{r['criterion']}": r[stat] for _, r in table.iterrows()
                for stat in ("regret_acc", "regret_h", "rho_trial_h", "rho_ckpt_h") if stat in r and pd.notna(r[stat])}
     parent.log_metrics(metrics)
-    fig = plot_criteria_vs_oracle(evals)
+    fig = plot_criteria_vs_oracle(evals, guard=guard)
     parent.log_figure(fig, "selection/criteria_vs_oracle_ORACLE.png")
     plt.close(fig)

@@ -13,6 +13,7 @@ from scipy.stats import spearmanr
 from uda_core.evaluation.selection import (
     CRITERIA,
     ORACLE,
+    NOISE_FLOOR,
     RANDOM,
     load_records,
     plot_criteria_vs_oracle,
@@ -78,6 +79,12 @@ def test_perfect_and_backwards_criteria_and_the_guard():
     assert s.loc["label_free/im", "regret_acc"] == pytest.approx(acc.max() - second)  # guard made it take the second
     passed = df["source_val/acc"] >= 0.5
     assert s.loc[RANDOM, "regret_acc"] == pytest.approx(acc.max() - acc[passed].mean())
+    assert NOISE_FLOOR not in s.index  # only with labels of an independent split
+    df["oracle/target_train/acc_shared"] = acc + 0.01         # a second labelled sample ranking the same way
+    df["oracle/target_train/h_score"] = -df["oracle/target_test/h_score"]  # ... and one ranking backwards
+    s = sweep_selection(df).set_index("criterion")
+    assert s.loc[NOISE_FLOOR, "regret_acc"] == pytest.approx(acc.max() - second)
+    assert s.loc[NOISE_FLOOR, "rho_ckpt_h"] == pytest.approx(-1.0)
 
 
 def test_summary_over_sweeps_records_round_trip(tmp_path):

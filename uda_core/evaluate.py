@@ -151,6 +151,10 @@ def evaluate(model: UdaNet, method: Method, data: UdaData, cfg: RunConfig, step:
     for k, v in M.open_set_metrics(y_te, pred_te, rejected, K, shared).items():
         if not k.startswith("n_"):
             out[f"{o}/{k}"] = v
+    # The same scores on the target/train split's labels: an independent labelled sample, so selecting on it and
+    # measuring on target/test shows how much regret the test set's own noise causes (bench/selection's floor).
+    tt = M.open_set_metrics(data["target/train"].y.numpy(), lg_tt.argmax(1), scores_tt[ev.reject_score] > primary_thr, K, shared)
+    out["oracle/target_train/acc_shared"], out["oracle/target_train/h_score"] = tt["acc_shared"], tt["h_score"]
     for s in ANOMALY_SCORES:
         out[f"{o}/auroc/{s}"] = M.auroc_unknown(y_te, scores_te[s], K)
         out[f"{o}/h_score/{s}_gmm"] = M.open_set_metrics(y_te, pred_te, scores_te[s] > thresholds[s], K, shared)["h_score"]

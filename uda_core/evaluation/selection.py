@@ -9,7 +9,9 @@ with the best criterion value. Per sweep (a group of trials) this module reports
 * Spearman across trials: each trial represented by the checkpoint the criterion picks in it (how a sweep ranks
   trials), criterion vs oracle over trials.
 
-"random" is the baseline: the expected regret of promoting a random guarded checkpoint.
+Two reference rows: "random", the expected regret of promoting a random guarded checkpoint (the bar to clear), and
+the noise floor, selection by the labels of the independent target/train split (the regret test-set noise alone
+causes: with a few hundred test stamps the oracle-best checkpoint is partly the luckiest one).
 """
 
 from __future__ import annotations
@@ -28,14 +30,18 @@ from scipy.stats import spearmanr  # noqa: E402
 
 from .validators import HIGHER_IS_BETTER  # noqa: E402
 
-__all__ = ["CRITERIA", "ORACLE", "GUARD", "RANDOM", "load_records", "sweep_selection", "selection_summary", "summary_table",
+__all__ = ["CRITERIA", "ORACLE", "GUARD", "RANDOM", "NOISE_FLOOR", "load_records", "sweep_selection", "selection_summary", "summary_table",
            "plot_selection", "plot_criteria_vs_oracle"]
 
 # Every criterion an evaluation reports, with its direction (+1: higher is better).
 CRITERIA: dict[str, int] = {"source_val/acc": 1, **{f"label_free/{k}": 1 if up else -1 for k, up in HIGHER_IS_BETTER.items()}}
 ORACLE = {"acc": "oracle/target_test/acc_shared", "h": "oracle/target_test/h_score"}
 GUARD = ("source_val/acc", 0.5)  # the sweep's default objective.min_source_val_acc
-RANDOM = "random (expected)"
+RANDOM = "random checkpoint: expected"
+# Selecting on the labels of target/train (an independent labelled sample) and scoring on target/test: the regret
+# that the test set's own noise causes, which no criterion can beat on average.
+NOISE_FLOOR = "noise floor: ORACLE on target/train"
+NOISE_FLOOR_BY = {"acc": "oracle/target_train/acc_shared", "h": "oracle/target_train/h_score"}
 
 
 def load_records(paths: Iterable[Path]) -> pd.DataFrame:
@@ -60,25 +66,27 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def sweep_selection(df: pd.DataFrame, trial_col: str = "trial", guard: tuple[str, float] = GUARD) -> pd.DataFrame:
-    """Per criterion (and the random baseline) for ONE sweep's evaluations: regret_{acc,h}, rho_ckpt_{acc,h},
-    rho_trial_{acc,h}, and the selected trial and row."""
+    """Per criterion (and the two baselines) for ONE sweep's evaluations: regret_{acc,h}, rho_ckpt_{acc,h},
+    rho_trial_{acc,h}, and the selected trial."""
     passed = df[guard[0]].to_numpy() >= guard[1]
+    trials = list(df.groupby(trial_col).indices.values())
+    selectors = {crit: (sign, {short: crit for short in ORACLE}) for crit, sign in CRITERIA.items() if crit in df}
+    if all(col in df for col in NOISE_FLOOR_BY.values()):
+        selectors[NOISE_FLOOR] = (1, NOISE_FLOOR_BY)
     out = []
-    for crit, sign in CRITERIA.items():
-        if crit not in df:
-            continue
-        score = sign * df[crit].to_numpy(dtype=float)
-        ok = passed & np.isfinite(score)
-        row = {"criterion": crit}
-        sel = int(np.flatnonzero(ok)[np.argmax(score[ok])]) if ok.any() else None
-        row["selected_trial"] = None if sel is None else df[trial_col].iloc[sel]
+    for name, (sign, by) in selectors.items():
+        row = {"criterion": name}
         for short, col in ORACLE.items():
             oracle = df[col].to_numpy(dtype=float)
+            score = sign * df[by[short]].to_numpy(dtype=float)
+            ok = passed & np.isfinite(score)
+            sel = int(np.flatnonzero(ok)[np.argmax(score[ok])]) if ok.any() else None
+            row["selected_trial"] = None if sel is None else df[trial_col].iloc[sel]
             row[f"regret_{short}"] = np.nan if sel is None else float(np.nanmax(oracle) - oracle[sel])
-            per_trial = [_spearman(score[idx], oracle[idx]) for idx in df.groupby(trial_col).indices.values()]
+            per_trial = [_spearman(score[idx], oracle[idx]) for idx in trials]
             row[f"rho_ckpt_{short}"] = float(np.nanmean(per_trial)) if np.isfinite(per_trial).any() else np.nan
             picks = []  # per trial: (criterion, oracle) at the checkpoint the criterion picks in that trial
-            for idx in df.groupby(trial_col).indices.values():
+            for idx in trials:
                 idx = idx[ok[idx]]
                 if len(idx):
                     j = idx[np.argmax(score[idx])]
@@ -131,7 +139,7 @@ def summary_table(summary: pd.DataFrame) -> str:
     """Markdown: regret (accuracy / H-score) per pair and overall, then Spearman over all sweeps."""
     both = summary[summary["method"] == "both"]
     pairs = [p for p in both["pair"].unique() if p != "all"] + ["all"]
-    order = list(CRITERIA) + [RANDOM]
+    order = list(CRITERIA) + [RANDOM, NOISE_FLOOR]
     lines = ["| criterion | " + " | ".join(f"{p.replace(':', ' -> ')}: regret acc / H" for p in pairs) + " |",
              "|---" * (len(pairs) + 1) + "|"]
     for crit in order:
@@ -143,7 +151,7 @@ def summary_table(summary: pd.DataFrame) -> str:
         lines.append(f"| `{crit}` | " + " | ".join(cells) + " |")
     lines += ["", "| criterion (all sweeps) | Spearman across checkpoints: acc / H | Spearman across trials: acc / H |",
               "|---|---|---|"]
-    for crit in CRITERIA:
+    for crit in list(CRITERIA) + [NOISE_FLOOR]:
         r = both[(both["pair"] == "all") & (both["criterion"] == crit)]
         if not r.empty:
             r = r.iloc[0]
@@ -156,7 +164,7 @@ def plot_selection(summary: pd.DataFrame):
     """Regret (accuracy and H-score) per criterion and pair, and Spearman across trials; error bars are SEs."""
     both = summary[summary["method"] == "both"]
     pairs = list(both["pair"].unique())
-    crits = [c for c in list(CRITERIA) + [RANDOM] if c in set(both["criterion"])]
+    crits = [c for c in list(CRITERIA) + [RANDOM, NOISE_FLOOR] if c in set(both["criterion"])]
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
     width = 0.8 / len(pairs)
     y = np.arange(len(crits))
@@ -178,15 +186,16 @@ def plot_selection(summary: pd.DataFrame):
     return fig
 
 
-def plot_criteria_vs_oracle(df: pd.DataFrame, oracle: str = ORACLE["h"], trial_col: str = "trial"):
+def plot_criteria_vs_oracle(df: pd.DataFrame, oracle: str = ORACLE["h"], trial_col: str = "trial",
+                            guard: tuple[str, float] = GUARD):
     """One panel per criterion: its value against the ORACLE score at every checkpoint, one colour per trial, the
     checkpoint it would promote circled."""
     crits = [c for c in CRITERIA if c in df and np.isfinite(df[c].to_numpy(dtype=float)).any()]
-    sel = sweep_selection(df.reset_index(drop=True), trial_col).set_index("criterion")
+    sel = sweep_selection(df.reset_index(drop=True), trial_col, guard).set_index("criterion")
     cols = min(4, len(crits))
     fig, axes = plt.subplots(-(-len(crits) // cols), cols, figsize=(4 * cols, 3.4 * -(-len(crits) // cols)), squeeze=False)
     codes = pd.factorize(df[trial_col])[0]
-    passed = df[GUARD[0]].to_numpy() >= GUARD[1]
+    passed = df[guard[0]].to_numpy() >= guard[1]
     for ax, crit in zip(axes.flat, crits):
         x, yv = df[crit].to_numpy(dtype=float), df[oracle].to_numpy(dtype=float)
         ax.scatter(x[passed], yv[passed], c=codes[passed], cmap="tab20", s=14)
