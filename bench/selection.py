@@ -144,9 +144,16 @@ def main() -> None:
             for path in pool.imap_unordered(run_job, jobs):
                 print(f"done: {path} ({time.time() - t0:.0f} s)", flush=True)
 
+    from uda_core.data.tasks import get_task
     from uda_core.evaluation.selection import NOISE_FLOOR, RANDOM, load_records, plot_selection, selection_summary, summary_table
+    from uda_core.evaluation.validators import combined_score
 
     records = load_records(sorted((args.out / "records").glob("*.jsonl")))
+    # `combined` is recomputed from its recorded parts, so records written before its definition was fixed (on the
+    # seed-0 sweeps) are scored with the definition the code uses now.
+    num_known = get_task("universal").num_known
+    records["label_free/combined"] = [combined_score(a, i, g, num_known) for a, i, g in
+                                      zip(records["source_val/acc"], records["label_free/im"], records["label_free/agreement"])]
     summary = selection_summary(records)
     summary.to_csv(args.out / "selection.csv", index=False)
     table = summary_table(summary)
@@ -154,6 +161,12 @@ def main() -> None:
     fig = plot_selection(summary)
     fig.savefig(args.out / "selection.png", dpi=120, bbox_inches="tight")
     print(table)
+    if (records["seed"] != 0).any():
+        held_out = selection_summary(records[records["seed"] != 0])
+        held_out = held_out[held_out["pair"] == "all"].set_index("criterion")
+        print("\nseeds other than 0 only (the combination was chosen on seed 0): regret acc / H over all pairs")
+        for crit, r in held_out.iterrows():
+            print(f"  {crit:40s} {r.regret_acc:.3f} ± {r.regret_acc_se:.3f} / {r.regret_h:.3f} ± {r.regret_h_se:.3f}")
     overall = summary[summary["pair"] == "all"].set_index("criterion")
     best = overall["regret"].drop([RANDOM, NOISE_FLOOR], errors="ignore").idxmin()
     if args.publish:

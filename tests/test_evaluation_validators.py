@@ -14,7 +14,7 @@ from uda_core.evaluation import (
     mean_entropy,
     snd,
 )
-from uda_core.evaluation.validators import augmentation_agreement, combined_accuracy, dev_risk, domain_weights
+from uda_core.evaluation.validators import augmentation_agreement, combined_score, dev_risk, domain_weights
 
 
 def _H(p):
@@ -142,7 +142,7 @@ def test_augmentation_agreement_matches_naive_loop():
     assert augmentation_agreement(p, np.stack([p] * 3)) == 1.0
 
 
-def test_combined_is_the_mean_of_two_accuracy_estimates():
-    assert combined_accuracy(0.2, 0.9) == pytest.approx(0.85)
-    assert combined_accuracy(0.0, 1.0) == 1.0
+def test_combined_is_the_mean_of_three_unit_scores():
+    assert combined_score(0.9, 0.5 * math.log(6), 0.6, 6) == pytest.approx((0.9 + 0.5 + 0.6) / 3)
+    assert combined_score(1.0, math.log(4), 1.0, 4) == pytest.approx(1.0)
     assert HIGHER_IS_BETTER["combined"] and HIGHER_IS_BETTER["agreement"] and not HIGHER_IS_BETTER["dev"]

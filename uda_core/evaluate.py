@@ -17,7 +17,7 @@ import torch
 from .config import ANOMALY_SCORES, RunConfig
 from .data.dataset import UdaData
 from .evaluation import metrics as M
-from .evaluation.validators import (HIGHER_IS_BETTER, augmentation_agreement, combined_accuracy, dev_risk,
+from .evaluation.validators import (HIGHER_IS_BETTER, augmentation_agreement, combined_score, dev_risk,
                                     domain_weights, label_free_scores)
 from .methods import Method
 from .models import SOURCE, TARGET, UdaNet, reestimate_bn
@@ -134,7 +134,7 @@ def evaluate(model: UdaNet, method: Method, data: UdaData, cfg: RunConfig, step:
     x_agree = data["target/train"].x[: ev.agreement_max_samples]
     views = [M.softmax(predict(model, dihedral(x_agree, v), TARGET, autocast=autocast)[0]) for v in range(1, 8)]
     out["label_free/agreement"] = augmentation_agreement(p_tt[: len(x_agree)], np.stack(views))
-    out["label_free/combined"] = combined_accuracy(out["label_free/dev"], out["label_free/agreement"])
+    out["label_free/combined"] = combined_score(out["source_val/acc"], out["label_free/im"], out["label_free/agreement"], K)
 
     temp = model.temperature
     scores_tt = M.anomaly_scores(lg_tt, f_tt, protos, src_feats, temp, k=ev.knn_k)
