@@ -114,6 +114,14 @@ def _promote(a: argparse.Namespace) -> None:
         print(f"load it with: mlflow.pyfunc.load_model('models:/{result.model_name}@champion')")
 
 
+def _cluster_check(a: argparse.Namespace) -> None:
+    from .cluster import check_cluster
+
+    full = check_cluster(a.file)
+    workers = {n: t["resources"] for n, t in full.get("available_node_types", {}).items()}
+    print(f"{a.file}: passes Ray's launcher validation and this project's checks; node types {workers}")
+
+
 def _default_tracking_uri(a: argparse.Namespace) -> str:
     from .tracking import default_tracking_uri
 
@@ -211,6 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     r.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here")
     r.set_defaults(func=_predict)
+    r = sub.add_parser("cluster-check", help="validate a Ray cluster file (cluster.yaml) before `ray up`")
+    r.add_argument("file")
+    r.set_defaults(func=_cluster_check)
     return p
 
 

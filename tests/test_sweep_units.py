@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
 from ray.tune.search import Searcher
 
 from sweeps.objective import ObjectiveTracker
@@ -82,3 +84,17 @@ def test_tracking_uri_local_default_and_cluster_rule(tmp_path):
         _tracking_uri(sweep, "ray://head:10001", tmp_path)  # a local sqlite file is unreachable from other nodes
     remote = parse_sweep({"name": "s", "run": {}, "tracking": {"uri": "http://10.0.0.1:5000"}}, "s.yaml")
     assert _tracking_uri(remote, "auto", tmp_path) == "http://10.0.0.1:5000"
+
+
+def test_tracking_uri_falls_back_to_the_mlflow_environment(monkeypatch, tmp_path):
+    from sweeps.config import parse_sweep
+    from sweeps.run import _tracking_uri
+    from uda_core.errors import ConfigError
+
+    sweep = parse_sweep({"name": "t", "run": {"method": {"name": "source_only"}}}, "t.yaml")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert _tracking_uri(sweep, None, tmp_path).startswith("sqlite:///")
+    with pytest.raises(ConfigError, match="MLflow server"):
+        _tracking_uri(sweep, "auto", tmp_path)  # a cluster sweep cannot log to a local file
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://10.0.0.10:5000")  # what the cluster head gives its jobs
+    assert _tracking_uri(sweep, "auto", tmp_path) == "http://10.0.0.10:5000"
