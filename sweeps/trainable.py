@@ -16,6 +16,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import ray
 from ray import tune
 
 from search_spaces import apply_params
@@ -74,6 +75,7 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
             "objective": ",".join(ctx.objective_metrics),
             "objective_is_oracle": str(any(m.startswith("oracle/") for m in ctx.objective_metrics)).lower()}
     run = TrialRun(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id, trial_id, trial_name, config, tags)
+    run.set_tags({"ray.node_id": ray.get_runtime_context().get_node_id()})  # where this attempt runs
 
     checkpoint = tune.get_checkpoint()
     status = "FAILED"
