@@ -58,7 +58,9 @@ def open_sweep(name: str, storage: str | Path = "runs/sweeps", workdir: Path | N
 def _tracking_uri(sweep: SweepConfig, address: str | None, workdir: Path) -> str:
     from .tracking import default_tracking_uri
 
-    uri = sweep.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI")  # the cluster head sets it for its jobs
+    uri = sweep.tracking.uri
+    if uri is None and address:  # on a cluster, the head gives its jobs its MLflow server's address (cluster.yaml)
+        uri = os.environ.get("MLFLOW_TRACKING_URI")
     if address and (uri is None or not uri.startswith(("http://", "https://"))):
         raise ConfigError(f"tracking.uri: a sweep on a cluster (--address {address}) needs the HTTP address of an "
                           f"MLflow server reachable from every node (got {uri!r}); a local sqlite file is not")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -31,36 +32,49 @@ def _ray(*args: str, env: dict) -> None:
     assert done.returncode == 0, f"ray {' '.join(args)} failed:\n{done.stdout[-1500:]}\n{done.stderr[-1500:]}"
 
 
+class MlflowServer:
+    """A real `mlflow server` on loopback: sqlite backend, artifacts proxied into its own folder."""
+
+    def __init__(self, folder: Path, env: dict):
+        self.folder, self.env, self.port, self.proc = folder, env, _free_port(), None
+        self.uri = f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.port),
+             "--backend-store-uri", f"sqlite:///{self.folder / 'server.db'}",
+             "--artifacts-destination", str(self.folder / "artifacts"), "--workers", "1"],
+            stdout=open(self.folder / "mlflow.log", "a"), stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f"{self.uri}/health", timeout=1)
+                return
+            except OSError:
+                time.sleep(0.5)
+        pytest.fail(f"mlflow server did not start: {(self.folder / 'mlflow.log').read_text()[-2000:]}")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            os.killpg(self.proc.pid, signal.SIGTERM)  # the server and its gunicorn/uvicorn workers
+            self.proc.wait(30)
+            self.proc = None
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cluster")
     # Token authentication on every node and for every client, as cluster.yaml sets it up.
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
-    port, mlflow_port = _free_port(), _free_port()
+    port = _free_port()
     address = f"127.0.0.1:{port}"
+    server = MlflowServer(tmp, env)
     _ray("start", "--head", f"--port={port}", "--num-cpus=0", "--include-dashboard=false", "--node-ip-address=127.0.0.1", env=env)
-    mlflow = None
     try:
         _ray("start", f"--address={address}", "--num-cpus=2", "--node-ip-address=127.0.0.1", env=env)
-        mlflow = subprocess.Popen(
-            [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(mlflow_port),
-             "--backend-store-uri", f"sqlite:///{tmp / 'server.db'}", "--artifacts-destination", str(tmp / "artifacts"),
-             "--workers", "1"],
-            stdout=open(tmp / "mlflow.log", "w"), stderr=subprocess.STDOUT, env=env)
-        uri = f"http://127.0.0.1:{mlflow_port}"
-        for _ in range(120):
-            try:
-                urllib.request.urlopen(f"{uri}/health", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            pytest.fail(f"mlflow server did not start: {(tmp / 'mlflow.log').read_text()[-2000:]}")
-        yield {"address": address, "uri": uri, "tmp": tmp, "env": env}
+        server.start()
+        yield {"address": address, "uri": server.uri, "server": server, "tmp": tmp, "env": env}
     finally:
-        if mlflow is not None:
-            mlflow.terminate()
-            mlflow.wait(30)
+        server.stop()
         subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120)
 
 
@@ -102,3 +116,40 @@ ray.init(address=sys.argv[1], log_to_driver=False)
 alive = [n for n in ray.nodes() if n["Alive"]]
 print(*[n["NodeID"] for n in sorted(alive, key=lambda n: n["Resources"].get("CPU", 0))])
 """
+
+
+def test_mlflow_server_restart_mid_sweep_loses_no_metrics(cluster, data_root, tiny_folder):
+    from mlflow import MlflowClient
+
+    from sweep_helpers import EVERY
+    from sweeps.run import open_sweep
+    from sweeps.tracking import child_runs
+
+    tmp, env, server = cluster["tmp"], cluster["env"], cluster["server"]
+    storage = tmp / "shared" / "restart"
+    sweep = write_sweep(tmp, data_root, "restart", search={"num_trials": 2}, baselines=[],
+                        run={"train": {"steps": 20 * EVERY, "eval_every": EVERY, "precision": "fp32"}},
+                        scheduler={"type": "none"},
+                        tracking={"uri": cluster["uri"], "embedding": "pca", "finalists": 0}, storage={"path": str(storage)})
+    driver = subprocess.Popen([str(BIN / "uda-sweep"), "run", str(sweep), "--address", cluster["address"]], cwd=tmp,
+                              env=env, stdout=subprocess.DEVNULL, stderr=open(tmp / "restart.log", "w"))
+    client = MlflowClient(cluster["uri"])
+    deadline = time.time() + 300
+    while time.time() < deadline:  # wait until a trial has logged its first evaluation, then take the server away
+        runs = [r for r in client.search_runs(client.search_experiments(filter_string="name = 'restart'")[0].experiment_id)
+                if "trial_id" in r.data.tags] if client.search_experiments(filter_string="name = 'restart'") else []
+        if any("source_val/acc" in r.data.metrics for r in runs):
+            break
+        time.sleep(1)
+    server.stop()
+    time.sleep(8)  # trials keep training and retry their logging meanwhile (MLflow's HTTP retries)
+    server.start()
+    assert driver.wait(600) == 0, (tmp / "restart.log").read_text()[-3000:]
+
+    _, _, state = open_sweep("restart", storage)
+    runs = child_runs(cluster["uri"], state["experiment_id"], state["parent_run_id"])
+    assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
+    expected = list(range(EVERY, 20 * EVERY + 1, EVERY))
+    for run in runs:
+        history = client.get_metric_history(run.info.run_id, "source_val/acc")
+        assert sorted(m.step for m in history) == expected  # every evaluation logged exactly once: nothing lost or doubled

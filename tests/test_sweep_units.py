@@ -98,3 +98,5 @@ def test_tracking_uri_falls_back_to_the_mlflow_environment(monkeypatch, tmp_path
         _tracking_uri(sweep, "auto", tmp_path)  # a cluster sweep cannot log to a local file
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://10.0.0.10:5000")  # what the cluster head gives its jobs
     assert _tracking_uri(sweep, "auto", tmp_path) == "http://10.0.0.10:5000"
+    # a local sweep keeps its own store: in-process MLflow calls (set_tracking_uri) also set this variable
+    assert _tracking_uri(sweep, None, tmp_path).startswith("sqlite:///")
