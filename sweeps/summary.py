@@ -27,10 +27,10 @@ def _analysis(exp_dir: Path):
     return ExperimentAnalysis(str(exp_dir))
 
 
-def trial_rows(exp_dir: Path, sweep: SweepConfig) -> list[dict]:
+def trial_rows(exp_dir: Path, sweep: SweepConfig, analysis=None) -> list[dict]:
     """One dict per trial: id, status, kind, parameters, budget used, the objective and oracle numbers at its best
     checkpoint. Works while the sweep runs (Tune snapshots its state every few seconds)."""
-    analysis = _analysis(exp_dir)
+    analysis = analysis or _analysis(exp_dir)
     frames = analysis.trial_dataframes
     rows = []
     for trial in analysis.trials:
@@ -134,7 +134,8 @@ def summarise(sweep: SweepConfig, exp_dir: Path, state: dict, parent):
     from .run import SweepSummary
     from .tracking import close_stale_runs
 
-    rows = trial_rows(exp_dir, sweep)
+    analysis = _analysis(exp_dir)  # read once: the trial table and the selection analysis both use it
+    rows = trial_rows(exp_dir, sweep, analysis)
     closed = close_stale_runs(state["tracking_uri"], state["experiment_id"], state["parent_run_id"],
                               {r["trial_id"]: r["status"] for r in rows})
     if closed:
@@ -161,7 +162,7 @@ def summarise(sweep: SweepConfig, exp_dir: Path, state: dict, parent):
         parent.set_tags({"pareto_trial_ids": ",".join(r["trial_id"] for r in front)})
     _log_study_plots(sweep, exp_dir, state, parent)
     try:
-        _log_selection(sweep, exp_dir, rows, parent)
+        _log_selection(sweep, analysis.trial_dataframes, rows, parent)
     except Exception as e:  # a picture is never worth failing a sweep
         log.warning("could not analyse the selection criteria: %s", e)
     if best and finished and sweep.tracking.finalists:  # an interrupted sweep's best trial may still be training
@@ -209,7 +210,7 @@ def _log_study_plots(sweep: SweepConfig, exp_dir: Path, state: dict, parent) -> 
             log.warning("could not draw %s: %s", file, e)
 
 
-def _log_selection(sweep: SweepConfig, exp_dir: Path, rows: list[dict], parent) -> None:
+def _log_selection(sweep: SweepConfig, frames: dict[str, pd.DataFrame], rows: list[dict], parent) -> None:
     """ORACLE, simulated pairs only: how each label-free criterion would have chosen among this sweep's checkpoints
     (regret and Spearman as metrics `oracle/selection/...`, and every checkpoint's criteria against the target
     H-score as a picture). Skipped when the target has no labels."""
@@ -218,7 +219,7 @@ def _log_selection(sweep: SweepConfig, exp_dir: Path, rows: list[dict], parent) 
     import matplotlib.pyplot as plt
 
     search = {r["trial_id"] for r in rows if r["kind"] == "search"}
-    parts = [df.assign(trial=tid) for tid, df in _analysis(exp_dir).trial_dataframes.items()
+    parts = [df.assign(trial=tid) for tid, df in frames.items()
              if tid in search and ORACLE["h"] in df and "source_val/acc" in df]
     if not parts:
         return

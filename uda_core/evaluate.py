@@ -142,7 +142,8 @@ def evaluate(model: UdaNet, method: Method, data: UdaData, cfg: RunConfig, step:
     thresholds = {s: M.gmm_threshold(scores_tt[s]) for s in ANOMALY_SCORES}
     rho = entropy_rho(method, cfg, K)
     primary_thr = rejection_threshold(thresholds, method, cfg, K)
-    out["label_free/rejected_frac"] = float((scores_tt[ev.reject_score] > primary_thr).mean())
+    rejected_tt = scores_tt[ev.reject_score] > primary_thr
+    out["label_free/rejected_frac"] = float(rejected_tt.mean())
 
     y_te = data["target/test"].y.numpy()
     pred_te = lg_te.argmax(1)
@@ -153,7 +154,7 @@ def evaluate(model: UdaNet, method: Method, data: UdaData, cfg: RunConfig, step:
             out[f"{o}/{k}"] = v
     # The same scores on the target/train split's labels: an independent labelled sample, so selecting on it and
     # measuring on target/test shows how much regret the test set's own noise causes (bench/selection's floor).
-    tt = M.open_set_metrics(data["target/train"].y.numpy(), lg_tt.argmax(1), scores_tt[ev.reject_score] > primary_thr, K, shared)
+    tt = M.open_set_metrics(data["target/train"].y.numpy(), lg_tt.argmax(1), rejected_tt, K, shared)
     out["oracle/target_train/acc_shared"], out["oracle/target_train/h_score"] = tt["acc_shared"], tt["h_score"]
     for s in ANOMALY_SCORES:
         out[f"{o}/auroc/{s}"] = M.auroc_unknown(y_te, scores_te[s], K)
