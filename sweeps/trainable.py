@@ -85,6 +85,8 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
             raise TrainingDiverged("this trial's loss diverged in an earlier attempt; not retried")
         with checkpoint.as_directory() if checkpoint else contextlib.nullcontext() as resume_dir:
             state = json.loads((Path(resume_dir) / OBJECTIVE_STATE).read_text()) if resume_dir else None
+            if state:  # a retry (failed trial or lost node) or a resumed sweep: say where this attempt starts
+                run.set_tags({"resumed_from_step": state.get("step", "unknown")})
             tracker = ObjectiveTracker(list(ctx.objective_metrics), list(ctx.objective_modes), ctx.min_source_val_acc, state)
             with tempfile.TemporaryDirectory(prefix=f"{trial_name}-") as workdir:
 
@@ -93,7 +95,7 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
                     values, is_best = tracker.update(ev.step, ev.metrics)
                     if baseline:  # baselines are compared, never searched: keep them out of the searcher's metric
                         values = {f"baseline_{k}": v for k, v in values.items()}
-                    (checkpoint_dir / OBJECTIVE_STATE).write_text(json.dumps(tracker.state()))
+                    (checkpoint_dir / OBJECTIVE_STATE).write_text(json.dumps({**tracker.state(), "step": ev.step}))
                     run.log_evaluation(ev.step, {**ev.metrics, **_finite(values)}, _evaluation_files(ev),
                                        _best_files(ev, ctx.embedding) if is_best else {})
                     tune.report({**_finite(ev.metrics), **values, "step": ev.step},

@@ -4,6 +4,7 @@ a real `mlflow server` on loopback with a database backend and proxied artifacts
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
@@ -14,6 +15,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import psutil
 import pytest
 
 from sweep_helpers import write_sweep
@@ -60,6 +62,47 @@ class MlflowServer:
             self.proc = None
 
 
+class RayNode:
+    """A Ray worker node in a process session of its own (`ray start --block`), so that a test can take this node
+    away, and only this one, as a machine failure would: raylet, its agents and its trial workers all at once."""
+
+    def __init__(self, address: str, env: dict, cpus: int, log: Path):
+        known = set(alive_nodes(address, env))
+        self.proc = subprocess.Popen(
+            [str(BIN / "ray"), "start", f"--address={address}", f"--num-cpus={cpus}", "--node-ip-address=127.0.0.1", "--block"],
+            stdout=open(log, "a"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            new = [n for n in alive_nodes(address, env) if n not in known]
+            if new:
+                self.node_id = new[0]
+                return
+            time.sleep(1)
+        pytest.fail(f"Ray node did not join: {log.read_text()[-2000:]}")
+
+    def kill(self) -> None:
+        for p in psutil.process_iter():
+            with contextlib.suppress(psutil.Error, ProcessLookupError):
+                if os.getsid(p.pid) == self.proc.pid:
+                    p.kill()
+        self.proc.wait(30)
+
+
+def alive_nodes(address: str, env: dict) -> list[str]:
+    """Alive node ids, the CPU-less head first."""
+    done = subprocess.run([sys.executable, "-c", NODES, address], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout.split()
+
+
+NODES = """
+import sys, ray
+ray.init(address=sys.argv[1], log_to_driver=False)
+alive = [n for n in ray.nodes() if n["Alive"]]
+print(*[n["NodeID"] for n in sorted(alive, key=lambda n: n["Resources"].get("CPU", 0))])
+"""
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cluster")
@@ -70,9 +113,11 @@ def cluster(tmp_path_factory):
     server = MlflowServer(tmp, env)
     _ray("start", "--head", f"--port={port}", "--num-cpus=0", "--include-dashboard=false", "--node-ip-address=127.0.0.1", env=env)
     try:
-        _ray("start", f"--address={address}", "--num-cpus=2", "--node-ip-address=127.0.0.1", env=env)
+        info = {"address": address, "uri": server.uri, "server": server, "tmp": tmp, "env": env}
+        info["add_node"] = lambda: RayNode(address, env, 2, tmp / "nodes.log")
+        info["worker"] = info["add_node"]()
         server.start()
-        yield {"address": address, "uri": server.uri, "server": server, "tmp": tmp, "env": env}
+        yield info
     finally:
         server.stop()
         subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120)
@@ -92,9 +137,7 @@ def test_sweep_runs_on_the_second_node_and_logs_to_the_server(cluster, data_root
     done = subprocess.run([str(BIN / "uda-sweep"), "run", str(sweep), "--address", cluster["address"]], cwd=tmp,
                           env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
-    nodes = subprocess.run([sys.executable, "-c", NODES, cluster["address"]], env=env, capture_output=True, text=True,
-                           timeout=120, check=True).stdout.split()
-    head, worker = nodes  # printed as: the node without CPUs, then the one with 2
+    head, worker = alive_nodes(cluster["address"], env)  # the node without CPUs, then the one with 2
 
     _, _, state = open_sweep("multinode", storage)
     client = MlflowClient(cluster["uri"])
@@ -108,14 +151,6 @@ def test_sweep_runs_on_the_second_node_and_logs_to_the_server(cluster, data_root
     # the server stored the artifacts in its own destination; no client wrote a local artifact folder
     assert any((tmp / "artifacts").rglob("evaluation.json"))
     assert not (tmp / "mlartifacts").exists()
-
-
-NODES = """
-import sys, ray
-ray.init(address=sys.argv[1], log_to_driver=False)
-alive = [n for n in ray.nodes() if n["Alive"]]
-print(*[n["NodeID"] for n in sorted(alive, key=lambda n: n["Resources"].get("CPU", 0))])
-"""
 
 
 def test_mlflow_server_restart_mid_sweep_loses_no_metrics(cluster, data_root, tiny_folder):
@@ -134,13 +169,7 @@ def test_mlflow_server_restart_mid_sweep_loses_no_metrics(cluster, data_root, ti
     driver = subprocess.Popen([str(BIN / "uda-sweep"), "run", str(sweep), "--address", cluster["address"]], cwd=tmp,
                               env=env, stdout=subprocess.DEVNULL, stderr=open(tmp / "restart.log", "w"))
     client = MlflowClient(cluster["uri"])
-    deadline = time.time() + 300
-    while time.time() < deadline:  # wait until a trial has logged its first evaluation, then take the server away
-        runs = [r for r in client.search_runs(client.search_experiments(filter_string="name = 'restart'")[0].experiment_id)
-                if "trial_id" in r.data.tags] if client.search_experiments(filter_string="name = 'restart'") else []
-        if any("source_val/acc" in r.data.metrics for r in runs):
-            break
-        time.sleep(1)
+    wait_for_evaluation(client, "restart", step=EVERY)  # a trial has logged its first evaluation: take the server away
     server.stop()
     time.sleep(8)  # trials keep training and retry their logging meanwhile (MLflow's HTTP retries)
     server.start()
@@ -153,3 +182,54 @@ def test_mlflow_server_restart_mid_sweep_loses_no_metrics(cluster, data_root, ti
     for run in runs:
         history = client.get_metric_history(run.info.run_id, "source_val/acc")
         assert sorted(m.step for m in history) == expected  # every evaluation logged exactly once: nothing lost or doubled
+
+
+def wait_for_evaluation(client, experiment: str, step: int, timeout: float = 300) -> None:
+    """Until some trial of the experiment has logged the evaluation at `step` (polling the MLflow server)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        exps = client.search_experiments(filter_string=f"name = '{experiment}'")
+        runs = client.search_runs(exps[0].experiment_id, "tags.trial_id != ''") if exps else []
+        if any(m.step >= step for r in runs for m in client.get_metric_history(r.info.run_id, "source_val/acc")):
+            return
+        time.sleep(1)
+    pytest.fail(f"no trial of {experiment!r} logged step {step} within {timeout} s")
+
+
+def test_node_lost_mid_trial_resumes_from_checkpoint_on_new_capacity(cluster, data_root, tiny_folder):
+    """The node running a trial dies; the head has no CPUs, so the trial waits until a new node joins, then resumes
+    from its last checkpoint there. Its MLflow run is the same one, with every evaluation exactly once."""
+    from mlflow import MlflowClient
+
+    from sweep_helpers import EVERY
+    from sweeps.run import open_sweep
+    from sweeps.tracking import child_runs
+
+    tmp, env = cluster["tmp"], cluster["env"]
+    storage = tmp / "shared" / "nodeloss"
+    steps = 16 * EVERY
+    sweep = write_sweep(tmp, data_root, "nodeloss", search={"num_trials": 1}, baselines=[],
+                        run={"train": {"steps": steps, "eval_every": EVERY, "precision": "fp32"}},
+                        scheduler={"type": "none"}, failure={"max_retries": 2},
+                        tracking={"uri": cluster["uri"], "embedding": "none", "finalists": 0}, storage={"path": str(storage)})
+    driver = subprocess.Popen([str(BIN / "uda-sweep"), "run", str(sweep), "--address", cluster["address"]], cwd=tmp,
+                              env=env, stdout=subprocess.DEVNULL, stderr=open(tmp / "nodeloss.log", "w"))
+    client = MlflowClient(cluster["uri"])
+    wait_for_evaluation(client, "nodeloss", step=2 * EVERY)  # so the checkpoint of step EVERY is on shared storage
+    lost = cluster["worker"]
+    lost.kill()
+    time.sleep(20)  # Ray notices the dead node (health checks) and fails the trial; no capacity is left for the retry
+    assert driver.poll() is None, "the sweep must wait for capacity, not give up"
+    cluster["worker"] = replacement = cluster["add_node"]()
+    assert driver.wait(600) == 0, (tmp / "nodeloss.log").read_text()[-3000:]
+
+    _, _, state = open_sweep("nodeloss", storage)
+    [run] = child_runs(cluster["uri"], state["experiment_id"], state["parent_run_id"])  # one run: reopened, not doubled
+    tags = run.data.tags
+    assert run.info.status == "FINISHED" and "failure" not in tags
+    assert tags["ray.node_id"] == replacement.node_id != lost.node_id
+    assert tags["restarts"] == "1"
+    assert EVERY <= int(tags["resumed_from_step"]) < steps  # from a checkpoint, not from scratch
+    history = client.get_metric_history(run.info.run_id, "source_val/acc")
+    assert sorted(m.step for m in history) == list(range(EVERY, steps + 1, EVERY))  # nothing lost, nothing doubled
+    assert client.get_run(state["parent_run_id"]).info.status == "FINISHED"
