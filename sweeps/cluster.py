@@ -1,21 +1,28 @@
-"""Checks a Ray cluster-launcher file before `ray up`: Ray's own validation, then what this project needs.
+"""Checks for running on a cluster: the launcher file before `ray up`, and the sweep's data as trial nodes see it.
 
 Ray's half is what `ray up` runs before touching a cloud (`prepare_config` then `validate_config`; a private API,
 hence Ray's pinned minor version). The project's half: a GPU worker type exists (cloud providers; on-prem Ray
 detects GPUs), sweep storage is a shared mount rather than a head-local folder, the dashboard and MLflow never
 listen on every interface, and every node starts Ray with token authentication.
+
+Before a cluster sweep starts, `check_data_on_trial_node` asks a node that can run a trial whether it sees the data
+the driver prepared: data left on the head's disk would otherwise fail (or be regenerated) in every trial.
 """
 
 from __future__ import annotations
 
 import copy
+import json
+import logging
 import re
 from pathlib import Path
 
 from uda_core.config import read_yaml
 from uda_core.errors import ConfigError
 
-__all__ = ["check_cluster"]
+__all__ = ["check_cluster", "check_data_on_trial_node"]
+
+log = logging.getLogger(__name__)
 
 _HEAD_LOCAL = ("~", "/home", "/root", "/tmp", "/var", "runs", ".")
 
@@ -80,3 +87,38 @@ def _project_problems(raw: dict, full: dict) -> list[str]:
         if re.search(r"--host[= ]+0\.0\.0\.0", cmd) or "--host" not in cmd:
             problems.append("mlflow server: give --host the head's private address (not 0.0.0.0, not omitted)")
     return problems
+
+
+def _look(path: str) -> dict:
+    """Runs on a trial node: does `path` exist there, and which data set (manifest fingerprint) is it?"""
+    import ray
+
+    from uda_core.data.store import MANIFEST
+
+    p = Path(path)
+    manifest = p / MANIFEST
+    fingerprint = json.loads(manifest.read_text()).get("fingerprint") if manifest.is_file() else None
+    return {"node": ray.util.get_node_ip_address(), "exists": p.exists(), "fingerprint": fingerprint}
+
+
+def check_data_on_trial_node(key: str, path: Path, fingerprint: str | None, resources: dict,
+                             note_every_s: float = 60.0) -> None:
+    """ConfigError unless a node with a trial's `resources` sees `path` (the `key` of the sweep file) holding the data
+    set the driver prepared (`fingerprint`, None for data without a manifest). Waits, saying so, while the
+    autoscaler starts such a node."""
+    import ray
+
+    ref = ray.remote(_look).options(num_cpus=resources.get("cpu", 1), num_gpus=resources.get("gpu", 0)).remote(str(path))
+    waited = 0.0
+    while not ray.wait([ref], timeout=note_every_s)[0]:
+        waited += note_every_s
+        log.warning("waited %.0f s for a Ray node with %s to check the data on (is the autoscaler starting one? "
+                    "`ray status` tells)", waited, resources)
+    there = ray.get(ref)
+    fix = ("on a cluster, keep data on the mount every node shares (cluster.yaml mounts it at /mnt/shared; "
+           "e.g. run.data.root: /mnt/shared/data)")
+    if not there["exists"]:
+        raise ConfigError(f"{key}: {path} is not there on trial node {there['node']}, although the driver prepared it; {fix}")
+    if there["fingerprint"] != fingerprint:
+        raise ConfigError(f"{key}: {path} on trial node {there['node']} holds another data set (fingerprint "
+                          f"{there['fingerprint']}) than the driver's ({fingerprint}); {fix}")

@@ -135,7 +135,7 @@ def run_sweep(sweep_file: str | Path, *, address: str | None = None, workdir: Pa
     from search_spaces import get_space
 
     space = get_space(sweep.space_name).with_overrides(sweep.search.overrides, sweep.run.model_dump())
-    data_manifest = _data_manifest(sweep, workdir)
+    data_manifest = _data_manifest(sweep)
     parent.log_start(
         params={"search.space": space.name, "search.algorithm": sweep.search.algorithm, "search.num_trials": sweep.search.num_trials,
                 "objective": ",".join(sweep.objective.metrics), "objective.mode": ",".join(sweep.objective.modes),
@@ -179,11 +179,20 @@ def _ensure_data(sweep: SweepConfig, workdir: Path) -> None:
     sweep.run.data.path = raw["data"]["path"]
 
 
-def _data_manifest(sweep: SweepConfig, workdir: Path) -> dict:
-    from uda_core.data.store import DataSpec, read_manifest
+def _data_folder(sweep: SweepConfig) -> tuple[str, Path]:
+    """The sweep file's data key and the folder (or file) it resolves to, once `_ensure_data` made it absolute."""
+    from uda_core.data.store import DataSpec
 
     d = sweep.run.data
-    folder = Path(d.path) if d.path else Path(d.root) / DataSpec(d.task, d.source, d.target, d.size, d.seed, d.label_noise).folder_name()
+    if d.path:
+        return "run.data.path", Path(d.path)
+    return "run.data.root", Path(d.root) / DataSpec(d.task, d.source, d.target, d.size, d.seed, d.label_noise).folder_name()
+
+
+def _data_manifest(sweep: SweepConfig) -> dict:
+    from uda_core.data.store import read_manifest
+
+    _, folder = _data_folder(sweep)
     try:
         return read_manifest(folder)
     except Exception:  # the manifest is provenance only; a missing one was already reported by the loader
@@ -232,6 +241,12 @@ def _fit_locked(sweep: SweepConfig, exp_dir: Path, state: dict, address: str | N
             ray.init(address=address, log_to_driver=progress)
         else:
             ray.init(include_dashboard=False, log_to_driver=progress)
+    if address:  # before any trial: the data the driver prepared must be what trial nodes read
+        from .cluster import check_data_on_trial_node
+
+        key, folder = _data_folder(sweep)
+        check_data_on_trial_node(key, folder, _data_manifest(sweep).get("fingerprint"),
+                                 {"cpu": sweep.resources.cpus_per_trial, "gpu": sweep.resources.gpus_per_trial})
     ctx = TrialContext(
         sweep_name=sweep.name, base=base, objective_metrics=tuple(obj.metrics), objective_modes=tuple(modes),
         min_source_val_acc=obj.min_source_val_acc, tracking_uri=state["tracking_uri"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -58,3 +59,18 @@ def test_on_prem_file_refuses_node_types(tmp_path):
                    "cluster.local.yaml")
     with pytest.raises(ConfigError, match="not supported for on-premise"):
         check_cluster(bad)
+
+
+def test_data_check_refuses_data_a_trial_node_cannot_see(local_ray, tmp_path):
+    """The local Ray's trial worker is another process on this machine: this tests the check, not the network."""
+    from sweeps.cluster import check_data_on_trial_node
+
+    folder = tmp_path / "universal_decals_sdss"
+    folder.mkdir()
+    (folder / "manifest.json").write_text(json.dumps({"fingerprint": "abc"}))
+    check_data_on_trial_node("run.data.root", folder, "abc", {"cpu": 1})  # there, the same data set: silent
+
+    with pytest.raises(ConfigError, match=r"run.data.root: .*nowhere is not there on trial node .*/mnt/shared"):
+        check_data_on_trial_node("run.data.root", tmp_path / "nowhere", "abc", {"cpu": 1})
+    with pytest.raises(ConfigError, match=r"run.data.path: .* another data set \(fingerprint abc\) than the driver's \(xyz\)"):
+        check_data_on_trial_node("run.data.path", folder, "xyz", {"cpu": 1})
