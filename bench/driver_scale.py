@@ -8,7 +8,8 @@ MLflow logging throughput after 100, 300 and 1,000 finished trials.
 - MLflow: a real `mlflow server` on loopback (sqlite backend and proxied artifacts, as cluster.yaml runs it). The
   experiment is filled to N finished child runs, then whole trials are logged through the sweep's own `TrialRun`
   (find-or-create the run, params, each evaluation's metrics and JSON files, close), counting HTTP calls. The
-  driver's end-of-sweep query (`child_runs`) is timed at each N too. Baseline: the same trial at N = 0.
+  driver's queries are timed at each N too: all child runs, and the RUNNING ones it closes at the end of a sweep.
+  Baseline: the same trial in an empty experiment.
 
     .venv/bin/python bench/driver_scale.py [--counts 100 300 1000] [--probes 20] [--trials 5]
 """
@@ -165,7 +166,7 @@ def _one_trial(uri: str, exp_id: str, parent: str, trial_id: str) -> None:
 def mlflow_throughput(counts: list[int], trials: int) -> list[dict]:
     from mlflow import MlflowClient
 
-    from sweeps.tracking import child_runs
+    from sweeps.tracking import child_runs, close_stale_runs
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -197,15 +198,19 @@ def mlflow_throughput(counts: list[int], trials: int) -> list[dict]:
                 t = time.perf_counter()
                 found = len(child_runs(uri, exp_id, parent))
                 query = time.perf_counter() - t
+                t = time.perf_counter()
+                close_stale_runs(uri, exp_id, parent, {})  # the driver's end-of-sweep call: RUNNING runs only
+                close = time.perf_counter() - t
                 per_trial = statistics.median(times)
                 row = {"finished_trials": n, "trial_logging_s": per_trial, "calls_per_trial": statistics.median(calls),
                        "ms_per_call": 1000 * per_trial / statistics.median(calls),
                        "metric_values_per_s": EVALS_PER_TRIAL * METRICS_PER_EVAL / per_trial,
-                       "child_runs_query_s": query, "child_runs_found": found}
+                       "child_runs_query_s": query, "child_runs_found": found,
+                       "close_stale_runs_s": close}
                 rows.append(row)
                 print(f"  mlflow  N={n:5d}: one trial's logging {per_trial:.2f} s in {row['calls_per_trial']:.0f} calls "
                       f"({row['ms_per_call']:.1f} ms/call, {row['metric_values_per_s']:.0f} metric values/s); "
-                      f"driver query of {found} runs {query:.2f} s   (fill {fill:.0f} s)", flush=True)
+                      f"query of all {found} runs {query:.2f} s, of RUNNING ones {close:.2f} s   (fill {fill:.0f} s)", flush=True)
         finally:
             os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(30)

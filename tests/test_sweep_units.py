@@ -100,3 +100,25 @@ def test_tracking_uri_falls_back_to_the_mlflow_environment(monkeypatch, tmp_path
     assert _tracking_uri(sweep, "auto", tmp_path) == "http://10.0.0.10:5000"
     # a local sweep keeps its own store: in-process MLflow calls (set_tracking_uri) also set this variable
     assert _tracking_uri(sweep, None, tmp_path).startswith("sqlite:///")
+
+
+def test_close_stale_runs_closes_only_running_children_with_tunes_status(tmp_path):
+    from mlflow import MlflowClient
+
+    from sweeps.tracking import close_stale_runs
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("stale", artifact_location=(tmp_path / "art").as_uri())
+    parent = client.create_run(exp).info.run_id
+    other_parent = client.create_run(exp).info.run_id
+
+    def child(trial_id: str, parent_id: str = parent) -> str:
+        return client.create_run(exp, tags={"mlflow.parentRunId": parent_id, "trial_id": trial_id}).info.run_id
+
+    done, errored, unknown, elsewhere = child("a"), child("b"), child("c"), child("d", other_parent)
+    client.set_terminated(done, "FINISHED")
+    closed = close_stale_runs(uri, exp, parent, {"a": "TERMINATED", "b": "ERROR"})
+    assert closed == {errored: "FAILED", unknown: "KILLED"}  # the finished run and the other sweep's are left alone
+    assert client.get_run(unknown).data.tags["orphan"] == "true"  # Tune never knew trial c
+    assert client.get_run(elsewhere).info.status == "RUNNING" and client.get_run(done).info.status == "FINISHED"
