@@ -9,9 +9,10 @@ MLflow logging throughput after 100, 300 and 1,000 finished trials.
   experiment is filled to N finished child runs, then whole trials are logged through the sweep's own `TrialRun`
   (find-or-create the run, params, each evaluation's metrics and JSON files, close), counting HTTP calls. The
   driver's queries are timed at each N too: all child runs, and the RUNNING ones it closes at the end of a sweep.
+  Then `--parallel` trials log at once: the server's aggregate calls/s against one trial's.
   Baseline: the same trial in an empty experiment.
 
-    .venv/bin/python bench/driver_scale.py [--counts 100 300 1000] [--probes 20] [--trials 5]
+    .venv/bin/python bench/driver_scale.py [--counts 100 300 1000] [--probes 20] [--trials 5] [--parallel 4]
 """
 
 from __future__ import annotations
@@ -33,10 +34,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"  # a "View run at" line per closed run
 
-# One evaluation of a quickstart trial (500 steps, eval every 100): about this many metric values and files.
+# One evaluation as a trial logs it (counted on a tiny test sweep's MLflow server): 44 metric values, two confusion
+# matrices as JSON and as PNG (~65 KB each); at a new best also evaluation.json and three more pictures. Here every
+# evaluation is a new best: the upper bound of a trial's calls.
 EVALS_PER_TRIAL = 5
-METRICS_PER_EVAL = 120
-FILES_PER_EVAL = 4  # confusion/<split>.json for source/val, target/test, target/train; evaluation.json at a new best
+METRICS_PER_EVAL = 44
+PNG_BYTES = {"confusion": 65_000, "embedding": 37_000, "accuracy_vs_mag": 26_000}
 
 
 def _base_run() -> dict:
@@ -151,19 +154,38 @@ def _fill_run(client, exp_id: str, parent: str, i: int) -> None:
     client.set_terminated(run.info.run_id, "FINISHED")
 
 
+def _picture(size: int):
+    return lambda path: path.write_bytes(os.urandom(size))  # incompressible, like a PNG
+
+
 def _one_trial(uri: str, exp_id: str, parent: str, trial_id: str) -> None:
     from sweeps.tracking import TrialRun
 
     run = TrialRun(uri, exp_id, parent, trial_id, f"trial_{trial_id}", {f"p{j}": j for j in range(12)}, {"sweep": "bench"})
     run.set_tags({"ray.node_id": "0" * 56})
     for s in range(1, EVALS_PER_TRIAL + 1):
-        conf = {"labels": list(range(6)), "matrix": [[s] * 6] * 6}
-        files = {f"confusion/{split}.json": conf for split in ("source_val", "target_test", "target_train")}
-        run.log_evaluation(s, _metrics(s), files, {"evaluation.json": {"step": s, "metrics": _metrics(s)}})
+        conf = {"labels": list(range(10)), "matrix": [[s] * 7] * 10}
+        files, best = {}, {"evaluation.json": {"step": s, "metrics": _metrics(s)}}
+        for split in ("source_test", "oracle_target_test"):
+            files[f"confusion/{split}.json"] = conf
+            files[f"confusion/{split}.png"] = best[f"confusion_{split}.png"] = _picture(PNG_BYTES["confusion"])
+        best["embedding.png"] = _picture(PNG_BYTES["embedding"])
+        best["oracle_accuracy_vs_r_mag.png"] = _picture(PNG_BYTES["accuracy_vs_mag"])
+        run.log_evaluation(s, _metrics(s), files, best)
     run.close("FINISHED")
 
 
-def mlflow_throughput(counts: list[int], trials: int) -> list[dict]:
+def _parallel_trials(uri: str, exp_id: str, parent: str, tag: str, n: int) -> float:
+    """n trials logging at once (threads: the calls wait on the server, not on Python); the wall time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    t = time.perf_counter()
+    with ThreadPoolExecutor(n) as pool:
+        list(pool.map(lambda k: _one_trial(uri, exp_id, parent, f"{tag}_par{k}"), range(n)))
+    return time.perf_counter() - t
+
+
+def mlflow_throughput(counts: list[int], trials: int, parallel: int) -> list[dict]:
     from mlflow import MlflowClient
 
     from sweeps.tracking import child_runs, close_stale_runs
@@ -195,6 +217,7 @@ def mlflow_throughput(counts: list[int], trials: int) -> list[dict]:
                         _one_trial(uri, exp_id, parent, f"n{n}_{k}")
                         times.append(time.perf_counter() - t)
                     calls.append(counter.n)
+                wall = _parallel_trials(uri, exp_id, parent, f"n{n}", parallel)
                 t = time.perf_counter()
                 found = len(child_runs(uri, exp_id, parent))
                 query = time.perf_counter() - t
@@ -205,11 +228,14 @@ def mlflow_throughput(counts: list[int], trials: int) -> list[dict]:
                 row = {"finished_trials": n, "trial_logging_s": per_trial, "calls_per_trial": statistics.median(calls),
                        "ms_per_call": 1000 * per_trial / statistics.median(calls),
                        "metric_values_per_s": EVALS_PER_TRIAL * METRICS_PER_EVAL / per_trial,
+                       "parallel_calls_per_s": parallel * statistics.median(calls) / wall,
+                       "serial_calls_per_s": statistics.median(calls) / per_trial,
                        "child_runs_query_s": query, "child_runs_found": found,
                        "close_stale_runs_s": close}
                 rows.append(row)
                 print(f"  mlflow  N={n:5d}: one trial's logging {per_trial:.2f} s in {row['calls_per_trial']:.0f} calls "
-                      f"({row['ms_per_call']:.1f} ms/call, {row['metric_values_per_s']:.0f} metric values/s); "
+                      f"({row['ms_per_call']:.1f} ms/call); {parallel} at once: {row['parallel_calls_per_s']:.0f} calls/s "
+                      f"(one: {row['serial_calls_per_s']:.0f}); "
                       f"query of all {found} runs {query:.2f} s, of RUNNING ones {close:.2f} s   (fill {fill:.0f} s)", flush=True)
         finally:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -226,15 +252,16 @@ def main() -> None:
     ap.add_argument("--counts", type=int, nargs="+", default=[100, 300, 1000])
     ap.add_argument("--probes", type=int, default=20, help="timed suggestions per sampler and N")
     ap.add_argument("--trials", type=int, default=5, help="timed trials' logging per N")
+    ap.add_argument("--parallel", type=int, default=4, help="trials logging at once, for the server's throughput")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     counts = sorted(args.counts)
 
     print(f"Optuna: suggest latency after N finished trials (median of {args.probes})", flush=True)
     optuna_rows = optuna_latency(counts, args.probes, args.seed)
-    print(f"MLflow: one trial = {EVALS_PER_TRIAL} evaluations x ({METRICS_PER_EVAL} metrics + {FILES_PER_EVAL} files), "
-          f"median of {args.trials}", flush=True)
-    mlflow_rows = mlflow_throughput(counts, args.trials)
+    print(f"MLflow: one trial = {EVALS_PER_TRIAL} evaluations, each {METRICS_PER_EVAL} metrics and 9 files; "
+          f"median of {args.trials}, then {args.parallel} at once", flush=True)
+    mlflow_rows = mlflow_throughput(counts, args.trials, args.parallel)
     last_o, last_m = optuna_rows[-1], mlflow_rows[-1]
     print(f"At {last_o['finished_trials']} finished trials the driver spends {last_o['tpe_ms']:.0f} ms per TPE suggestion "
           f"and a trial {last_m['trial_logging_s']:.1f} s on {last_m['calls_per_trial']:.0f} MLflow calls "
