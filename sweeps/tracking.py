@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -33,6 +34,21 @@ def _log_metrics(client: MlflowClient, run_id: str, metrics: dict[str, float], s
     batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None]
     for i in range(0, len(batch), 500):
         client.log_batch(run_id, metrics=batch[i : i + 500])
+
+
+def _end_quietly(client: MlflowClient, run_id: str, status: str) -> None:
+    """set_terminated without the two "View run/experiment at <url>" lines MLflow prints for each run it ends on a
+    server: from a 1,000-trial sweep they would flood the driver's log. The parent run's link is still printed."""
+    var = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
+    before = os.environ.get(var)
+    os.environ[var] = "true"
+    try:
+        client.set_terminated(run_id, status)
+    finally:
+        if before is None:
+            os.environ.pop(var, None)
+        else:
+            os.environ[var] = before
 
 
 def default_tracking_uri(workdir: Path | None = None) -> str:
@@ -115,7 +131,7 @@ def close_stale_runs(uri: str, experiment_id: str, parent_run_id: str, tune_stat
         if tune_status and trial_id not in tune_status:
             # Started just before a driver died, after Tune's last snapshot: Tune re-ran it under a new id.
             client.set_tag(run.info.run_id, "orphan", "true")
-        client.set_terminated(run.info.run_id, status)
+        _end_quietly(client, run.info.run_id, status)
         closed[run.info.run_id] = status
     return closed
 
@@ -179,6 +195,6 @@ class TrialRun:
 
     def close(self, status: str) -> None:
         try:
-            self.client.set_terminated(self.run_id, status)
+            _end_quietly(self.client, self.run_id, status)
         except Exception as e:  # the driver closes stale runs after the sweep; never mask the trial's own error
             log.warning("could not close MLflow run %s: %s", self.run_id, e)

@@ -12,7 +12,6 @@ import contextlib
 import json
 import logging
 import math
-import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,9 +74,6 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
     tags = {"sweep": ctx.sweep_name, "method": cfg.method.name, "kind": "baseline" if baseline else "search",
             "objective": ",".join(ctx.objective_metrics),
             "objective_is_oracle": str(any(m.startswith("oracle/") for m in ctx.objective_metrics)).lower()}
-    # MLflow prints "View run ... at <url>" whenever a run on a server ends; from 1,000 trials that floods the
-    # driver's log (the parent run's link is what people open). Set the variable to "false" to keep the lines.
-    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     run = TrialRun(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id, trial_id, trial_name, config, tags)
     run.set_tags({"ray.node_id": ray.get_runtime_context().get_node_id()})  # where this attempt runs
 
