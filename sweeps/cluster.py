@@ -12,7 +12,6 @@ the driver prepared: data left on the head's disk would otherwise fail (or be re
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import re
 from pathlib import Path
@@ -93,12 +92,14 @@ def _look(path: str) -> dict:
     """Runs on a trial node: does `path` exist there, and which data set (manifest fingerprint) is it?"""
     import ray
 
-    from uda_core.data.store import MANIFEST
+    from uda_core.data.store import read_manifest
+    from uda_core.errors import UdaError
 
-    p = Path(path)
-    manifest = p / MANIFEST
-    fingerprint = json.loads(manifest.read_text()).get("fingerprint") if manifest.is_file() else None
-    return {"node": ray.util.get_node_ip_address(), "exists": p.exists(), "fingerprint": fingerprint}
+    try:
+        fingerprint = read_manifest(Path(path))["fingerprint"]
+    except (UdaError, OSError):  # no (valid) manifest: real data given by run.data.path, or a broken copy
+        fingerprint = None
+    return {"node": ray.util.get_node_ip_address(), "exists": Path(path).exists(), "fingerprint": fingerprint}
 
 
 def check_data_on_trial_node(key: str, path: Path, fingerprint: str | None, resources: dict,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -61,16 +60,15 @@ def test_on_prem_file_refuses_node_types(tmp_path):
         check_cluster(bad)
 
 
-def test_data_check_refuses_data_a_trial_node_cannot_see(local_ray, tmp_path):
+def test_data_check_refuses_data_a_trial_node_cannot_see(local_ray, tiny_folder, tmp_path):
     """The local Ray's trial worker is another process on this machine: this tests the check, not the network."""
     from sweeps.cluster import check_data_on_trial_node
+    from uda_core.data.store import read_manifest
 
-    folder = tmp_path / "universal_decals_sdss"
-    folder.mkdir()
-    (folder / "manifest.json").write_text(json.dumps({"fingerprint": "abc"}))
-    check_data_on_trial_node("run.data.root", folder, "abc", {"cpu": 1})  # there, the same data set: silent
+    fingerprint = read_manifest(tiny_folder)["fingerprint"]
+    check_data_on_trial_node("run.data.root", tiny_folder, fingerprint, {"cpu": 1})  # there, the same data set: silent
 
     with pytest.raises(ConfigError, match=r"run.data.root: .*nowhere is not there on trial node .*/mnt/shared"):
-        check_data_on_trial_node("run.data.root", tmp_path / "nowhere", "abc", {"cpu": 1})
-    with pytest.raises(ConfigError, match=r"run.data.path: .* another data set \(fingerprint abc\) than the driver's \(xyz\)"):
-        check_data_on_trial_node("run.data.path", folder, "xyz", {"cpu": 1})
+        check_data_on_trial_node("run.data.root", tmp_path / "nowhere", fingerprint, {"cpu": 1})
+    with pytest.raises(ConfigError, match=rf"run.data.path: .* another data set \(fingerprint {fingerprint}\) than the driver's \(xyz\)"):
+        check_data_on_trial_node("run.data.path", tiny_folder, "xyz", {"cpu": 1})
