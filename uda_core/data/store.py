@@ -31,10 +31,22 @@ from .render import render
 from .surveys import get_survey
 from .tasks import get_task
 
-__all__ = ["SIZES", "DataSpec", "GENERATOR_VERSION", "generate", "ensure_dataset", "read_manifest", "verify"]
+__all__ = ["SIZES", "DataSpec", "GENERATOR_VERSION", "generate", "ensure_dataset", "read_manifest", "verify",
+           "UNLABELLED", "TARGET_LABELS", "has_target_labels"]
 
 GENERATOR_VERSION = "1.3"
 CATALOGUE, PIXELS, MANIFEST = "catalogue.parquet", "pixels.npy", "manifest.json"
+
+# A catalogue row without a class label (an unlabelled target survey) has label = train_label = UNLABELLED.
+UNLABELLED = -1
+# manifest["target_labels"]: "simulated" (generated: true labels), "eval" (imported, labels used only to evaluate),
+# "none" (a real unlabelled survey). Manifests written before the key existed are simulated.
+TARGET_LABELS = ("simulated", "eval", "none")
+
+
+def has_target_labels(manifest: dict) -> bool:
+    """Whether the target rows carry class labels, so oracle/ metrics can exist for this data set."""
+    return manifest.get("target_labels", "simulated") != "none"
 
 
 @dataclass(frozen=True)
@@ -204,6 +216,7 @@ def generate(spec: DataSpec, out: Path, batch: int = 128, progress: bool = True)
                 for d, s in (("source", spec.source), ("target", spec.target))
             },
             "counts": {f"{d}/{sp}": n for d, _, sp, n in plan},
+            "target_labels": "simulated",
             "files": {name: (tmp / name).stat().st_size for name in (CATALOGUE, PIXELS)},
             "fingerprint": _sha256_files(tmp),
         }
