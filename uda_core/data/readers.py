@@ -7,6 +7,11 @@ Four inputs are understood, all delivering float32 fluxes in nanomaggies shaped 
   parquet  a .parquet file or a folder of them: column `id` and column `flux` of pyarrow's fixed_shape_tensor
            type, schema metadata `bands` (comma-separated) and optionally `pixel_arcsec`
   hdf5     a .h5/.hdf5 file in the Galaxy10 DECaLS layout: `images` (N, H, W, C), optional `pxscale` and `id`
+  npy      a folder of .npy stamps, one (bands, H, W) or (H, W) float array per file, the file name is the id; bands
+           and pixel scale from a `cutouts.json` beside them ({"bands": "grz", "pixel_arcsec": 0.262}) or the caller
+
+`ConformedSource` wraps any of them to deliver stamps on a model's grid (band order, pixel scale, stamp size), with
+the flux-conserving resampling of `geometry.conform`; `uda-sweep data import` and `predict` share it.
 
 `open_cutouts` reads only metadata, so a bad input fails in seconds, before any expensive work. The work is then
 cut into `Shard`s (small and picklable, so they can be shipped to other processes) and each is `read` on its own;
@@ -30,17 +35,23 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import DataError
+from .geometry import Grid, conform
 from .store import CATALOGUE, MANIFEST, PIXELS, read_manifest
 
-__all__ = ["Shard", "CutoutBatch", "CutoutSource", "open_cutouts", "write_parquet_cutouts"]
+__all__ = ["Shard", "CutoutBatch", "CutoutSource", "ConformedSource", "open_cutouts", "write_parquet_cutouts",
+           "fits_layout", "npy_layout", "NPY_SIDECAR"]
 
 FITS_SUFFIXES = (".fits", ".fits.gz", ".fits.fz")
 HDF5_SUFFIXES = (".h5", ".hdf5")
 GALAXY10_BANDS = ["g", "r", "z"]
+NPY_SIDECAR = "cutouts.json"
 SUPPORTED = (
     "a data set folder (with manifest.json); a folder of FITS cutouts (*.fits, *.fits.gz, *.fits.fz); "
-    "a .parquet file or a folder of them (columns id and flux); a Galaxy10-layout .h5/.hdf5 file"
+    "a .parquet file or a folder of them (columns id and flux); a Galaxy10-layout .h5/.hdf5 file; "
+    "a folder of .npy stamps"
 )
+# A corrupt file is the user's own: advise mending or leaving it out, never deleting their data.
+MEND = "re-download or re-write it (`uda-sweep data import --skip-bad` leaves such files out)"
 
 
 @dataclass(frozen=True)
@@ -89,6 +100,7 @@ class CutoutSource:
     """Base class: one subclass per input kind."""
 
     kind: str
+    check_finite: bool = True  # refuse a shard with non-finite pixels (import turns it off and checks per row)
     path: Path
     bands: list[str]
     pixel_arcsec: float | None
@@ -123,7 +135,7 @@ class CutoutSource:
             np.asarray(index, dtype=np.int64).reshape(n),
         )
         bad = ~np.isfinite(batch.flux).all(axis=(1, 2, 3))
-        if bad.any():
+        if bad.any() and self.check_finite:
             i = int(np.argmax(bad))
             raise DataError(f"{batch.source_file[i]}: row {batch.source_index[i]} (id {batch.ids[i]!r}) has non-finite "
                             f"pixels ({int(bad.sum())} such rows in this shard); mask or drop it before predicting")
@@ -183,12 +195,16 @@ class _DatasetSource(CutoutSource):
 class _FitsSource(CutoutSource):
     kind = "fits"
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, files: Sequence[str] | None = None, layout: tuple | None = None):
+        """`files` and their common `layout` (bands, shape, pixel scale) when a pre-scan grouped them already."""
         self.path = path
-        found = [path] if path.is_file() else [p for p in path.iterdir() if p.name.lower().endswith(FITS_SUFFIXES)]
-        files = sorted(found)
-        self._files = [str(p) for p in files]
-        _, self.bands, self.stamp_shape, self.pixel_arcsec = self._open(self._files[0], with_data=False)
+        if files is None:
+            found = [path] if path.is_file() else [p for p in path.iterdir() if p.name.lower().endswith(FITS_SUFFIXES)]
+            files = [str(p) for p in sorted(found)]
+        self._files = list(files)
+        if layout is None:
+            _, *layout = self._open(self._files[0], with_data=False)
+        self.bands, self.stamp_shape, self.pixel_arcsec = list(layout[0]), tuple(layout[1]), layout[2]
         self.num_rows = len(self._files)
 
     def shards(self, rows_per_shard: int = 1024) -> list[Shard]:
@@ -232,6 +248,8 @@ class _FitsSource(CutoutSource):
                     shape = (1, *shape) if len(shape) == 2 else shape  # a 2-D image is one band
                     if len(shape) != 3:
                         raise DataError(f"{file}: image shape {shape}; expected (bands, H, W) or (H, W)")
+                    if not with_data:
+                        _check_complete(file, hdul, hdu)
                     data = hdu.data if with_data else None
                     if data is not None and data.dtype.kind != "f":
                         raise DataError(f"{file}: pixels are {data.dtype}, expected float fluxes in nanomaggies "
@@ -242,8 +260,24 @@ class _FitsSource(CutoutSource):
             raise
         except Exception as e:  # astropy, gzip and zlib raise many types on damaged files
             raise DataError(f"{file}: cannot be read as FITS ({type(e).__name__}: {e}); the file is corrupt or "
-                            "truncated: re-download it or delete it") from None
+                            f"truncated: {MEND}") from None
         return data, _fits_bands(file, headers, shape[0]), shape, scale
+
+
+def _check_complete(file: str, hdul, hdu) -> None:
+    """An uncompressed file shorter than its header promises is truncated: say so without reading the pixels."""
+    if file.lower().endswith((".gz", ".fz")):
+        return  # compressed sizes say nothing; reading the data finds the damage
+    info = hdul.fileinfo(hdul.index(hdu))
+    if info and info["datLoc"] + info["datSpan"] > os.path.getsize(file):
+        raise DataError(f"{file}: truncated ({os.path.getsize(file)} bytes, the header promises "
+                        f"{info['datLoc'] + info['datSpan']}); {MEND}")
+
+
+def fits_layout(file: str) -> tuple[list[str], tuple[int, int, int], float | None]:
+    """(bands, (C, H, W), arcsec per pixel or None) of one FITS cutout from its header: the pre-scan's check."""
+    _, bands, shape, scale = _FitsSource._open(file, with_data=False)
+    return bands, shape, scale
 
 
 def _fits_id(file: str) -> str:
@@ -322,8 +356,7 @@ class _ParquetSource(CutoutSource):
         try:
             pf = pq.ParquetFile(file)
         except Exception as e:
-            raise DataError(f"{file}: cannot be read as Parquet ({type(e).__name__}: {e}); "
-                            "re-write it or delete it") from None
+            raise DataError(f"{file}: cannot be read as Parquet ({type(e).__name__}: {e}); {MEND}") from None
         schema = pf.schema_arrow
         schema_meta = schema.metadata or {}
         missing = [c for c in ("id", "flux") if c not in schema.names]
@@ -375,8 +408,7 @@ class _ParquetSource(CutoutSource):
         try:
             table = pq.ParquetFile(file).read_row_groups(list(groups), columns=["id", "flux"])
         except Exception as e:
-            raise DataError(f"{file}: row groups {list(groups)} cannot be read ({type(e).__name__}: {e}); "
-                            "re-write it or delete it") from None
+            raise DataError(f"{file}: row groups {list(groups)} cannot be read ({type(e).__name__}: {e}); {MEND}") from None
         if table.num_rows == 0:
             return [], np.zeros((0, *self.stamp_shape), dtype=np.float32)
         return table.column("id").to_pylist(), table.column("flux").combine_chunks().to_numpy_ndarray()
@@ -418,8 +450,7 @@ class _Hdf5Source(CutoutSource):
         try:
             return h5py.File(self._file, "r")
         except Exception as e:
-            raise DataError(f"{self._file}: cannot be read as HDF5 ({type(e).__name__}: {e}); "
-                            "re-download it or delete it") from None
+            raise DataError(f"{self._file}: cannot be read as HDF5 ({type(e).__name__}: {e}); {MEND}") from None
 
     def _pixel_scale(self, f, n: int) -> float | None:
         if "pxscale" not in f:
@@ -459,8 +490,104 @@ class _Hdf5Source(CutoutSource):
         return list((ds.asstr() if h5py.check_string_dtype(ds.dtype) else ds)[start:stop])
 
 
-def open_cutouts(path: str | Path, domain: str = "target") -> CutoutSource:
-    """Detect the input kind and read its metadata; `domain` selects the rows of a data set folder only."""
+def _npy_sidecar(folder: Path) -> dict:
+    path = folder / NPY_SIDECAR
+    if not path.exists():
+        return {}
+    import json
+
+    try:
+        meta = json.loads(path.read_text())
+        bands = _parse_bands(meta["bands"]) if "bands" in meta else None
+        scale = float(meta["pixel_arcsec"]) if meta.get("pixel_arcsec") is not None else None
+    except (ValueError, TypeError, KeyError) as e:
+        raise DataError(f"{path}: expected JSON like {{\"bands\": \"grz\", \"pixel_arcsec\": 0.262}} "
+                        f"({type(e).__name__}: {e}); fix the file") from None
+    return {"bands": bands, "pixel_arcsec": scale}
+
+
+def npy_layout(file: str, bands: list[str] | None) -> tuple[list[str] | None, tuple[int, int, int]]:
+    """(bands, (C, H, W)) of one .npy stamp from its header only (memory-mapped: a truncated file fails here)."""
+    try:
+        arr = np.load(file, mmap_mode="r", allow_pickle=False)
+    except Exception as e:  # numpy raises ValueError/OSError/EOFError on damaged headers and short files
+        raise DataError(f"{file}: cannot be read as .npy ({type(e).__name__}: {e}); {MEND}") from None
+    shape = tuple(int(s) for s in arr.shape)
+    shape = (1, *shape) if len(shape) == 2 else shape
+    if len(shape) != 3 or arr.dtype.kind != "f":
+        raise DataError(f"{file}: a {arr.dtype} array of shape {arr.shape}; expected one float (bands, H, W) or "
+                        "(H, W) stamp of fluxes in nanomaggies per file")
+    if bands is not None and len(bands) != shape[0]:
+        raise DataError(f"{file}: {shape[0]} planes but bands {bands}; one band name per plane "
+                        f"(set them in {NPY_SIDECAR} or with the bands option)")
+    return bands, shape
+
+
+class _NpySource(CutoutSource):
+    kind = "npy"
+
+    def __init__(self, path: Path, files: Sequence[str] | None = None, bands: list[str] | None = None,
+                 pixel_arcsec: float | None = None):
+        """Bands and pixel scale: `cutouts.json` in the folder, else the caller's (who knows the survey)."""
+        self.path = path
+        side = _npy_sidecar(path if path.is_dir() else path.parent)
+        self._files = list(files) if files is not None else [str(p) for p in sorted(path.glob("*.npy"))]
+        bands = side.get("bands") or bands
+        if bands is None:
+            raise DataError(f"{path}: .npy stamps do not record their bands; write {path / NPY_SIDECAR} "
+                            "(e.g. {\"bands\": \"grz\", \"pixel_arcsec\": 0.262}) or give the bands option")
+        self.bands, self.stamp_shape = npy_layout(self._files[0], list(bands))
+        self.pixel_arcsec = side.get("pixel_arcsec") or pixel_arcsec
+        self.num_rows = len(self._files)
+
+    def shards(self, rows_per_shard: int = 1024) -> list[Shard]:
+        return [Shard(str(self.path), lo, hi, tuple(self._files[lo:hi])) for lo, hi in _steps(self.num_rows, rows_per_shard)]
+
+    def read(self, shard: Shard) -> CutoutBatch:
+        files = shard.files or tuple(self._files[shard.start : shard.stop])
+        flux = np.stack([self._read_one(f) for f in files]) if files else np.zeros((0, *self.stamp_shape))
+        return self._batch([Path(f).stem for f in files], flux, files, np.zeros(len(files)))
+
+    def read_at(self, file: str, indices: list[int]) -> np.ndarray:
+        self._check_file(file, self._files)
+        return np.stack([self._read_one(file) for _ in indices]).astype(np.float32)
+
+    def _read_one(self, file: str) -> np.ndarray:
+        _, shape = npy_layout(file, self.bands)
+        if shape != self.stamp_shape:
+            raise DataError(f"{file}: stamp {shape} differs from the first file's {self.stamp_shape}; one folder, "
+                            "one layout (`uda-sweep data import` accepts mixed sizes)")
+        return np.load(file, allow_pickle=False).astype(np.float32).reshape(shape)
+
+
+class ConformedSource(CutoutSource):
+    """Another source's stamps delivered on `grid` (band order, pixel scale, stamp size): see geometry.conform."""
+
+    def __init__(self, inner: CutoutSource, grid: Grid):
+        self.inner, self.grid = inner, grid
+        self.kind, self.path, self.num_rows = inner.kind, inner.path, inner.num_rows
+        self.bands, self.pixel_arcsec = list(grid.bands), grid.pixel_arcsec
+        self.stamp_shape = (len(grid.bands), grid.stamp_px, grid.stamp_px)
+
+    def shards(self, rows_per_shard: int = 1024) -> list[Shard]:
+        return self.inner.shards(rows_per_shard)
+
+    def read(self, shard: Shard) -> CutoutBatch:
+        b = self.inner.read(shard)
+        b.flux = self._conform(b.flux)
+        return b
+
+    def read_at(self, file: str, indices: list[int]) -> np.ndarray:
+        return self._conform(self.inner.read_at(file, indices))
+
+    def _conform(self, flux: np.ndarray) -> np.ndarray:
+        return conform(flux, self.inner.bands, self.inner.pixel_arcsec, self.grid, str(self.inner.path))
+
+
+def open_cutouts(path: str | Path, domain: str = "target", bands: list[str] | None = None,
+                 pixel_arcsec: float | None = None) -> CutoutSource:
+    """Detect the input kind and read its metadata; `domain` selects the rows of a data set folder only; `bands`
+    and `pixel_arcsec` serve inputs that do not record them (.npy stamps without cutouts.json)."""
     path = Path(path).expanduser().resolve()
     if not path.exists():
         raise DataError(f"{path}: does not exist; give {SUPPORTED}")
@@ -472,6 +599,8 @@ def open_cutouts(path: str | Path, domain: str = "target") -> CutoutSource:
             return _FitsSource(path)
         if any(path.glob("*.parquet")):
             return _ParquetSource(path)
+        if any(path.glob("*.npy")):
+            return _NpySource(path, bands=bands, pixel_arcsec=pixel_arcsec)
     elif name.endswith(FITS_SUFFIXES):
         return _FitsSource(path)
     elif name.endswith(".parquet"):

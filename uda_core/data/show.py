@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .store import read_manifest
+from .store import has_target_labels, read_manifest
 
 __all__ = ["show_dataset", "to_rgb"]
 
@@ -33,11 +33,17 @@ def show_dataset(folder: Path, out: Path | None = None, per_class: int = 5, seed
     rng = np.random.default_rng(seed)
     domains = ["source", "target"]
     fig, axes = plt.subplots(len(names), per_class * 2, figsize=(per_class * 2 * 1.1, len(names) * 1.15), squeeze=False)
+    unlabelled = not has_target_labels(manifest)
     for d_i, domain in enumerate(domains):
-        soft = manifest["surveys"][domain]["sky_sigma_nmgy"][1]
+        soft = (manifest["surveys"][domain].get("sky_sigma_nmgy") or manifest["surveys"]["source"]["sky_sigma_nmgy"])[1]
+        # an unlabelled target: random stamps fill its block, one row after another
+        pool = cat[cat["domain"] == domain].iloc[rng.permutation(int((cat["domain"] == domain).sum()))]
         for c_i, cls in enumerate(names):
-            rows = cat[(cat["domain"] == domain) & (cat["class_name"] == cls)]
-            pick = rows.iloc[rng.permutation(len(rows))[:per_class]] if len(rows) else rows
+            if domain == "target" and unlabelled:
+                pick = pool.iloc[c_i * per_class : (c_i + 1) * per_class]
+            else:
+                rows = cat[(cat["domain"] == domain) & (cat["class_name"] == cls)]
+                pick = rows.iloc[rng.permutation(len(rows))[:per_class]] if len(rows) else rows
             for k in range(per_class):
                 ax = axes[c_i, d_i * per_class + k]
                 ax.set_xticks([])
@@ -45,14 +51,16 @@ def show_dataset(folder: Path, out: Path | None = None, per_class: int = 5, seed
                 if k < len(pick):
                     r = pick.iloc[k]
                     ax.imshow(to_rgb(pixels[int(r["row"])], soft), origin="lower")
-                    ax.text(1, 1, f"r={r['r_mag']:.1f}", color="w", fontsize=5)
+                    if np.isfinite(r["r_mag"]):
+                        ax.text(1, 1, f"r={r['r_mag']:.1f}", color="w", fontsize=5)
                 else:
                     ax.set_facecolor("0.85")
                 if k == 0 and d_i == 0:
                     ax.set_ylabel(cls, fontsize=7)
                 if c_i == 0 and k == 0:
                     ax.set_title(f"{domain}: {manifest['surveys'][domain]['name']}", fontsize=8, loc="left")
-    fig.suptitle(f"{folder.name}  (grey: class absent from that domain)", fontsize=8)
+    note = "; the target has no labels: its block shows random stamps, not classes" if unlabelled else ""
+    fig.suptitle(f"{folder.name}  (grey: class absent from that domain{note})", fontsize=8)
     fig.tight_layout()
     out = Path(out) if out else folder / "examples.png"
     fig.savefig(out, dpi=110)

@@ -1,0 +1,523 @@
+"""`uda-sweep data import`: real cutouts of two surveys -> a data set folder that train, sweeps and predict read.
+
+Steps, cheapest first, so bad input fails in seconds:
+  1. label tables (ids and one label column only) and the class mapping;
+  2. a metadata pre-scan of every input file (header, shape, bands, pixel scale; no pixels), grouping files that
+     share a layout; ids joined to labels;
+  3. pixels read shard by shard, put on one grid (band order, pixel scale, stamp size: geometry.conform), checked
+     finite, appended to a memory-mapped pixels.npy in a temporary folder;
+  4. seeded splits stratified by class, the catalogue, a units check against the survey's depth, the manifest
+     with its fingerprint; then the folder is renamed into place.
+The user's input files are only read. With `skip_bad`, files or rows that fail a check are left out and listed
+with their reasons in skipped.csv inside the data set; without it, the first failing check stops the import with
+every problem found so far counted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm.auto import tqdm
+
+from ..errors import ConfigError, DataError
+from .geometry import Grid, conform, padded, same_scale
+from .label_table import CLASS_NAME, parse_class_map, read_class_labels
+from .readers import FITS_SUFFIXES, CutoutSource, _FitsSource, _NpySource, _npy_sidecar, fits_layout, npy_layout, \
+    open_cutouts
+from .store import CATALOGUE, GENERATOR_VERSION, MANIFEST, PIXELS, UNLABELLED, _sha256_files
+
+__all__ = ["DomainInput", "ImportSpec", "ImportResult", "import_dataset", "SKIPPED"]
+
+log = logging.getLogger(__name__)
+SKIPPED = "skipped.csv"
+# A units check warns when the measured sky noise is this many times off the survey's depth in either direction.
+UNITS_FACTOR = 3.0
+
+
+@dataclass
+class DomainInput:
+    cutouts: str
+    labels: str | None = None  # CSV/Parquet label table; for the target, labels used only to evaluate
+    survey: str | dict | None = None  # preset name, survey YAML or mapping: names the survey, checks units
+    pixel_arcsec: float | None = None  # for files that do not record it (.npy stamps, FITS without WCS)
+
+
+@dataclass
+class ImportSpec:
+    source: DomainInput
+    target: DomainInput
+    id_column: str = "id"
+    label_column: str = "label"
+    class_map: str | None = None  # 'E=elliptical,...' or a YAML file; None: label values are the class names
+    unknown_classes: list[str] = field(default_factory=list)  # believed to appear only in the target
+    bands: list[str] | None = None  # default: the source's bands
+    stamp_px: int | None = None  # default: the source cutouts' size
+    pixel_arcsec: float | None = None  # default: the source cutouts' pixel scale
+    source_split: tuple[float, float, float] = (0.7, 0.1, 0.2)  # train, val, test
+    target_test_frac: float = 0.2
+    seed: int = 0
+    skip_bad: bool = False
+
+    def check(self) -> None:
+        if len(self.source_split) != 3 or min(self.source_split) <= 0 or not math.isclose(sum(self.source_split), 1):
+            raise ConfigError(f"--source-split {self.source_split}: three positive fractions (train, val, test) "
+                              "that sum to 1, e.g. 0.7,0.1,0.2")
+        if not 0 < self.target_test_frac < 1:
+            raise ConfigError(f"--target-test-frac {self.target_test_frac}: must lie strictly between 0 and 1")
+        if self.stamp_px is not None and not 8 <= self.stamp_px <= 1024:
+            raise ConfigError(f"--stamp-px {self.stamp_px}: must lie in [8, 1024]")
+        if self.pixel_arcsec is not None and not 0 < self.pixel_arcsec < 60:
+            raise ConfigError(f"--pixel-arcsec {self.pixel_arcsec}: must be a positive pixel scale in arcsec")
+        if self.source.labels is None:
+            raise ConfigError("the source needs a label table (--source-labels): the classifier learns from it")
+        for name in self.unknown_classes:
+            if not CLASS_NAME.fullmatch(name):
+                raise ConfigError(f"--unknown-classes: {name!r} must start with a letter and use letters, digits, _ . -")
+
+
+@dataclass
+class ImportResult:
+    folder: Path
+    counts: dict[str, int]
+    skipped: int
+    prescan_seconds: float
+    files_scanned: int
+    copy_seconds: float
+    warnings: list[str]
+
+    @property
+    def stamps(self) -> int:
+        return sum(self.counts.values())
+
+
+@dataclass
+class _Group:
+    """Input rows that share one layout, read through one cutout source."""
+
+    source: CutoutSource
+    domain: str
+
+
+class _Problems:
+    """Files and rows that failed a check: kept for skipped.csv with `skip_bad`, else the import stops."""
+
+    def __init__(self, skip_bad: bool):
+        self.skip_bad, self.rows = skip_bad, []
+
+    def add(self, domain: str, file: str, index: int | None, gid: str | None, reason: str) -> None:
+        self.rows.append({"domain": domain, "file": file, "index": index, "id": gid, "reason": reason})
+
+    def stop_unless_skipping(self, stage: str) -> None:
+        if self.rows and not self.skip_bad:
+            first = self.rows[0]
+            more = f" ({len(self.rows) - 1} more problem(s) found so far)" if len(self.rows) > 1 else ""
+            raise DataError(f"{first['reason']}{more}; nothing was written. Mend the input, or pass --skip-bad to "
+                            f"import the rest and list what was left out in {SKIPPED} ({stage})")
+
+
+def _read_labels(spec: ImportSpec) -> tuple[pd.Series, pd.Series | None, dict | None]:
+    cmap = parse_class_map(spec.class_map)
+    src = read_class_labels(spec.source.labels, spec.id_column, spec.label_column)
+    tgt = read_class_labels(spec.target.labels, spec.id_column, spec.label_column) if spec.target.labels else None
+    for domain, table in (("source", src), ("target", tgt)):
+        if table is None:
+            continue
+        unmapped = sorted(set(table.unique()) - set(cmap)) if cmap is not None else []
+        if unmapped:
+            raise DataError(f"{getattr(spec, domain).labels}: label values {unmapped[:10]} are not in --class-map; "
+                            "map each to a class name, or to nothing to drop those rows (e.g. 'X=')")
+        if cmap is None:
+            bad = sorted(v for v in table.unique() if not CLASS_NAME.fullmatch(v))
+            if bad:
+                raise DataError(f"{getattr(spec, domain).labels}: label values {bad[:10]} are not usable class names; "
+                                "map them with --class-map (e.g. '0=elliptical,1=spiral')")
+    return src, tgt, cmap
+
+
+def _scan_folder(folder: Path, domain: str, dom: DomainInput, bands: list[str] | None, problems: _Problems,
+                 bar) -> list[CutoutSource]:
+    """Pre-scan every FITS or .npy file of a folder (headers only); one source per distinct layout."""
+    fits_files = sorted(str(p) for p in folder.iterdir() if p.name.lower().endswith(FITS_SUFFIXES))
+    npy = not fits_files
+    files = sorted(str(p) for p in folder.glob("*.npy")) if npy else fits_files
+    side = _npy_sidecar(folder) if npy else {}
+    npy_bands = side.get("bands") or bands
+    if npy and npy_bands is None:
+        raise DataError(f"{folder}: .npy stamps do not record their bands; write cutouts.json beside them "
+                        "(e.g. {\"bands\": \"grz\", \"pixel_arcsec\": 0.262}) or pass --bands")
+    layouts: dict[tuple, list[str]] = {}
+    for f in files:
+        try:
+            if npy:
+                b, shape = npy_layout(f, list(npy_bands))
+                layout = (tuple(b), shape, side.get("pixel_arcsec") or dom.pixel_arcsec)
+            else:
+                b, shape, scale = fits_layout(f)
+                layout = (tuple(b), shape, scale if scale is not None else dom.pixel_arcsec)
+        except DataError as e:
+            problems.add(domain, f, None, None, str(e))
+        else:
+            key = (layout[0], layout[1], None if layout[2] is None else round(float(layout[2]), 4))
+            layouts.setdefault(key, []).append(f)
+        bar.update(1)
+    out = []
+    for (b, shape, scale), group in layouts.items():
+        if npy:
+            out.append(_NpySource(folder, group, list(b), scale))
+        else:
+            out.append(_FitsSource(folder, group, (list(b), shape, scale)))
+    return out
+
+
+def _scan(dom: DomainInput, domain: str, bands: list[str] | None, problems: _Problems, bar) -> list[CutoutSource]:
+    path = Path(dom.cutouts).expanduser().resolve()
+    if path.is_dir() and not (path / MANIFEST).exists() and not any(path.glob("*.parquet")):
+        sources = _scan_folder(path, domain, dom, bands, problems, bar)
+    else:
+        try:
+            sources = [open_cutouts(path, domain="all", bands=bands, pixel_arcsec=dom.pixel_arcsec)]
+        except DataError as e:
+            problems.add(domain, str(path), None, None, str(e))
+            sources = []
+        bar.update(1)
+    for s in sources:
+        if s.pixel_arcsec is None and dom.pixel_arcsec is not None:
+            s.pixel_arcsec = dom.pixel_arcsec
+    return sources
+
+
+def _resolve_grid(spec: ImportSpec, sources: list[CutoutSource]) -> Grid:
+    """The grid every stamp is put on: given values, else the commonest source layout's."""
+    if not sources:
+        raise DataError(f"{spec.source.cutouts}: no readable source cutouts")
+    common = Counter((tuple(s.bands), s.stamp_shape[1], s.pixel_arcsec) for s in sources for _ in range(s.num_rows))
+    bands, px, scale = common.most_common(1)[0][0]
+    bands = tuple(spec.bands) if spec.bands else bands
+    scale = spec.pixel_arcsec or scale
+    if scale is None:
+        raise DataError(f"{spec.source.cutouts}: the cutouts do not record their pixel scale; pass "
+                        "--source-pixel-arcsec (and --pixel-arcsec for the grid to import onto)")
+    return Grid(tuple(bands), int(spec.stamp_px or px), float(scale))
+
+
+def _survey(dom: DomainInput, domain: str):
+    if dom.survey is None:
+        return None
+    from .surveys import get_survey
+
+    try:
+        return get_survey(dom.survey)
+    except ConfigError as e:
+        raise ConfigError(f"--{domain}-survey: {e}") from None
+
+
+def _border_sigma(flux: np.ndarray, width: int = 4) -> np.ndarray:
+    """Per-band robust sky sigma (1.4826 x MAD) of the outer `width` pixels of each stamp, median over stamps."""
+    h = flux.shape[-1]
+    w = max(1, min(width, h // 4))
+    mask = np.ones(flux.shape[-2:], bool)
+    mask[w:-w, w:-w] = False
+    edge = flux[..., mask]  # (n, C, pixels)
+    mad = np.median(np.abs(edge - np.median(edge, axis=-1, keepdims=True)), axis=-1) * 1.4826
+    return np.median(mad, axis=0)
+
+
+def _units_warnings(domain: str, raw: np.ndarray, bands: list[str], file: str, survey, scale) -> list[str]:
+    """Warnings (not errors) when stamps do not look like fluxes in the survey's units."""
+    out = []
+    finite = raw[np.isfinite(raw)]
+    if finite.size and finite.min() >= 0 and (np.all(finite == np.round(finite)) and finite.max() <= 255
+                                              or finite.max() <= 1.0):
+        out.append(f"{domain} ({file}): pixel values lie in [{finite.min():g}, {finite.max():g}] with no negative sky "
+                   "noise: these look like display-stretched images (PNG/JPEG-like), not fluxes in nanomaggies")
+    if survey is None:
+        return out
+    from .store import delivered_sky_sigma
+
+    measured = _border_sigma(raw)
+    expected = delivered_sky_sigma(survey, raw.shape[-1])
+    for i, b in enumerate(bands):
+        if b not in survey.bands or not np.isfinite(measured[i]) or measured[i] <= 0:
+            continue
+        want = expected[survey.bands.index(b)]
+        if scale is not None and not same_scale(scale, survey.pixel_arcsec):
+            want *= scale / survey.pixel_arcsec  # sky sigma per pixel grows with the pixel's side
+        factor = measured[i] / want
+        if not 1 / UNITS_FACTOR <= factor <= UNITS_FACTOR:
+            out.append(f"{domain} ({file}): band {b} sky noise {measured[i]:.3g} is {factor:.3g}x what {survey.name}'s "
+                       f"depth implies ({want:.3g} nanomaggies per pixel): another unit (counts, ADU, Jy, magnitudes?) "
+                       "or another survey; convert to nanomaggies (m = 22.5 - 2.5 log10 f)")
+    return out
+
+
+def _stratified_splits(labels: np.ndarray, fractions: tuple[float, ...], names: tuple[str, ...], seed: int) -> np.ndarray:
+    """Split names per row: within each class a seeded shuffle cut at the fractions (a class of n rows puts
+    round(n f) in each later split, the rest in the first), so every split keeps the class proportions."""
+    rng = np.random.default_rng(seed)
+    out = np.empty(len(labels), dtype=object)
+    for c in np.unique(labels):
+        rows = rng.permutation(np.flatnonzero(labels == c))
+        counts = [int(round(len(rows) * f)) for f in fractions[1:]]
+        start = len(rows) - sum(counts)
+        out[rows[:start]] = names[0]
+        for name, n in zip(names[1:], counts):
+            out[rows[start : start + n]] = name
+            start += n
+    return out
+
+
+def _stamp_mag(flux: np.ndarray, bands: tuple[str, ...]) -> np.ndarray:
+    """r magnitude of all the flux in the stamp (the middle band without r): a rough brightness for the
+    accuracy-by-magnitude picture, NaN where the stamp's flux is not positive."""
+    b = bands.index("r") if "r" in bands else len(bands) // 2
+    total = flux[:, b].sum(axis=(-2, -1), dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(total > 0, 22.5 - 2.5 * np.log10(total), np.nan)
+
+
+def import_dataset(spec: ImportSpec, out: str | Path, progress: bool = True) -> ImportResult:
+    """Import two surveys' cutouts into a new data set folder `out` (see the module docstring)."""
+    spec.check()
+    out = Path(out).expanduser()
+    if out.exists():
+        raise DataError(f"{out} already exists; choose another --out (nothing was changed)")
+    warnings: list[str] = []
+    problems = _Problems(spec.skip_bad)
+    src_labels, tgt_labels, cmap = _read_labels(spec)
+    surveys = {d: _survey(getattr(spec, d), d) for d in ("source", "target")}
+
+    # 2. pre-scan: metadata of every file
+    t0 = time.perf_counter()
+    with tqdm(desc="pre-scan", unit="file", disable=not progress) as bar:
+        groups = [_Group(s, d) for d in ("source", "target") for s in _scan(getattr(spec, d), d, spec.bands, problems, bar)]
+        files_scanned = bar.n
+    problems.stop_unless_skipping("pre-scan")
+    grid = _resolve_grid(spec, [g.source for g in groups if g.domain == "source"])
+    kept_groups = []
+    for g in groups:
+        s = g.source
+        s.check_finite = False  # non-finite rows are left out one by one below, not the whole shard
+        try:
+            conform(np.zeros((0, *s.stamp_shape), np.float32), s.bands, s.pixel_arcsec, grid, str(s.path))
+        except DataError as e:
+            problems.add(g.domain, str(s.path), None, None, str(e))
+            continue
+        if padded(s.stamp_shape[1:], s.pixel_arcsec, grid):
+            warnings.append(f"{g.domain} ({s.path}): {s.num_rows} stamp(s) of {s.stamp_shape[1]} px at "
+                            f"{s.pixel_arcsec}\"/px cover less than {grid.stamp_px} px at {grid.pixel_arcsec}\"/px: "
+                            "zero-padded at the edges")
+        kept_groups.append(g)
+    problems.stop_unless_skipping("pre-scan")
+    prescan_seconds = time.perf_counter() - t0
+    if not any(g.domain == "target" for g in kept_groups):
+        raise DataError(f"{spec.target.cutouts}: no readable target cutouts")
+
+    # 3. pixels
+    total = sum(g.source.num_rows for g in kept_groups)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        t1 = time.perf_counter()
+        shape = (len(grid.bands), grid.stamp_px, grid.stamp_px)
+        pixels = np.lib.format.open_memmap(tmp / PIXELS, mode="w+", dtype=np.float32, shape=(max(total, 1), *shape))
+        rows: list[dict] = []
+        seen: dict[str, set] = {"source": set(), "target": set()}
+        units_checked = set()
+        n = 0
+        bar = tqdm(total=total, desc=f"importing {out.name}", unit="stamp", disable=not progress)
+        for g in kept_groups:
+            labels = src_labels if g.domain == "source" else tgt_labels
+            for shard in g.source.shards(512):
+                try:
+                    raw = g.source.read(shard)
+                except DataError as e:  # a file the header scan passed but whose pixels are damaged
+                    for f in shard.files or (shard.file,):
+                        problems.add(g.domain, f, None, None, str(e))
+                    problems.stop_unless_skipping("reading pixels")
+                    bar.update(shard.stop - shard.start)
+                    continue
+                if g.domain not in units_checked and len(raw):
+                    units_checked.add(g.domain)
+                    warnings += _units_warnings(g.domain, raw.flux[:500], g.source.bands, str(raw.source_file[0]),
+                                                surveys[g.domain], g.source.pixel_arcsec)
+                flux = conform(raw.flux, g.source.bands, g.source.pixel_arcsec, grid, str(g.source.path))
+                keep = np.ones(len(raw), bool)
+                for i, gid in enumerate(raw.ids):
+                    where = (g.domain, str(raw.source_file[i]), int(raw.source_index[i]), str(gid))
+                    if not np.isfinite(raw.flux[i]).all():
+                        keep[i] = False
+                        problems.add(*where, f"{where[1]}: row {where[2]} (id {gid!r}) has non-finite pixels; mask "
+                                     "or replace them (e.g. with 0 where the survey has no data)")
+                    elif gid in seen[g.domain]:
+                        keep[i] = False
+                        problems.add(*where, f"{where[1]}: id {gid!r} appears twice in the {g.domain} cutouts; ids "
+                                     "join cutouts to labels and must be unique")
+                    elif labels is not None and gid not in labels.index:
+                        keep[i] = False
+                        problems.add(*where, f"{where[1]}: id {gid!r} has no row in the {g.domain} label table "
+                                     f"{getattr(spec, g.domain).labels}")
+                    else:
+                        seen[g.domain].add(gid)
+                problems.stop_unless_skipping("reading pixels")
+                for i in np.flatnonzero(keep):
+                    value = None if labels is None else labels[raw.ids[i]]
+                    rows.append({"id": str(raw.ids[i]), "domain": g.domain, "label_value": value,
+                                 "source_file": str(raw.source_file[i]), "source_index": int(raw.source_index[i])})
+                k = int(keep.sum())
+                pixels[n : n + k] = flux[keep]
+                n += k
+                bar.update(len(raw))
+        bar.close()
+        pixels.flush()
+        del pixels
+        copy_seconds = time.perf_counter() - t1
+        cat = _catalogue(rows, cmap, spec, grid, surveys)
+        _drop_unmapped(cat)
+        _compact_pixels(tmp / PIXELS, cat["written_row"].to_numpy(), shape)
+        cat = cat.drop(columns=["written_row"])
+        cat["row"] = np.arange(len(cat))
+        task = _task(cat, spec, cmap, tgt_labels is not None)
+        _assign_labels_and_splits(cat, task, spec)
+        pix = np.load(tmp / PIXELS, mmap_mode="r")
+        cat["r_mag"] = np.concatenate([_stamp_mag(np.asarray(pix[lo : lo + 2048]), grid.bands)
+                                       for lo in range(0, len(cat), 2048)]) if len(cat) else []
+        sky = {d: _measured_sky(pix, cat, d) for d in ("source", "target")}
+        del pix
+        pq.write_table(pa.Table.from_pandas(cat.drop(columns=["label_value"]).assign(
+            label_value=cat["label_value"].astype(str)), preserve_index=False), tmp / CATALOGUE)
+        counts = {f"{d}/{s}": int(((cat["domain"] == d) & (cat["split"] == s)).sum())
+                  for d, s in (("source", "train"), ("source", "val"), ("source", "test"), ("target", "train"), ("target", "test"))}
+        empty = [k for k, v in counts.items() if v == 0]
+        if empty:
+            raise DataError(f"too few stamps: split(s) {empty} would be empty ({counts}); import more cutouts or "
+                            "change --source-split / --target-test-frac")
+        if problems.rows:
+            pd.DataFrame(problems.rows).to_csv(tmp / SKIPPED, index=False)
+        manifest = _manifest(spec, grid, task, counts, sky, surveys, tmp, tgt_labels is not None, len(problems.rows))
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for w in warnings:
+        log.warning(w)
+    return ImportResult(out, counts, len(problems.rows), prescan_seconds, files_scanned, copy_seconds, warnings)
+
+
+def _catalogue(rows: list[dict], cmap, spec: ImportSpec, grid: Grid, surveys: dict) -> pd.DataFrame:
+    cat = pd.DataFrame(rows, columns=["id", "domain", "label_value", "source_file", "source_index"])
+    cat["written_row"] = np.arange(len(cat))  # the row of pixels.npy each stamp was written to
+    values = cat["label_value"]
+    cat["class_name"] = [None if pd.isna(v) else (cmap[v] if cmap is not None else v) for v in values]
+    names = {d: (s.name if s is not None else Path(getattr(spec, d).cutouts).name) for d, s in surveys.items()}
+    cat["survey"] = cat["domain"].map(names)
+    return cat
+
+
+def _drop_unmapped(cat: pd.DataFrame) -> None:
+    """Labelled rows whose value the class map sends to nothing are dropped (the user asked for it), not bad."""
+    drop = cat["label_value"].notna() & cat["class_name"].isna()
+    cat.drop(index=cat.index[drop], inplace=True)
+    cat.reset_index(drop=True, inplace=True)
+
+
+def _compact_pixels(path: Path, written_rows: np.ndarray, shape: tuple) -> None:
+    """Rewrite pixels.npy holding only `written_rows`, in that order, when any row was left out after writing."""
+    src = np.load(path, mmap_mode="r")
+    if len(src) == len(written_rows) and np.array_equal(written_rows, np.arange(len(src))):
+        return
+    tmp = path.with_name(path.name + ".compact")
+    dst = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(written_rows), *shape))
+    for lo in range(0, len(written_rows), 4096):
+        dst[lo : lo + 4096] = src[written_rows[lo : lo + 4096]]
+    dst.flush()
+    del dst, src
+    os.replace(tmp, path)
+
+
+def _task(cat: pd.DataFrame, spec: ImportSpec, cmap: dict | None, target_labelled: bool) -> dict:
+    src = set(cat[cat["domain"] == "source"]["class_name"])
+    order = list(dict.fromkeys(v for v in (cmap or {}).values() if v is not None))  # the user's order, if given
+    known = [c for c in order if c in src] + sorted(c for c in src if c not in order)
+    if not known:
+        raise DataError(f"{spec.source.labels}: no labelled source stamp left")
+    clash = [c for c in spec.unknown_classes if c in known]
+    if clash:
+        raise ConfigError(f"--unknown-classes {clash}: these are labelled in the source, so they are known classes")
+    unknown = list(dict.fromkeys(spec.unknown_classes))
+    if target_labelled:
+        tgt = cat[cat["domain"] == "target"]["class_name"]
+        unknown += [c for c in sorted(tgt.unique()) if c not in known and c not in unknown]
+        shared = [i for i, c in enumerate(known) if c in set(tgt)]
+    else:
+        shared = list(range(len(known)))  # unknown without labels; every known class may appear
+    return {"class_names": known + unknown, "num_known": len(known), "shared": shared,
+            "target_only_believed": list(dict.fromkeys(spec.unknown_classes))}
+
+
+def _assign_labels_and_splits(cat: pd.DataFrame, task: dict, spec: ImportSpec) -> None:
+    index = {c: i for i, c in enumerate(task["class_names"])}
+    cat["label"] = [UNLABELLED if pd.isna(c) else index[c] for c in cat["class_name"]]
+    cat["train_label"] = cat["label"]
+    cat["class_name"] = cat["class_name"].fillna("")
+    split = np.empty(len(cat), dtype=object)
+    src = (cat["domain"] == "source").to_numpy()
+    split[src] = _stratified_splits(cat["label"].to_numpy()[src], spec.source_split, ("train", "val", "test"), spec.seed)
+    tgt = ~src
+    split[tgt] = _stratified_splits(cat["label"].to_numpy()[tgt], (1 - spec.target_test_frac, spec.target_test_frac),
+                                    ("train", "test"), spec.seed + 1)
+    cat["split"] = split
+
+
+def _measured_sky(pix: np.ndarray, cat: pd.DataFrame, domain: str) -> list[float]:
+    """A domain's per-band sky sigma measured on the imported grid. The source's is the arcsinh softening (as a
+    generated data set records its survey's), so one physical flux maps to one network input in both domains."""
+    rows = cat.index[cat["domain"] == domain].to_numpy()[:1000]
+    stamps = np.asarray(pix[rows], dtype=np.float32)
+    sigma = _border_sigma(stamps)
+    for i, s in enumerate(sigma):
+        if not np.isfinite(s) or s <= 0:  # noise-free borders: fall back to the spread of all pixels in the band
+            sigma[i] = float(np.std(stamps[:, i])) or 1.0
+    return [float(s) for s in sigma]
+
+
+def _manifest(spec, grid, task, counts, sky, surveys, folder, target_labelled, skipped) -> dict:
+    config = json.loads(json.dumps(asdict(spec), default=str))
+    blob = json.dumps({**config, "generator_version": GENERATOR_VERSION}, sort_keys=True)
+    domains = {}
+    for d in ("source", "target"):
+        s, dom = surveys[d], getattr(spec, d)
+        domains[d] = {"name": s.name if s is not None else Path(dom.cutouts).name, "pixel_arcsec": grid.pixel_arcsec,
+                      "sky_sigma_nmgy": sky[d], "inputs": str(Path(dom.cutouts).resolve()),
+                      "labels": None if dom.labels is None else str(Path(dom.labels).resolve())}
+        if s is not None:
+            domains[d]["definition"] = s.to_dict() if hasattr(s, "to_dict") else {"name": s.name}
+    return {
+        "generator_version": GENERATOR_VERSION,
+        "origin": "imported",
+        "config": config,
+        "config_hash": hashlib.sha256(blob.encode()).hexdigest(),
+        "task": task,
+        "bands": list(grid.bands),
+        "stamp_px": grid.stamp_px,
+        "surveys": domains,
+        "counts": counts,
+        "target_labels": "eval" if target_labelled else "none",
+        "skipped": skipped,
+        "files": {name: (folder / name).stat().st_size for name in (CATALOGUE, PIXELS)},
+        "fingerprint": _sha256_files(folder),
+    }
