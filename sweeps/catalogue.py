@@ -64,6 +64,32 @@ def load_classifier(model_uri: str, tracking_uri: str | None):
     return clf, info
 
 
+def on_model_grid(source, clf):
+    """`source` as the model sees stamps: bands picked in its order, resampled to its pixel scale (flux-conserving)
+    and centre-cropped or padded to its stamp size, the same code `uda-sweep data import` uses; said in a warning."""
+    from uda_core.data.geometry import Grid, conform, padded, same_scale
+    from uda_core.data.readers import ConformedSource
+
+    m = clf.meta
+    grid = Grid(tuple(m["bands"]), int(m["stamp_px"]), float(m["pixel_arcsec"]))
+    where = str(source.path)
+    if source.pixel_arcsec is None:
+        log.warning("%s does not record its pixel scale; assuming the model's %.3f\"/px (%s)", where,
+                    grid.pixel_arcsec, m["target_survey"])
+    conform(np.zeros((0, *source.stamp_shape), np.float32), source.bands, source.pixel_arcsec, grid, where)  # bands
+    same_grid = (list(source.bands) == list(grid.bands) and tuple(source.stamp_shape[1:]) == (grid.stamp_px,) * 2
+                 and (source.pixel_arcsec is None or same_scale(source.pixel_arcsec, grid.pixel_arcsec)))
+    if same_grid:
+        return source
+    scale = source.pixel_arcsec or grid.pixel_arcsec
+    log.warning("%s: stamps of %s px at %.3f\"/px, bands %s, are put on the model's grid (%d px at %.3f\"/px, bands "
+                "%s): flux-conserving resampling and a centred crop%s", where, source.stamp_shape[1], scale,
+                source.bands, grid.stamp_px, grid.pixel_arcsec, list(grid.bands),
+                " (zero-padded: the stamps cover less sky than the model's)" if padded(source.stamp_shape[1:],
+                                                                                       source.pixel_arcsec, grid) else "")
+    return ConformedSource(source, grid)
+
+
 def _columns(batch, res: dict, class_names: list[str]) -> dict[str, np.ndarray]:
     cols = {"id": np.asarray(batch["id"]).astype(str)}
     for i, n in enumerate(class_names):
@@ -163,7 +189,7 @@ def predict_catalogue(model_uri: str, input_path: str | Path, out: str | Path, *
         raise ConfigError(f"--out {out}: the catalogue is Parquet; give a path ending in .parquet")
     source = open_cutouts(input_path, domain)  # metadata only: cheap, and bad inputs fail here
     clf, info = load_classifier(model_uri, tracking_uri)
-    clf.check_input(source.bands, source.stamp_shape, source.pixel_arcsec, str(source.path))
+    source = on_model_grid(source, clf)
     shards = source.shards(rows_per_shard)
     meta = {**info, "classes": clf.class_names, "rejection": clf.meta["rejection"], "bands": clf.meta["bands"],
             "target_survey": clf.meta["target_survey"], "input": str(source.path), "input_kind": source.kind,

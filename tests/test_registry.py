@@ -236,18 +236,24 @@ def test_predict_catalogue_from_data_set_and_fits(in_workdir, fresh_target, tmp_
     assert out.read_bytes() == before
 
 
-def test_predict_refuses_inputs_the_model_was_not_trained_on(in_workdir, tmp_path, capsys):
+def test_predict_puts_other_grids_on_the_models_and_refuses_missing_bands(in_workdir, tmp_path, capsys):
     summary = in_workdir
     promote("reg")
     flux = np.full((1, 3, 32, 32), 0.01, np.float32)
-    cases = {"scale": _write_fits(tmp_path / "scale", ["a"], flux, pixel_arcsec=0.262),
-             "bands": _write_fits(tmp_path / "bands", ["a"], flux, bands="gri")}
-    for name, folder in cases.items():
-        out = tmp_path / f"{name}.parquet"
-        assert main(["predict", "models:/reg@champion", str(folder), "--out", str(out), "--tracking-uri", summary.tracking_uri]) == 2
-        err = capsys.readouterr().err
-        assert str(folder) in err and ("pixel scale" in err if name == "scale" else "bands" in err)
-        assert not out.exists()
+    bands = _write_fits(tmp_path / "bands", ["a"], flux, bands="gri")
+    out = tmp_path / "bands.parquet"
+    assert main(["predict", "models:/reg@champion", str(bands), "--out", str(out), "--tracking-uri", summary.tracking_uri]) == 2
+    err = capsys.readouterr().err
+    assert str(bands) in err and "missing ['z']" in err and not out.exists()
+
+    # Another pixel scale and a bigger stamp: resampled and cropped onto the model's grid, said in a warning.
+    big = np.full((1, 3, 64, 64), 0.01, np.float32)
+    other = _write_fits(tmp_path / "scale", ["a"], big, pixel_arcsec=0.262)
+    out = tmp_path / "scale.parquet"
+    assert main(["predict", "models:/reg@champion", str(other), "--out", str(out), "--tracking-uri", summary.tracking_uri]) == 0
+    err = capsys.readouterr().err
+    assert "put on the model's grid" in err and "0.262" in err
+    assert pq.read_table(out).num_rows == 1
 
 
 def test_predict_as_a_ray_data_job_matches_the_local_catalogue(in_workdir, fresh_target, tmp_path):

@@ -386,7 +386,7 @@ def import_dataset(spec: ImportSpec, out: str | Path, progress: bool = True) -> 
         del pixels
         copy_seconds = time.perf_counter() - t1
         cat = _catalogue(rows, cmap, spec, grid, surveys)
-        _drop_unmapped(cat)
+        cat = _drop_unmapped(cat)
         _compact_pixels(tmp / PIXELS, cat["written_row"].to_numpy(), shape)
         cat = cat.drop(columns=["written_row"])
         cat["row"] = np.arange(len(cat))
@@ -428,11 +428,10 @@ def _catalogue(rows: list[dict], cmap, spec: ImportSpec, grid: Grid, surveys: di
     return cat
 
 
-def _drop_unmapped(cat: pd.DataFrame) -> None:
+def _drop_unmapped(cat: pd.DataFrame) -> pd.DataFrame:
     """Labelled rows whose value the class map sends to nothing are dropped (the user asked for it), not bad."""
     drop = cat["label_value"].notna() & cat["class_name"].isna()
-    cat.drop(index=cat.index[drop], inplace=True)
-    cat.reset_index(drop=True, inplace=True)
+    return cat[~drop].reset_index(drop=True)
 
 
 def _compact_pixels(path: Path, written_rows: np.ndarray, shape: tuple) -> None:

@@ -248,8 +248,6 @@ class _FitsSource(CutoutSource):
                     shape = (1, *shape) if len(shape) == 2 else shape  # a 2-D image is one band
                     if len(shape) != 3:
                         raise DataError(f"{file}: image shape {shape}; expected (bands, H, W) or (H, W)")
-                    if not with_data:
-                        _check_complete(file, hdul, hdu)
                     data = hdu.data if with_data else None
                     if data is not None and data.dtype.kind != "f":
                         raise DataError(f"{file}: pixels are {data.dtype}, expected float fluxes in nanomaggies "
@@ -262,16 +260,6 @@ class _FitsSource(CutoutSource):
             raise DataError(f"{file}: cannot be read as FITS ({type(e).__name__}: {e}); the file is corrupt or "
                             f"truncated: {MEND}") from None
         return data, _fits_bands(file, headers, shape[0]), shape, scale
-
-
-def _check_complete(file: str, hdul, hdu) -> None:
-    """An uncompressed file shorter than its header promises is truncated: say so without reading the pixels."""
-    if file.lower().endswith((".gz", ".fz")):
-        return  # compressed sizes say nothing; reading the data finds the damage
-    info = hdul.fileinfo(hdul.index(hdu))
-    if info and info["datLoc"] + info["datSpan"] > os.path.getsize(file):
-        raise DataError(f"{file}: truncated ({os.path.getsize(file)} bytes, the header promises "
-                        f"{info['datLoc'] + info['datSpan']}); {MEND}")
 
 
 def fits_layout(file: str) -> tuple[list[str], tuple[int, int, int], float | None]:
