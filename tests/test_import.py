@@ -277,3 +277,18 @@ def test_cli_imports_and_reports_errors_in_one_line(inputs, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "Traceback" not in err and str(inputs["labels"]) in err
     assert not (tmp_path / "bad").exists()
+
+
+def test_a_damaged_import_is_never_advised_deleted(inputs, tmp_path):
+    folder = import_dataset(_spec(inputs), tmp_path / "mine", progress=False).folder
+    pixels = folder / "pixels.npy"
+    data = bytearray(pixels.read_bytes())
+    data[-10] ^= 0xFF
+    pixels.write_bytes(bytes(data))
+    with pytest.raises(DataError) as e:
+        verify(folder)
+    assert "re-import" in str(e.value) and str(inputs["src"]) in str(e.value) and "delete" not in str(e.value)
+    (folder / "manifest.json").write_text("{not json")
+    with pytest.raises(DataError) as e:
+        load_dataset(folder)
+    assert "delete" not in str(e.value) and "uda-sweep data import" in str(e.value)

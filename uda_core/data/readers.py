@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 
 from ..errors import DataError
 from .geometry import Grid, conform
-from .store import CATALOGUE, MANIFEST, PIXELS, read_manifest
+from .store import CATALOGUE, MANIFEST, PIXELS, mend_advice, read_manifest
 
 __all__ = ["Shard", "CutoutBatch", "CutoutSource", "ConformedSource", "open_cutouts", "write_parquet_cutouts",
            "fits_layout", "npy_layout", "NPY_SIDECAR"]
@@ -157,14 +157,13 @@ class _DatasetSource(CutoutSource):
             cat = pq.read_table(folder / CATALOGUE, columns=["id", "row", "domain"]).to_pandas()
             pixels = np.load(folder / PIXELS, mmap_mode="r")  # reads the header only
         except Exception as e:  # pyarrow and numpy raise many types on missing or corrupt files
-            raise DataError(f"{folder}: cannot read ({type(e).__name__}: {e}); "
-                            "delete the folder to regenerate it") from None
+            raise DataError(f"{folder}: cannot read ({type(e).__name__}: {e}); {mend_advice(folder, manifest)}") from None
         if domain != "all":
             cat = cat[cat["domain"] == domain]
         self.path, self.bands = folder, list(manifest["bands"])
         if pixels.ndim != 4 or pixels.shape[1] != len(self.bands):
             raise DataError(f"{folder / PIXELS}: shape {pixels.shape} does not match bands {self.bands}; "
-                            "delete the folder to regenerate it")
+                            f"{mend_advice(folder, manifest)}")
         self.stamp_shape = tuple(int(s) for s in pixels.shape[1:])
         scales = {d: manifest["surveys"][d]["pixel_arcsec"] for d in ("source", "target")}
         if domain == "all":
@@ -202,6 +201,7 @@ class _FitsSource(CutoutSource):
             found = [path] if path.is_file() else [p for p in path.iterdir() if p.name.lower().endswith(FITS_SUFFIXES)]
             files = [str(p) for p in sorted(found)]
         self._files = list(files)
+        self._scanned = layout is not None
         if layout is None:
             _, *layout = self._open(self._files[0], with_data=False)
         self.bands, self.stamp_shape, self.pixel_arcsec = list(layout[0]), tuple(layout[1]), layout[2]
@@ -223,6 +223,11 @@ class _FitsSource(CutoutSource):
         return np.stack([self._read_one(file) for _ in indices]).astype(np.float32)
 
     def _read_one(self, file: str) -> np.ndarray:
+        if self._scanned:  # the pre-scan read this file's bands and scale: only the shape can have changed since
+            data, _, shape, _ = self._open(file, with_data=True, layout=False)
+            if shape != self.stamp_shape:
+                raise DataError(f"{file}: stamp {shape} changed since the pre-scan read {self.stamp_shape}")
+            return data
         data, bands, shape, scale = self._open(file, with_data=True)
         if bands != self.bands or shape != self.stamp_shape or not _same_scale(scale, self.pixel_arcsec):
             raise DataError(f"{file}: bands {bands}, stamp {shape}, pixel scale {scale} arcsec differ from the first "
@@ -231,8 +236,9 @@ class _FitsSource(CutoutSource):
         return data
 
     @staticmethod
-    def _open(file: str, with_data: bool):
-        """(data or None, bands, (C, H, W), arcsec per pixel or None) from the first image HDU of `file`."""
+    def _open(file: str, with_data: bool, layout: bool = True):
+        """(data or None, bands, (C, H, W), arcsec per pixel or None) from the first image HDU of `file`; with
+        `layout` False (files a pre-scan has read already) bands and pixel scale are not parsed again (None)."""
         from astropy.io import fits
 
         try:
@@ -248,18 +254,20 @@ class _FitsSource(CutoutSource):
                     shape = (1, *shape) if len(shape) == 2 else shape  # a 2-D image is one band
                     if len(shape) != 3:
                         raise DataError(f"{file}: image shape {shape}; expected (bands, H, W) or (H, W)")
+                    integer = hdu.header.get("BITPIX", -32) > 0 and "BSCALE" not in hdu.header
                     data = hdu.data if with_data else None
-                    if data is not None and data.dtype.kind != "f":
-                        raise DataError(f"{file}: pixels are {data.dtype}, expected float fluxes in nanomaggies "
+                    if integer or (data is not None and data.dtype.kind != "f"):
+                        raise DataError(f"{file}: pixels are integers (BITPIX {hdu.header.get('BITPIX')}), expected "
+                                        "float fluxes in nanomaggies "
                                         "(Legacy Survey fits-cutout, not jpeg-cutout)")
                     data = None if data is None else np.asarray(data, dtype=np.float32).reshape(shape)
-                    scale = _fits_pixel_scale(hdu.header, headers)
+                    scale = _fits_pixel_scale(hdu.header, headers) if layout else None
         except DataError:
             raise
         except Exception as e:  # astropy, gzip and zlib raise many types on damaged files
             raise DataError(f"{file}: cannot be read as FITS ({type(e).__name__}: {e}); the file is corrupt or "
                             f"truncated: {MEND}") from None
-        return data, _fits_bands(file, headers, shape[0]), shape, scale
+        return data, _fits_bands(file, headers, shape[0]) if layout else None, shape, scale
 
 
 def fits_layout(file: str) -> tuple[list[str], tuple[int, int, int], float | None]:
