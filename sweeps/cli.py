@@ -16,9 +16,41 @@ __all__ = ["main"]
 def _data_generate(a: argparse.Namespace) -> None:
     from uda_core.data.store import DataSpec, generate
 
+    # --source/--target are preset names or survey YAML files, both of which DataSpec takes as they are.
     spec = DataSpec(a.task, a.source, a.target, a.size, a.seed, a.label_noise)
     folder = generate(spec, Path(a.out))
     print(f"wrote {folder}")
+
+
+def _float_list(text: str, flag: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise UdaError(f"{flag} {text!r}: give comma-separated numbers, e.g. 0.7,0.1,0.2") from None
+
+
+def _data_import(a: argparse.Namespace) -> None:
+    from uda_core.data.importer import DomainInput, ImportSpec, import_dataset
+    from uda_core.data.readers import _parse_bands
+
+    spec = ImportSpec(
+        source=DomainInput(a.source, a.source_labels, a.source_survey, a.source_pixel_arcsec),
+        target=DomainInput(a.target, a.target_labels, a.target_survey, a.target_pixel_arcsec),
+        id_column=a.id_column, label_column=a.label_column, class_map=a.class_map,
+        unknown_classes=[c.strip() for c in a.unknown_classes.split(",") if c.strip()] if a.unknown_classes else [],
+        bands=_parse_bands(a.bands) if a.bands else None, stamp_px=a.stamp_px, pixel_arcsec=a.pixel_arcsec,
+        source_split=_float_list(a.source_split, "--source-split"), target_test_frac=a.target_test_frac,
+        seed=a.seed, skip_bad=a.skip_bad,
+    )
+    r = import_dataset(spec, Path(a.out), progress=True)
+    for w in r.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    print(f"pre-scan: {r.files_scanned} file(s) in {r.prescan_seconds:.1f} s; "
+          f"{r.stamps} stamps copied in {r.copy_seconds:.1f} s ({r.stamps / max(r.copy_seconds, 1e-9):.0f}/s)")
+    if r.skipped:
+        print(f"left out {r.skipped} file(s) or row(s); reasons in {r.folder / 'skipped.csv'}")
+    print(f"wrote {r.folder}: " + ", ".join(f"{k} {v}" for k, v in r.counts.items()))
+    print(f"train on it with `data: {{path: {r.folder}}}` in a run config or a sweep's run section")
 
 
 def _data_show(a: argparse.Namespace) -> None:
@@ -153,25 +185,66 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="log every evaluation")
     sub = p.add_subparsers(dest="command", required=True)
 
-    data = sub.add_parser("data", help="simulated survey data sets").add_subparsers(dest="data_command", required=True)
+    data = sub.add_parser("data", help="data sets: generate simulated survey pairs, import real cutouts, show stamps").add_subparsers(dest="data_command", required=True)
     g = data.add_parser("generate", help="render a data set folder (catalogue.parquet, pixels.npy, manifest.json)")
     g.add_argument("--task", default="universal")
-    g.add_argument("--source", default="decals")
-    g.add_argument("--target", default="sdss")
+    from uda_core.data.surveys import SURVEYS  # light (no torch): the presets' names for the help text
+
+    survey_help = f"a survey preset ({', '.join(sorted(SURVEYS))}) or a survey YAML file"
+    g.add_argument("--source", default="decals", help=f"{survey_help} (default: decals)")
+    g.add_argument("--target", default="sdss", help=f"{survey_help}; its bands must match the source's (default: sdss)")
     g.add_argument("--size", default="small", choices=["tiny", "small", "default", "large"])
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--label-noise", type=float, default=0.0)
     g.add_argument("--out", required=True)
     g.set_defaults(func=_data_generate)
+    i = data.add_parser(
+        "import", help="real cutouts of a labelled source survey and a (usually unlabelled) target survey -> a data "
+                       "set folder that train, run, promote and predict read",
+        description="Cutouts: a folder of FITS cutouts (*.fits, *.fits.gz, *.fits.fz; bands from BANDS/BANDi, pixel "
+                    "scale from the WCS or PIXSCALE), a folder of .npy stamps (file name = id; bands and pixel scale "
+                    "from cutouts.json or --bands/--*-pixel-arcsec), a Parquet file or folder (columns id, flux), or a "
+                    "Galaxy10-layout HDF5 file. Labels: a CSV/Parquet table joined to the cutouts by id. Every input "
+                    "file's metadata is checked before any pixel is copied; the inputs are only read.")
+    i.add_argument("--source", required=True, help="the labelled survey's cutouts (file or folder)")
+    i.add_argument("--source-labels", required=True, help="label table of the source (CSV or Parquet)")
+    i.add_argument("--target", required=True, help="the survey to adapt to: cutouts (file or folder)")
+    i.add_argument("--target-labels", help="label table of the target, used ONLY to evaluate (oracle/ metrics); "
+                                           "omit it for an unlabelled target")
+    i.add_argument("--id-column", default="id", help="id column of the label tables (default: id)")
+    i.add_argument("--label-column", default="label", help="class column of the label tables (default: label)")
+    i.add_argument("--class-map", help="label value -> class name: 'E=elliptical,S=spiral,X=' (empty: drop those rows) "
+                                       "or a YAML/JSON file; default: the values are the class names")
+    i.add_argument("--unknown-classes", help="comma-separated classes believed to appear only in the target "
+                                             "(recorded in the manifest), e.g. lens,artifact")
+    i.add_argument("--bands", help="bands to import, in order (e.g. grz or g,r,z); default: the source's")
+    i.add_argument("--stamp-px", type=int, help="stamp size (pixels) to centre-crop or zero-pad to; default: the source's")
+    i.add_argument("--pixel-arcsec", type=float, help="pixel scale to resample every stamp to (flux-conserving); "
+                                                      "default: the source's")
+    i.add_argument("--source-pixel-arcsec", type=float, help="the source cutouts' pixel scale when files do not record it")
+    i.add_argument("--target-pixel-arcsec", type=float, help="the target cutouts' pixel scale when files do not record it")
+    i.add_argument("--source-survey", help="survey of the source (preset name or survey YAML): names it in the "
+                                           "manifest and checks the flux units against its depth")
+    i.add_argument("--target-survey", help="survey of the target (preset name or survey YAML), as --source-survey")
+    i.add_argument("--source-split", default="0.7,0.1,0.2", help="train,val,test fractions of the source, stratified "
+                                                                 "by class (default 0.7,0.1,0.2)")
+    i.add_argument("--target-test-frac", type=float, default=0.2, help="fraction of the target held out as target/test "
+                                                                      "(default 0.2)")
+    i.add_argument("--seed", type=int, default=0, help="seed of the splits (default 0)")
+    i.add_argument("--skip-bad", action="store_true", help="leave out files or rows that fail a check and list them, "
+                                                           "with reasons, in skipped.csv in the data set")
+    i.add_argument("--out", required=True, help="the new data set folder (must not exist)")
+    i.set_defaults(func=_data_import)
     s = data.add_parser("show", help="PNG grid of example stamps per class and domain")
-    s.add_argument("dir")
+    s.add_argument("dir", help="a data set folder (generated or imported)")
     s.add_argument("--out", help="PNG path (default DIR/examples.png)")
-    s.add_argument("--per-class", type=int, default=5)
+    s.add_argument("--per-class", type=int, default=5, help="stamps per class and domain (default 5)")
     s.set_defaults(func=_data_show)
 
     t = sub.add_parser("train", help="one training run without Ray/Optuna/MLflow")
-    t.add_argument("config")
-    t.add_argument("--out", required=True)
+    t.add_argument("config", help="a run config YAML (examples: configs/*.yaml; sections data, model, method, optim, "
+                                  "train, eval)")
+    t.add_argument("--out", required=True, help="the run's folder: config, metrics.json, pictures, checkpoints")
     t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     t.set_defaults(func=_train)
 
@@ -180,20 +253,20 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--address", help="join a running Ray cluster (default: $RAY_ADDRESS, else start a local Ray)")
     r.set_defaults(func=_run)
     r = sub.add_parser("resume", help="continue a sweep whose driver stopped (Ctrl-C, kill, reboot)")
-    r.add_argument("name")
-    r.add_argument("--storage", default="runs/sweeps", help="the sweep file's storage.path")
+    r.add_argument("name", help="the sweep's name (its file's `name`)")
+    r.add_argument("--storage", default="runs/sweeps", help="the sweep file's storage.path (default runs/sweeps)")
     r.add_argument("--address", help="join a running Ray cluster (default: $RAY_ADDRESS or the sweep's own)")
     r.set_defaults(func=_resume)
     r = sub.add_parser("status", help="table of a sweep's trials (works while it runs)")
-    r.add_argument("name")
-    r.add_argument("--storage", default="runs/sweeps")
+    r.add_argument("name", help="the sweep's name (its file's `name`)")
+    r.add_argument("--storage", default="runs/sweeps", help="the sweep file's storage.path (default runs/sweeps)")
     r.add_argument("--watch", type=float, metavar="SECONDS", help="refresh every SECONDS until interrupted")
     r.set_defaults(func=_status)
 
     r = sub.add_parser("promote", help="register a sweep's best trial in the MLflow registry (alias challenger; "
                                        "champion if it beats the current one)")
     r.add_argument("name", help="the sweep's name")
-    r.add_argument("--storage", default="runs/sweeps")
+    r.add_argument("--storage", default="runs/sweeps", help="the sweep file's storage.path (default runs/sweeps)")
     r.add_argument("--trial", help="promote this trial id instead of the best one")
     r.add_argument("--model-name", help="registered model name (default: the sweep file's tracking.model_name, else the sweep's name)")
     r.add_argument("--min-source-val-acc", type=float, help="guard floor (default: the sweep's objective.min_source_val_acc)")
@@ -201,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--dry-run", action="store_true", help="say what would happen; change nothing")
     r.set_defaults(func=_promote)
     r = sub.add_parser("rollback", help="move a registered model's champion alias back to the version it replaced")
-    r.add_argument("model_name")
+    r.add_argument("model_name", help="a registered model's name (promote's --model-name, default the sweep's name)")
     r.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here")
     r.set_defaults(func=_rollback)
     r = sub.add_parser("predict", help="a Parquet morphology catalogue from a model and cutouts")
@@ -220,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here")
     r.set_defaults(func=_predict)
     r = sub.add_parser("cluster-check", help="validate a Ray cluster file (cluster.yaml) before `ray up`")
-    r.add_argument("file")
+    r.add_argument("file", help="a Ray cluster launcher file (cluster.yaml, cluster.local.yaml)")
     r.set_defaults(func=_cluster_check)
     return p
 

@@ -24,8 +24,10 @@ class _Strict(BaseModel):
 
 class DataConfig(_Strict):
     task: str = "universal"
-    source: str = "decals"
-    target: str = "sdss"
+    # A survey: a preset name, a survey YAML file (a relative path is read from the working directory) or an
+    # inline mapping with the keys of a survey file (uda_core/data/surveys.py SurveyDefinition).
+    source: str | dict[str, Any] = "decals"
+    target: str | dict[str, Any] = "sdss"
     size: Literal["tiny", "small", "default", "large"] = "small"
     seed: int = Field(0, ge=0)
     label_noise: float = Field(0.0, ge=0.0, lt=0.5)
@@ -34,14 +36,28 @@ class DataConfig(_Strict):
     few_shot_per_class: int = Field(0, ge=0, le=100)  # labelled target stamps per shared class (semi-supervised)
 
     @model_validator(mode="after")
-    def _known_presets(self) -> "DataConfig":
-        from .data.surveys import SURVEYS
+    def _known_task(self) -> "DataConfig":
         from .data.tasks import TASKS
 
-        for key, value, allowed in (("task", self.task, TASKS), ("source", self.source, SURVEYS), ("target", self.target, SURVEYS)):
-            if value not in allowed:
-                raise ValueError(f"{key}={value!r} is not a preset; choose one of {sorted(allowed)}")
+        if self.task not in TASKS:
+            raise ValueError(f"task={self.task!r} is not a preset; choose one of {sorted(TASKS)}")
         return self
+
+    @field_validator("source", "target", mode="before")
+    @classmethod
+    def _known_survey(cls, value, info):
+        from .data.surveys import SURVEYS, SurveyDefinition, get_survey, is_survey_file
+
+        if isinstance(value, dict):
+            SurveyDefinition.model_validate(value)  # its errors nest here: data.source.<key>
+        elif not isinstance(value, str):
+            raise ValueError(f"give a preset name, a survey YAML file or a mapping, not {type(value).__name__}")
+        elif value in SURVEYS or is_survey_file(value):
+            get_survey(value)  # a bad file is a ConfigError naming the file and the key
+        else:
+            raise ValueError(f"{info.field_name}={value!r} is neither a preset ({', '.join(sorted(SURVEYS))}) "
+                             "nor a survey YAML file (a path ending .yaml or .yml)")
+        return value
 
 
 class ModelConfig(_Strict):

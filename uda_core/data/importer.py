@@ -289,6 +289,57 @@ def _stamp_mag(flux: np.ndarray, bands: tuple[str, ...]) -> np.ndarray:
         return np.where(total > 0, 22.5 - 2.5 * np.log10(total), np.nan)
 
 
+def _copy_pixels(groups: list[_Group], grid: Grid, labels: dict, surveys: dict, spec: ImportSpec,
+                 problems: _Problems, pixels: np.ndarray, warnings: list[str], name: str, progress: bool) -> list[dict]:
+    """Read every group shard by shard onto `grid` and append the good rows to `pixels`; one catalogue row each.
+    A row is bad when its pixels are not finite, its id repeats, or a labelled domain has no label for it."""
+    rows: list[dict] = []
+    seen: dict[str, set] = {"source": set(), "target": set()}
+    units_checked = set()
+    bar = tqdm(total=sum(g.source.num_rows for g in groups), desc=f"importing {name}", unit="stamp",
+               disable=not progress)
+    for g in groups:
+        table = labels[g.domain]
+        for shard in g.source.shards(512):
+            try:
+                raw = g.source.read(shard)
+            except DataError as e:  # a file the header scan passed but whose pixels are damaged
+                for f in shard.files or (shard.file,):
+                    problems.add(g.domain, f, None, None, str(e))
+                problems.stop_unless_skipping("reading pixels")
+                bar.update(shard.stop - shard.start)
+                continue
+            if g.domain not in units_checked and len(raw):
+                units_checked.add(g.domain)
+                warnings += _units_warnings(g.domain, raw.flux[:500], g.source.bands, str(raw.source_file[0]),
+                                            surveys[g.domain], g.source.pixel_arcsec)
+            flux = conform(raw.flux, g.source.bands, g.source.pixel_arcsec, grid, str(g.source.path))
+            keep = np.ones(len(raw), bool)
+            for i, gid in enumerate(raw.ids):
+                where = (g.domain, str(raw.source_file[i]), int(raw.source_index[i]), str(gid))
+                if not np.isfinite(raw.flux[i]).all():
+                    reason = (f"row {where[2]} (id {gid!r}) has non-finite pixels; mask or replace them (e.g. with 0 "
+                              "where the survey has no data)")
+                elif gid in seen[g.domain]:
+                    reason = f"id {gid!r} appears twice in the {g.domain} cutouts; ids join cutouts to labels: make them unique"
+                elif table is not None and gid not in table.index:
+                    reason = f"id {gid!r} has no row in the {g.domain} label table {getattr(spec, g.domain).labels}"
+                else:
+                    seen[g.domain].add(gid)
+                    continue
+                keep[i] = False
+                problems.add(*where, f"{where[1]}: {reason}")
+            problems.stop_unless_skipping("reading pixels")
+            for i in np.flatnonzero(keep):
+                rows.append({"id": str(raw.ids[i]), "domain": g.domain,
+                             "label_value": None if table is None else table[raw.ids[i]],
+                             "source_file": str(raw.source_file[i]), "source_index": int(raw.source_index[i])})
+            pixels[len(rows) - int(keep.sum()) : len(rows)] = flux[keep]
+            bar.update(len(raw))
+    bar.close()
+    return rows
+
+
 def import_dataset(spec: ImportSpec, out: str | Path, progress: bool = True) -> ImportResult:
     """Import two surveys' cutouts into a new data set folder `out` (see the module docstring)."""
     spec.check()
@@ -334,54 +385,8 @@ def import_dataset(spec: ImportSpec, out: str | Path, progress: bool = True) -> 
         t1 = time.perf_counter()
         shape = (len(grid.bands), grid.stamp_px, grid.stamp_px)
         pixels = np.lib.format.open_memmap(tmp / PIXELS, mode="w+", dtype=np.float32, shape=(max(total, 1), *shape))
-        rows: list[dict] = []
-        seen: dict[str, set] = {"source": set(), "target": set()}
-        units_checked = set()
-        n = 0
-        bar = tqdm(total=total, desc=f"importing {out.name}", unit="stamp", disable=not progress)
-        for g in kept_groups:
-            labels = src_labels if g.domain == "source" else tgt_labels
-            for shard in g.source.shards(512):
-                try:
-                    raw = g.source.read(shard)
-                except DataError as e:  # a file the header scan passed but whose pixels are damaged
-                    for f in shard.files or (shard.file,):
-                        problems.add(g.domain, f, None, None, str(e))
-                    problems.stop_unless_skipping("reading pixels")
-                    bar.update(shard.stop - shard.start)
-                    continue
-                if g.domain not in units_checked and len(raw):
-                    units_checked.add(g.domain)
-                    warnings += _units_warnings(g.domain, raw.flux[:500], g.source.bands, str(raw.source_file[0]),
-                                                surveys[g.domain], g.source.pixel_arcsec)
-                flux = conform(raw.flux, g.source.bands, g.source.pixel_arcsec, grid, str(g.source.path))
-                keep = np.ones(len(raw), bool)
-                for i, gid in enumerate(raw.ids):
-                    where = (g.domain, str(raw.source_file[i]), int(raw.source_index[i]), str(gid))
-                    if not np.isfinite(raw.flux[i]).all():
-                        keep[i] = False
-                        problems.add(*where, f"{where[1]}: row {where[2]} (id {gid!r}) has non-finite pixels; mask "
-                                     "or replace them (e.g. with 0 where the survey has no data)")
-                    elif gid in seen[g.domain]:
-                        keep[i] = False
-                        problems.add(*where, f"{where[1]}: id {gid!r} appears twice in the {g.domain} cutouts; ids "
-                                     "join cutouts to labels and must be unique")
-                    elif labels is not None and gid not in labels.index:
-                        keep[i] = False
-                        problems.add(*where, f"{where[1]}: id {gid!r} has no row in the {g.domain} label table "
-                                     f"{getattr(spec, g.domain).labels}")
-                    else:
-                        seen[g.domain].add(gid)
-                problems.stop_unless_skipping("reading pixels")
-                for i in np.flatnonzero(keep):
-                    value = None if labels is None else labels[raw.ids[i]]
-                    rows.append({"id": str(raw.ids[i]), "domain": g.domain, "label_value": value,
-                                 "source_file": str(raw.source_file[i]), "source_index": int(raw.source_index[i])})
-                k = int(keep.sum())
-                pixels[n : n + k] = flux[keep]
-                n += k
-                bar.update(len(raw))
-        bar.close()
+        labels = {"source": src_labels, "target": tgt_labels}
+        rows = _copy_pixels(kept_groups, grid, labels, surveys, spec, problems, pixels, warnings, out.name, progress)
         pixels.flush()
         del pixels
         copy_seconds = time.perf_counter() - t1
@@ -397,8 +402,8 @@ def import_dataset(spec: ImportSpec, out: str | Path, progress: bool = True) -> 
                                        for lo in range(0, len(cat), 2048)]) if len(cat) else []
         sky = {d: _measured_sky(pix, cat, d) for d in ("source", "target")}
         del pix
-        pq.write_table(pa.Table.from_pandas(cat.drop(columns=["label_value"]).assign(
-            label_value=cat["label_value"].astype(str)), preserve_index=False), tmp / CATALOGUE)
+        cat["label_value"] = [None if pd.isna(v) else str(v) for v in cat["label_value"]]
+        pq.write_table(pa.Table.from_pandas(cat, preserve_index=False), tmp / CATALOGUE)
         counts = {f"{d}/{s}": int(((cat["domain"] == d) & (cat["split"] == s)).sum())
                   for d, s in (("source", "train"), ("source", "val"), ("source", "test"), ("target", "train"), ("target", "test"))}
         empty = [k for k, v in counts.items() if v == 0]

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from .surveys import Survey
+from .surveys import SIMULATED_BANDS, Survey
 
 __all__ = ["draw_population", "BANDS_ALL", "Cosmology"]
 
-BANDS_ALL = ("g", "r", "i", "z")
+BANDS_ALL = SIMULATED_BANDS  # u, g, r, i, z, y: every band band_magnitudes gives a colour for
 _ARCSEC_PER_RAD = 206264.806
 
 
@@ -82,7 +82,13 @@ def band_magnitudes(r_mag: np.ndarray, colours: np.ndarray) -> dict[str, np.ndar
     g = r_mag + colours[:, 0]
     i = r_mag - colours[:, 1]
     z = i - colours[:, 2]
-    return {"g": g, "r": r_mag, "i": i, "z": z}
+    # u and y follow from the neighbouring colours instead of new random draws, so every g/r/i/z value (and every
+    # existing data set) stays as it was. u-g = 0.35 + 1.5 (g-r) puts the red sequence near 1.5 and the blue cloud
+    # near 1.0 at low redshift (SDSS colours), and, like g-r, reddens with z; z-y = 0.5 (i-z) gives about 0.15
+    # (red) and 0.08 (blue), the small z-y colours of galaxies.
+    u = g + 0.35 + 1.5 * colours[:, 0]
+    y = z - 0.5 * colours[:, 2]
+    return {"u": u, "g": g, "r": r_mag, "i": i, "z": z, "y": y}
 
 
 def _draw_selected(rng, cls: str, n: int, survey: Survey, max_hlr_arcsec: float):

@@ -15,6 +15,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass
@@ -28,11 +29,11 @@ from tqdm.auto import tqdm
 from ..errors import DataError
 from .population import draw_population
 from .render import render
-from .surveys import get_survey
+from .surveys import SURVEYS, Survey, get_survey
 from .tasks import get_task
 
 __all__ = ["SIZES", "DataSpec", "GENERATOR_VERSION", "generate", "ensure_dataset", "read_manifest", "verify",
-           "UNLABELLED", "TARGET_LABELS", "has_target_labels"]
+           "UNLABELLED", "TARGET_LABELS", "has_target_labels", "mend_advice"]
 
 GENERATOR_VERSION = "1.3"
 CATALOGUE, PIXELS, MANIFEST = "catalogue.parquet", "pixels.npy", "manifest.json"
@@ -69,34 +70,67 @@ SIZES: dict[str, SizePreset] = {
 
 @dataclass(frozen=True)
 class DataSpec:
-    """What defines a simulated data set; its hash names the cache folder."""
+    """What defines a simulated data set; its hash names the cache folder.
+
+    `source` and `target` are surveys as `get_survey` takes them: a preset name, a survey YAML file, an inline
+    definition (dict) or a Survey.
+    """
 
     task: str = "universal"
-    source: str = "decals"
-    target: str = "sdss"
+    source: str | dict | Survey = "decals"
+    target: str | dict | Survey = "sdss"
     size: str = "small"
     seed: int = 0
     label_noise: float = 0.0
 
+    def __post_init__(self):
+        # A survey file given as a Path is kept as its string: the spec goes into manifest.json as it is.
+        for field in ("source", "target"):
+            if isinstance(getattr(self, field), os.PathLike):
+                object.__setattr__(self, field, os.fspath(getattr(self, field)))
+
+    def surveys(self) -> tuple[Survey, Survey]:
+        return get_survey(self.source), get_survey(self.target)
+
     def config_hash(self) -> str:
-        blob = json.dumps({**asdict(self), "generator_version": GENERATOR_VERSION}, sort_keys=True)
+        surveys = {"source": self._survey_identity(self.source), "target": self._survey_identity(self.target)}
+        identity = {**asdict(self), **surveys}
+        blob = json.dumps({**identity, "generator_version": GENERATOR_VERSION}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()
 
     def folder_name(self) -> str:
-        return f"{self.task}-{self.source}-{self.target}-{self.size}-seed{self.seed}-{self.config_hash()[:10]}"
+        src, tgt = (self._folder_safe(s.name) for s in self.surveys())
+        return f"{self.task}-{src}-{tgt}-{self.size}-seed{self.seed}-{self.config_hash()[:10]}"
 
     def check(self) -> None:
         get_task(self.task)
-        src, tgt = get_survey(self.source), get_survey(self.target)
+        src, tgt = self.surveys()
         if self.size not in SIZES:
             raise DataError(f"data.size: unknown size {self.size!r}; choose one of {sorted(SIZES)}")
         if src.bands != tgt.bands:
             raise DataError(
-                f"data: source {self.source} has bands {src.bands} but target {self.target} has {tgt.bands}; "
+                f"data: source {src.name} has bands {src.bands} but target {tgt.name} has {tgt.bands}; "
                 "a network needs the same bands in both domains: pick surveys with matching bands"
             )
         if not 0.0 <= self.label_noise < 0.5:
             raise DataError(f"data.label_noise: {self.label_noise} is outside [0, 0.5)")
+
+    @staticmethod
+    def _survey_identity(spec) -> str | dict:
+        """What a survey contributes to the hash.
+
+        A preset is its name: its numbers ship with the code, and changing them means bumping GENERATOR_VERSION
+        (as for any simulator change), so hashing the name keeps preset data sets in the folders they had. Any
+        other survey is its full definition, so editing a user's survey file or inline mapping makes a new data set.
+        """
+        if isinstance(spec, str) and spec in SURVEYS:
+            return spec
+        return get_survey(spec).to_dict()
+
+    @staticmethod
+    def _folder_safe(name: str) -> str:
+        """A survey name fit for a folder name (validated definitions are; a Survey built in code may not be)."""
+        return "".join(c if c.isascii() and (c.isalnum() or c in "_.-") else "_" for c in name)[:40] or "survey"
 
 
 def _sample_classes(rng: np.random.Generator, priors: dict[str, float], n: int) -> list[str]:
@@ -111,11 +145,12 @@ def _sample_classes(rng: np.random.Generator, priors: dict[str, float], n: int) 
 
 
 def delivered_sky_sigma(survey, stamp_px: int) -> list[float]:
-    """Per-band sky sigma per delivered pixel, measured on empty stamps.
+    """Per-band sky sigma per delivered pixel, measured on empty stamps (`survey`: anything get_survey takes).
 
     Equal to the depth formula on the native grid; for resampled surveys (BASS) the resampling scales and
     smooths the noise, so the formula's native value would overstate it about threefold.
     """
+    survey = get_survey(survey)
     if survey.native_pixel_arcsec is None:
         return [survey.sky_sigma_nmgy(b) for b in range(len(survey.bands))]
     n = 16
@@ -142,15 +177,16 @@ def generate(spec: DataSpec, out: Path, batch: int = 128, progress: bool = True)
     if out.exists():
         raise DataError(f"{out} already exists; choose another --out or delete it first (nothing was overwritten)")
     task, size = get_task(spec.task), SIZES[spec.size]
+    source, target = spec.surveys()  # read once: a survey file edited mid-run cannot mix two definitions
     plan = [
-        ("source", spec.source, "train", size.source_train),
-        ("source", spec.source, "val", size.source_val),
-        ("source", spec.source, "test", size.source_test),
-        ("target", spec.target, "train", size.target_train),
-        ("target", spec.target, "test", size.target_test),
+        ("source", source, "train", size.source_train),
+        ("source", source, "val", size.source_val),
+        ("source", source, "test", size.source_test),
+        ("target", target, "train", size.target_train),
+        ("target", target, "test", size.target_test),
     ]
     total = sum(p[3] for p in plan)
-    survey0 = get_survey(spec.source)
+    survey0 = source
     nb = len(survey0.bands)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -160,8 +196,7 @@ def generate(spec: DataSpec, out: Path, batch: int = 128, progress: bool = True)
         columns: dict[str, list] = {}
         row = 0
         bar = tqdm(total=total, desc=f"rendering {spec.folder_name()}", unit="stamp", disable=not progress)
-        for domain, survey_name, split, n in plan:
-            survey = get_survey(survey_name)
+        for domain, survey, split, n in plan:
             classes = _sample_classes(rng, task.priors(domain), n)
             params = draw_population(rng, classes, survey, size.stamp_px * survey.pixel_arcsec)
             params["seed"] = rng.integers(0, 2**62, n)
@@ -185,7 +220,7 @@ def generate(spec: DataSpec, out: Path, batch: int = 128, progress: bool = True)
                 "row": np.arange(row, row + n),
                 "domain": [domain] * n,
                 "split": [split] * n,
-                "survey": [survey_name] * n,
+                "survey": [survey.name] * n,
                 "label": label,
                 "train_label": train_label,
                 "class_name": classes,
@@ -211,11 +246,12 @@ def generate(spec: DataSpec, out: Path, batch: int = 128, progress: bool = True)
             "bands": list(survey0.bands),
             "stamp_px": size.stamp_px,
             "surveys": {
-                d: {"name": s, "pixel_arcsec": get_survey(s).pixel_arcsec,
-                    "sky_sigma_nmgy": delivered_sky_sigma(get_survey(s), size.stamp_px)}
-                for d, s in (("source", spec.source), ("target", spec.target))
+                d: {"name": s.name, "pixel_arcsec": s.pixel_arcsec,
+                    "sky_sigma_nmgy": delivered_sky_sigma(s, size.stamp_px), "definition": s.to_dict()}
+                for d, s in (("source", source), ("target", target))
             },
             "counts": {f"{d}/{sp}": n for d, _, sp, n in plan},
+            "origin": "generated",
             "target_labels": "simulated",
             "files": {name: (tmp / name).stat().st_size for name in (CATALOGUE, PIXELS)},
             "fingerprint": _sha256_files(tmp),
@@ -228,21 +264,42 @@ def generate(spec: DataSpec, out: Path, batch: int = 128, progress: bool = True)
     return out
 
 
+_CACHE_NAME = re.compile(r".+-seed\d+-[0-9a-f]{10}")  # DataSpec.folder_name(): a generated cache folder
+
+
+def mend_advice(folder: Path, manifest: dict | None = None) -> str:
+    """How to get a readable data set back. Only a generated cache folder may be deleted and regenerated; an
+    imported one (or anything else) is the user's, so the advice is to write a new one, never to delete theirs."""
+    folder = Path(folder)
+    origin = (manifest or {}).get("origin")
+    if origin == "imported":
+        inputs = ", ".join(str(d.get("inputs")) for d in (manifest.get("surveys") or {}).values())
+        return (f"re-import it with `uda-sweep data import ... --out NEW_FOLDER` from its inputs ({inputs}); "
+                "those were only read, never changed")
+    if origin == "generated" or (manifest is None and _CACHE_NAME.fullmatch(folder.name)):
+        return f"delete {folder} to regenerate it (it is a generated cache: nothing else is lost)"
+    return ("make a new one with `uda-sweep data import` (your own cutouts) or `uda-sweep data generate` "
+            "(simulated) into a new folder")
+
+
 def read_manifest(folder: Path) -> dict:
     folder = Path(folder)
     path = folder / MANIFEST
     if not path.exists():
-        raise DataError(f"{folder} is not a data set: {MANIFEST} is missing (make one with `uda-sweep data generate`)")
+        raise DataError(f"{folder} is not a data set: {MANIFEST} is missing (make one with `uda-sweep data generate` "
+                        "or `uda-sweep data import`)")
     try:
         manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path} is not valid JSON ({e}); delete {folder} to regenerate it") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"{path} is not valid JSON ({e}); {mend_advice(folder)}") from None
+    if not isinstance(manifest, dict):
+        raise DataError(f"{path} is not a data set manifest (a JSON object); {mend_advice(folder)}")
     for key in ("generator_version", "fingerprint", "files", "task", "bands", "surveys", "stamp_px"):
         if key not in manifest:
-            raise DataError(f"{path} lacks key {key!r}; delete {folder} to regenerate it")
-    if manifest["generator_version"].split(".")[0] != GENERATOR_VERSION.split(".")[0]:
+            raise DataError(f"{path} lacks key {key!r}; {mend_advice(folder, manifest)}")
+    if str(manifest["generator_version"]).split(".")[0] != GENERATOR_VERSION.split(".")[0]:
         raise DataError(f"{path}: made by generator {manifest['generator_version']}, this code reads {GENERATOR_VERSION}; "
-                        f"regenerate it with `uda-sweep data generate`")
+                        f"{mend_advice(folder, manifest)}")
     return manifest
 
 
@@ -254,9 +311,11 @@ def verify(folder: Path, full: bool = True) -> dict:
         p = folder / name
         if not p.exists() or p.stat().st_size != size:
             got = p.stat().st_size if p.exists() else "missing"
-            raise DataError(f"{p}: expected {size} bytes, found {got} (truncated or replaced); delete {folder} to regenerate it")
+            raise DataError(f"{p}: expected {size} bytes, found {got} (truncated or replaced); "
+                            f"{mend_advice(folder, manifest)}")
     if full and _sha256_files(folder, tuple(manifest["files"])) != manifest["fingerprint"]:
-        raise DataError(f"{folder}: content fingerprint does not match {MANIFEST} (corrupt files); delete {folder} to regenerate it")
+        raise DataError(f"{folder}: content fingerprint does not match {MANIFEST} (corrupt files); "
+                        f"{mend_advice(folder, manifest)}")
     return manifest
 
 
