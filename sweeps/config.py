@@ -18,7 +18,7 @@ from uda_core.config import RunConfig, _format, read_yaml
 from uda_core.errors import ConfigError
 from uda_core.evaluate import OBJECTIVES, is_oracle
 
-__all__ = ["SweepConfig", "load_sweep", "parse_sweep", "DEFAULT_OBJECTIVE"]
+__all__ = ["SweepConfig", "load_sweep", "parse_sweep", "DEFAULT_OBJECTIVE", "check_target_labels", "has_labelled_target"]
 
 # What a sweep optimises unless told otherwise: the label-free criterion with the lowest regret measured by
 # bench/selection.py (sweeps/selection_benchmark.json; README, "Choosing the objective"): the mean of source
@@ -220,3 +220,53 @@ def parse_sweep(raw: Any, source: str) -> SweepConfig:
 
 def load_sweep(path: str | Path) -> SweepConfig:
     return parse_sweep(read_yaml(path, "sweep file (examples: sweeps/configs/*.yaml)"), str(path))
+
+
+def _data_set_manifest(sweep: SweepConfig, workdir: Path | None) -> tuple[Path, dict] | None:
+    """The folder and manifest of the sweep's existing data set (`run.data.path`, relative to `workdir`), or None for
+    a simulated pair, which is generated later and always has target labels."""
+    from uda_core.data.store import read_manifest
+
+    if not sweep.run.data.path:
+        return None
+    folder = Path(workdir or Path.cwd()) / sweep.run.data.path
+    return folder, read_manifest(folder)
+
+
+def has_labelled_target(sweep: SweepConfig, workdir: Path | None = None) -> bool:
+    """Whether the sweep's target has class labels, so oracle/ metrics exist (a DataError if its data set is gone)."""
+    from uda_core.data.store import has_target_labels
+
+    found = _data_set_manifest(sweep, workdir)
+    return found is None or has_target_labels(found[1])
+
+
+def check_target_labels(sweep: SweepConfig, source: str, workdir: Path | None = None) -> None:
+    """Refuse, before launch, what needs target labels the sweep's data set lacks: an oracle/ objective on an
+    unlabelled target; a run or baseline trained on target labels when they are absent or for evaluation only.
+    Reads only the data set's manifest; each error names the sweep file's key."""
+    from uda_core.config import MethodConfig
+    from uda_core.data.store import has_target_labels
+    from uda_core.train import check_target_label_use
+
+    found = _data_set_manifest(sweep, workdir)
+    if found is None:
+        return
+    folder, manifest = found
+    if not has_target_labels(manifest):
+        for m in sweep.objective.metrics:
+            if is_oracle(m):
+                raise ConfigError(f"{source}: objective.metric: {m!r} needs target labels, but the target of {folder} "
+                                  f"has no labels (manifest target_labels: 'none'); optimise a label-free metric "
+                                  f"such as {DEFAULT_OBJECTIVE!r}")
+    try:
+        check_target_label_use(sweep.run, manifest, str(folder), prefix="run.")
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+    for b in sweep.baselines:  # refused rather than skipped: a sweep runs exactly the baselines its file lists
+        run = sweep.run.model_copy(update={"method": MethodConfig(name=b)})
+        try:
+            check_target_label_use(run, manifest, str(folder))
+        except ConfigError as e:
+            raise ConfigError(f"{source}: baselines: {b!r} cannot be trained on this data set ({e}); "
+                              "remove it from baselines") from None

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import math
 
+from uda_core.evaluation.names import SOURCE_VAL_ACC
+
 __all__ = ["ObjectiveTracker", "GUARD_METRIC"]
 
-GUARD_METRIC = "source_val/acc"
+GUARD_METRIC = SOURCE_VAL_ACC
 
 
 class ObjectiveTracker:

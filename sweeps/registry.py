@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from uda_core.errors import ConfigError, UdaError
+from uda_core.evaluation import names as N
 
 from .config import SweepConfig
 from .selection_benchmark import selection_tags
@@ -68,11 +69,11 @@ def _finite(v) -> bool:
 
 def _guard_failures(row: dict, metrics: dict, sweep: SweepConfig, floor: float, checkpoint) -> list[str]:
     problems = []
-    acc = metrics.get("source_val/acc")
+    acc = metrics.get(N.SOURCE_VAL_ACC)
     if not _finite(acc) or acc < floor:
-        problems.append(f"source_val/acc {acc} below the floor {floor}")
-    label_free = [k for k in metrics if k.startswith("label_free/")]
-    bad = [k for k in (*sweep.objective.metrics, "source_val/acc", *label_free) if not _finite(metrics.get(k))]
+        problems.append(f"{N.SOURCE_VAL_ACC} {acc} below the floor {floor}")
+    label_free = [k for k in metrics if k.startswith(N.LABEL_FREE_PREFIX)]
+    bad = [k for k in (*sweep.objective.metrics, N.SOURCE_VAL_ACC, *label_free) if not _finite(metrics.get(k))]
     if bad:
         problems.append(f"non-finite metrics at its best step: {sorted(set(bad))}")
     if checkpoint is None:
@@ -139,7 +140,10 @@ def _champion(client, model_name: str):
 def _score(classifier_dir: Path, data, sweep: SweepConfig, metric: str) -> float:
     from uda_core.inference import evaluate_classifier
 
-    return float(evaluate_classifier(classifier_dir, data, sweep.run).metrics[metric])
+    metrics = evaluate_classifier(classifier_dir, data, sweep.run).metrics
+    if metric not in metrics:  # an oracle/ metric on a target without labels: nothing to compare on
+        raise PromotionRefused(f"{metric} cannot be computed on {data.folder}: its target has no labels")
+    return float(metrics[metric])
 
 
 def _champion_score(client, model_name: str, champion, data, sweep: SweepConfig, metric: str) -> float | None:
@@ -159,16 +163,22 @@ def _better(a: float, b: float | None, mode: str) -> bool:
     return b is None or not math.isfinite(b) or (a > b if mode == "max" else a < b)
 
 
-def _version_tags(sweep: SweepConfig, state: dict, row: dict, metrics: dict, parent_params: dict, score: float) -> dict:
+def _version_tags(sweep: SweepConfig, state: dict, row: dict, metrics: dict, parent_params: dict, score: float,
+                  manifest: dict) -> dict:
+    from uda_core.data.store import has_target_labels
+
     m = sweep.objective.metrics[0]
     tags = {
         "sweep": sweep.name, "sweep_path": state["path"], "trial_id": row["trial_id"], "trial_step": str(row["best_step"]),
         "trial_key": f"{state['experiment_id']}/{row['trial_id']}/{row['best_step']}", "method": row["method"],
         "selected_by": m, "objective_mode": sweep.objective.modes[0],
         "objective_value_in_sweep": str(row[f"best/{m}"]), "objective_value_reevaluated": str(score),
-        "objective_is_oracle": str(m.startswith("oracle/")).lower(),
-        # Metrics needing target labels keep their oracle/ prefix: on a real survey they do not exist.
+        "objective_is_oracle": str(N.is_oracle(m)).lower(),
+        "data.target_labels": manifest.get("target_labels", "simulated"),
+        # Metrics needing target labels keep their oracle/ prefix: on a real survey they do not exist, and the
+        # version says why instead of silently lacking them.
         **{f"metric.{k}": str(v) for k, v in metrics.items() if "/" in k and not k.startswith("train/")},
+        **({} if has_target_labels(manifest) else {"metric.oracle": "none: the target has no labels"}),
         "data.fingerprint": parent_params.get("data.fingerprint", "unknown"),
         **{k: v for k, v in parent_params.items() if k.startswith(("git.", "version."))},
         **{f"param.{k}": str(v) for k, v in row["params"].items()},
@@ -208,7 +218,7 @@ def promote(name: str, *, storage: str = "runs/sweeps", workdir: Path | None = N
     if not math.isfinite(score):
         raise PromotionRefused(f"trial {row['trial_id']}: {metric} re-evaluated to {score}; not promoted")
     parent_params = client.get_run(state["parent_run_id"]).data.params
-    tags = _version_tags(sweep, state, row, metrics, parent_params, score)
+    tags = _version_tags(sweep, state, row, metrics, parent_params, score, data.manifest)
     result = Promotion(model_name, row["trial_id"], row["best_step"], metric, mode, score, dry_run=dry_run, tags=tags)
 
     def decide(champion) -> None:

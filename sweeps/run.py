@@ -22,7 +22,7 @@ import yaml
 from uda_core.errors import ConfigError
 from uda_core.train import load_data
 
-from .config import SweepConfig, load_sweep, parse_sweep
+from .config import SweepConfig, check_target_labels, load_sweep, parse_sweep
 
 __all__ = ["run_sweep", "resume_sweep", "sweep_dir", "SweepSummary"]
 
@@ -121,7 +121,9 @@ def run_sweep(sweep_file: str | Path, *, address: str | None = None, workdir: Pa
         raise ConfigError(f"{sweep_file}: a sweep named {sweep.name!r} already exists at {exp_dir}; continue it with "
                           f"`uda-sweep resume {sweep.name}`, or give this sweep another name (nothing was changed)")
     uri = _tracking_uri(sweep, address, workdir)
-    _ensure_data(sweep, workdir)  # before any Ray or MLflow work: data errors surface first
+    # Before any Ray or MLflow work: what needs target labels the data set lacks, then data errors, surface first.
+    check_target_labels(sweep, str(sweep_file), workdir)
+    _ensure_data(sweep, workdir)
     exp_dir.mkdir(parents=True, exist_ok=True)
     (exp_dir / SWEEP_FILE).write_text(yaml.safe_dump(sweep.model_dump(mode="json"), sort_keys=False))
 
@@ -139,7 +141,8 @@ def run_sweep(sweep_file: str | Path, *, address: str | None = None, workdir: Pa
     parent.log_start(
         params={"search.space": space.name, "search.algorithm": sweep.search.algorithm, "search.num_trials": sweep.search.num_trials,
                 "objective": ",".join(sweep.objective.metrics), "objective.mode": ",".join(sweep.objective.modes),
-                "data.fingerprint": data_manifest.get("fingerprint", "unknown"), **_provenance()},
+                "data.fingerprint": data_manifest.get("fingerprint", "unknown"),
+                "data.target_labels": data_manifest.get("target_labels", "simulated"), **_provenance()},
         texts={"sweep.yaml": (exp_dir / SWEEP_FILE).read_text()},
         dicts={"search_space.json": space.describe(), "data_manifest.json": data_manifest},
     )
@@ -168,15 +171,20 @@ def resume_sweep(name: str, *, storage: str | Path = "runs/sweeps", address: str
 
 def _ensure_data(sweep: SweepConfig, workdir: Path) -> None:
     from uda_core.config import build_config
+    from uda_core.data.surveys import SURVEYS, get_survey
 
     raw = sweep.run.model_dump()
     raw["data"]["root"] = str((workdir / sweep.run.data.root).resolve())
+    for key in ("source", "target"):  # a survey file becomes its definition: trials (on any node) need no copy
+        if isinstance(raw["data"][key], str) and raw["data"][key] not in SURVEYS:
+            raw["data"][key] = get_survey(workdir / raw["data"][key]).to_dict()
     if sweep.run.data.path:
         raw["data"]["path"] = str((workdir / sweep.run.data.path).resolve())
     cfg = build_config(raw)
     load_data(cfg, progress=True)  # generates (once, under a lock) or verifies the data set
     sweep.run.data.root = raw["data"]["root"]
     sweep.run.data.path = raw["data"]["path"]
+    sweep.run.data.source, sweep.run.data.target = raw["data"]["source"], raw["data"]["target"]
 
 
 def _data_folder(sweep: SweepConfig) -> tuple[str, Path]:

@@ -11,14 +11,31 @@ from pathlib import Path
 
 import pandas as pd
 
-from .config import SweepConfig
+from uda_core.errors import UdaError
+from uda_core.evaluation import names as N
 
-__all__ = ["trial_rows", "best_row", "summarise", "format_table", "REPORTED"]
+from .config import SweepConfig, has_labelled_target
+
+__all__ = ["trial_rows", "best_row", "summarise", "format_table", "REPORTED", "reported_metrics"]
 
 log = logging.getLogger(__name__)
 
-# Oracle numbers shown beside every trial (simulated pairs have target labels; marked oracle everywhere).
-REPORTED = ("source_val/acc", "oracle/target_test/acc_shared", "oracle/target_test/h_score")
+# Numbers shown beside every trial: source accuracy always; the oracle ones only when the target has labels
+# (simulated pairs, imported surveys with evaluation labels; marked oracle everywhere).
+ORACLE_REPORTED = (N.ORACLE_ACC, N.ORACLE_H)
+REPORTED = (N.SOURCE_VAL_ACC, *ORACLE_REPORTED)
+
+
+def _labelled(sweep: SweepConfig) -> bool:
+    try:
+        return has_labelled_target(sweep)
+    except UdaError as e:  # the data set moved or was deleted: show the oracle columns, empty where unknown
+        log.warning("cannot tell whether the target has labels: %s", e)
+        return True
+
+
+def reported_metrics(labelled: bool) -> tuple[str, ...]:
+    return REPORTED if labelled else tuple(m for m in REPORTED if not N.is_oracle(m))
 
 
 def _analysis(exp_dir: Path):
@@ -32,6 +49,7 @@ def trial_rows(exp_dir: Path, sweep: SweepConfig, analysis=None) -> list[dict]:
     checkpoint. Works while the sweep runs (Tune snapshots its state every few seconds)."""
     analysis = analysis or _analysis(exp_dir)
     frames = analysis.trial_dataframes
+    reported = reported_metrics(_labelled(sweep))
     rows = []
     for trial in analysis.trials:
         cfg = dict(trial.config)
@@ -50,7 +68,7 @@ def trial_rows(exp_dir: Path, sweep: SweepConfig, analysis=None) -> list[dict]:
         if df is not None and "step" in df and row["best_step"] >= 0:
             match = df[df["step"] == row["best_step"]]
             at_best = match.iloc[-1] if len(match) else None
-        for m in REPORTED:
+        for m in reported:
             row[f"at_best/{m}"] = float(at_best[m]) if at_best is not None and m in at_best else None
         rows.append(row)
     return rows
@@ -98,15 +116,18 @@ def pareto_rows(rows: list[dict], sweep: SweepConfig) -> list[dict]:
 def format_table(rows: list[dict], sweep: SweepConfig, max_params: int = 4) -> str:
     metrics = sweep.objective.metrics
     oracle = "ORACLE " if sweep.objective.oracle else ""
+    labelled = _labelled(sweep)
+    reported = reported_metrics(labelled)
+    titles = {N.SOURCE_VAL_ACC: "src val acc", N.ORACLE_ACC: "oracle tgt acc", N.ORACLE_H: "oracle H"}
     keys = sorted({k for r in rows for k in r["params"]})[:max_params]
     head = ["trial", "status", "kind", "steps"] + [f"{oracle}best {m}" for m in metrics] + \
-           ["src val acc", "oracle tgt acc", "oracle H"] + [k.split(".")[-1] for k in keys]
+           [titles[m] for m in reported] + [k.split(".")[-1] for k in keys]
     lines = []
     for r in rows:
         cells = [r["trial_id"], r["status"], r["method"] if r["kind"] == "baseline" else "search",
                  f"{r['step']}/{sweep.run.train.steps}"]
         cells += [_fmt(r.get(f"best/{m}")) for m in metrics]
-        cells += [_fmt(r.get(f"at_best/{m}")) for m in REPORTED]
+        cells += [_fmt(r.get(f"at_best/{m}")) for m in reported]
         cells += [_fmt(r["params"].get(k)) for k in keys]
         lines.append(cells)
     widths = [max(len(str(c)) for c in col) for col in zip(head, *lines)]
@@ -117,7 +138,8 @@ def format_table(rows: list[dict], sweep: SweepConfig, max_params: int = 4) -> s
     budget = (sweep.search.num_trials + len(sweep.baselines)) * sweep.run.train.steps
     out.append(f"{done}/{sweep.search.num_trials + len(sweep.baselines)} trials finished; "
                f"{used}/{budget} training steps used ({100 * used / max(budget, 1):.0f}%); "
-               "oracle columns use target labels and are for reporting only")
+               + ("oracle columns use target labels and are for reporting only" if labelled
+                  else "the target has no labels: label-free numbers only"))
     return "\n".join(out)
 
 
@@ -135,6 +157,7 @@ def summarise(sweep: SweepConfig, exp_dir: Path, state: dict, parent):
     from .tracking import close_stale_runs
 
     analysis = _analysis(exp_dir)  # read once: the trial table and the selection analysis both use it
+    labelled = _labelled(sweep)
     rows = trial_rows(exp_dir, sweep, analysis)
     closed = close_stale_runs(state["tracking_uri"], state["experiment_id"], state["parent_run_id"],
                               {r["trial_id"]: r["status"] for r in rows})
@@ -150,19 +173,20 @@ def summarise(sweep: SweepConfig, exp_dir: Path, state: dict, parent):
                "trials/failed": sum(r["status"] == "ERROR" for r in rows)}
     if best:
         metrics.update({f"best/{m}": best[f"best/{m}"] for m in sweep.objective.metrics})
-        metrics.update({f"best_trial/{m}": best[f"at_best/{m}"] for m in REPORTED})
+        metrics.update({f"best_trial/{m}": best.get(f"at_best/{m}") for m in REPORTED})
         parent.set_tags({"best_trial_id": best["trial_id"], "best_trial_step": best["best_step"],
                          **{f"best_param/{k}": v for k, v in best["params"].items()}})
     for r in rows:
         if r["kind"] == "baseline":
-            metrics.update({f"baseline/{r['method']}/{m}": r[f"at_best/{m}"] for m in REPORTED})
+            metrics.update({f"baseline/{r['method']}/{m}": r.get(f"at_best/{m}") for m in REPORTED})
     parent.log_metrics({k: v for k, v in metrics.items() if v is not None})
     if len(sweep.objective.metrics) > 1:
         front = pareto_rows(rows, sweep)
         parent.set_tags({"pareto_trial_ids": ",".join(r["trial_id"] for r in front)})
     _log_study_plots(sweep, exp_dir, state, parent)
     try:
-        _log_selection(sweep, analysis.trial_dataframes, rows, parent)
+        if labelled:  # the ORACLE selection analysis scores checkpoints by target labels
+            _log_selection(sweep, analysis.trial_dataframes, rows, parent)
     except Exception as e:  # a picture is never worth failing a sweep
         log.warning("could not analyse the selection criteria: %s", e)
     if best and finished and sweep.tracking.finalists:  # an interrupted sweep's best trial may still be training
@@ -220,14 +244,14 @@ def _log_selection(sweep: SweepConfig, frames: dict[str, pd.DataFrame], rows: li
 
     search = {r["trial_id"] for r in rows if r["kind"] == "search"}
     parts = [df.assign(trial=tid) for tid, df in frames.items()
-             if tid in search and ORACLE["h"] in df and "source_val/acc" in df]
+             if tid in search and ORACLE["h"] in df and N.SOURCE_VAL_ACC in df]
     if not parts:
         return
     evals = pd.concat(parts, ignore_index=True)
-    evals = evals[evals[ORACLE["h"]].notna() & evals["source_val/acc"].notna()].reset_index(drop=True)
+    evals = evals[evals[ORACLE["h"]].notna() & evals[N.SOURCE_VAL_ACC].notna()].reset_index(drop=True)
     if evals.empty:
         return
-    guard = ("source_val/acc", sweep.objective.min_source_val_acc)  # the sweep's own rule for a trial's best
+    guard = (N.SOURCE_VAL_ACC, sweep.objective.min_source_val_acc)  # the sweep's own rule for a trial's best
     table = sweep_selection(evals, guard=guard)
     metrics = {f"oracle/selection/{stat}/{r['criterion']}": r[stat] for _, r in table.iterrows()
                for stat in ("regret_acc", "regret_h", "rho_trial_h", "rho_ckpt_h") if stat in r and pd.notna(r[stat])}

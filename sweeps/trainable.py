@@ -22,6 +22,7 @@ from ray import tune
 from search_spaces import apply_params
 from uda_core.config import build_config
 from uda_core.evaluate import Evaluation
+from uda_core.evaluation import names as N
 from uda_core.methods import get_method
 from uda_core.train import TrainingDiverged, train
 
@@ -73,7 +74,7 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
         cfg.eval.select_by, cfg.eval.select_mode = _core_selection(ctx)
     tags = {"sweep": ctx.sweep_name, "method": cfg.method.name, "kind": "baseline" if baseline else "search",
             "objective": ",".join(ctx.objective_metrics),
-            "objective_is_oracle": str(any(m.startswith("oracle/") for m in ctx.objective_metrics)).lower()}
+            "objective_is_oracle": str(any(N.is_oracle(m) for m in ctx.objective_metrics)).lower()}
     run = TrialRun(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id, trial_id, trial_name, config, tags)
     run.set_tags({"ray.node_id": ray.get_runtime_context().get_node_id()})  # where this attempt runs
 
@@ -123,9 +124,9 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
 def _core_selection(ctx: TrialContext) -> tuple[str, str]:
     """The core keeps its own best checkpoint by a label-free metric; use the objective's when it is one."""
     m, mode = ctx.objective_metrics[0], ctx.objective_modes[0]
-    if m.startswith(("source_val/", "source_test/", "label_free/")):
+    if m.startswith(N.SELECTABLE_PREFIXES):
         return m, mode
-    return "source_val/acc", "max"
+    return N.SOURCE_VAL_ACC, "max"
 
 
 def _evaluation_files(ev: Evaluation) -> dict:
@@ -146,10 +147,12 @@ def _best_files(ev: Evaluation, embedding: str) -> dict:
         files[f"confusion_{split}.png"] = lambda p, c=conf, s=split: plot_confusion(c, p, title=f"{s}, best step {ev.step}")
     if embedding != "none" and ev.embedding:
         e = ev.embedding
+        unknown = e.get(N.EMBEDDING_ORACLE_UNKNOWN)  # absent when the target has no labels: colour by domain only
+        note = "the target has no labels" if unknown is None else "oracle: unknowns marked by true label"
         files["embedding.png"] = lambda p: plot_embedding(
-            e["source"], e["target"], e["oracle_target_unknown"], p, method=embedding,
-            title=f"source vs target features, step {ev.step} ({embedding}; oracle: unknowns marked by true label)")
-    if ev.acc_by_mag:
+            e["source"], e["target"], unknown, p, method=embedding,
+            title=f"source vs target features, step {ev.step} ({embedding}; {note})")
+    if ev.acc_by_mag:  # oracle: empty when the target has no labels
         files["oracle_accuracy_vs_r_mag.png"] = lambda p: plot_accuracy_by_bin(
             ev.acc_by_mag, p, "r magnitude (target test, shared classes)", title="oracle: target accuracy vs magnitude")
     return files

@@ -22,6 +22,32 @@ def tiny_folder(data_root) -> Path:
     return ensure_dataset(DataSpec(size="tiny"), data_root, progress=False)
 
 
+@pytest.fixture(scope="session")
+def tiny_unlabelled_folder(data_root, tiny_folder) -> Path:
+    """The tiny data set as a real unlabelled target survey: target rows have label = train_label = -1 and the
+    manifest says target_labels "none" (files and fingerprint recomputed, so the folder verifies)."""
+    import json
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from uda_core.data.store import CATALOGUE, MANIFEST, UNLABELLED, _sha256_files
+
+    folder = data_root / "tiny-unlabelled"
+    shutil.copytree(tiny_folder, folder)
+    cat = pq.read_table(folder / CATALOGUE).to_pandas()
+    target = cat["domain"] == "target"
+    cat.loc[target, ["label", "train_label"]] = UNLABELLED
+    pq.write_table(pa.Table.from_pandas(cat, preserve_index=False), folder / CATALOGUE)
+    manifest = json.loads((folder / MANIFEST).read_text())
+    manifest["target_labels"] = "none"
+    manifest["files"] = {name: (folder / name).stat().st_size for name in manifest["files"]}
+    manifest["fingerprint"] = _sha256_files(folder, tuple(manifest["files"]))
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return folder
+
+
 @pytest.fixture
 def tiny_config(data_root, tiny_folder):
     """A RunConfig factory for a few fast steps on the tiny data set."""

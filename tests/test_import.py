@@ -292,3 +292,17 @@ def test_a_damaged_import_is_never_advised_deleted(inputs, tmp_path):
     with pytest.raises(DataError) as e:
         load_dataset(folder)
     assert "delete" not in str(e.value) and "uda-sweep data import" in str(e.value)
+
+
+@pytest.mark.parametrize("kind", ["fits", "npy", "parquet", "hdf5"])
+def test_a_damaged_input_of_each_kind_is_named_before_any_pixel_is_copied(inputs, tmp_path, kind):
+    flux, ids = _stamps(4, 24, 2), [f"t{i}" for i in range(4)]
+    made = {"fits": lambda: _fits(tmp_path / "t", ids, flux, scale=0.396),
+            "npy": lambda: _npy(tmp_path / "t", ids, flux),
+            "parquet": lambda: write_parquet_cutouts(tmp_path / "t.parquet", ids, flux, list("grz"), 0.396),
+            "hdf5": lambda: _hdf5(tmp_path / "t.h5", ids, flux)}[kind]()
+    bad = sorted(made.iterdir())[-2] if made.is_dir() else made  # for folders the last stamp file (not cutouts.json)
+    bad.write_bytes(bad.read_bytes()[:100])
+    with pytest.raises(DataError, match=rf"{bad.name}.*(truncated|cannot be read)"):
+        import_dataset(_spec(inputs, target=DomainInput(str(made))), tmp_path / "ds", progress=False)
+    assert not (tmp_path / "ds").exists() and not list(tmp_path.glob(".ds.*"))

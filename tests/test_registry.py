@@ -236,7 +236,7 @@ def test_predict_catalogue_from_data_set_and_fits(in_workdir, fresh_target, tmp_
     assert out.read_bytes() == before
 
 
-def test_predict_puts_other_grids_on_the_models_and_refuses_missing_bands(in_workdir, tmp_path, capsys):
+def test_predict_puts_other_grids_on_the_models_and_refuses_missing_bands(in_workdir, tmp_path, capsys, caplog):
     summary = in_workdir
     promote("reg")
     flux = np.full((1, 3, 32, 32), 0.01, np.float32)
@@ -251,8 +251,8 @@ def test_predict_puts_other_grids_on_the_models_and_refuses_missing_bands(in_wor
     other = _write_fits(tmp_path / "scale", ["a"], big, pixel_arcsec=0.262)
     out = tmp_path / "scale.parquet"
     assert main(["predict", "models:/reg@champion", str(other), "--out", str(out), "--tracking-uri", summary.tracking_uri]) == 0
-    err = capsys.readouterr().err
-    assert "put on the model's grid" in err and "0.262" in err
+    notice = [r.getMessage() for r in caplog.records if "put on the model's grid" in r.getMessage()]
+    assert len(notice) == 1 and "64 px at 0.262" in notice[0]
     assert pq.read_table(out).num_rows == 1
 
 

@@ -315,3 +315,19 @@ def test_the_contract_covers_every_preset():
     covered = {name for pair in _pairs_covering_every_preset() for name in pair}
     assert covered == set(SURVEYS)
     assert all(SURVEYS[a].bands == SURVEYS[b].bands for a, b in _pairs_covering_every_preset())
+
+
+def test_a_sweep_sends_a_survey_file_to_its_trials_as_its_definition(tmp_path, one_thread, monkeypatch):
+    """Trials run in their own folders and on other nodes: the driver reads the file once and ships the mapping."""
+    from sweeps.config import parse_sweep
+    from sweeps.run import _data_folder, _ensure_data
+
+    monkeypatch.chdir(tmp_path)
+    _write(tmp_path / "grz.yaml", _grz_survey("grz_file"))
+    sweep = parse_sweep({"name": "user_survey", "run": {"data": {"size": "tiny", "target": "grz.yaml"}}}, "sweep")
+    _ensure_data(sweep, tmp_path)
+    assert sweep.run.data.target == get_survey(_grz_survey("grz_file")).to_dict() and sweep.run.data.source == "decals"
+    _, folder = _data_folder(sweep)
+    assert folder.name.startswith("universal-decals-grz_file-tiny-") and (folder / "manifest.json").exists()
+    (tmp_path / "grz.yaml").unlink()  # what a trial on another node sees: no file, and it needs none
+    assert build_config(sweep.run.model_dump()).data.target["name"] == "grz_file"

@@ -1,8 +1,10 @@
 """One evaluation of a model on every split: the metrics a sweep logs and selects on.
 
-Names are `{split}/{metric}`. Anything computed with target labels is under `oracle/`, because a real target
-survey has no labels: such numbers may be reported, never used to select a model. Label-free scores
-(`label_free/...`) use only the unlabelled target/train split.
+Names are `{split}/{metric}` (uda_core.evaluation.names). Two parts: the label-free one, always computed (source
+metrics, `label_free/...` scores on the unlabelled target/train split, the unknown-class rule's rejection rate),
+and the oracle one, only when the data set's target has labels: everything under `oracle/`, the target confusion
+matrix, accuracy by magnitude, target stamps coloured by their true class. A real target survey has no labels, so
+oracle numbers may be reported, never used to select a model; without labels they are absent, not NaN.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ import torch
 from .config import ANOMALY_SCORES, RunConfig
 from .data.dataset import UdaData
 from .evaluation import metrics as M
-from .evaluation.validators import (HIGHER_IS_BETTER, augmentation_agreement, combined_score, dev_risk,
+from .evaluation import names as N
+from .evaluation.names import is_oracle
+from .evaluation.validators import (LABEL_FREE_CRITERIA, augmentation_agreement, combined_score, dev_risk,
                                     domain_weights, label_free_scores)
 from .methods import Method
 from .models import SOURCE, TARGET, UdaNet, reestimate_bn
@@ -27,19 +31,15 @@ __all__ = ["Evaluation", "evaluate", "predict", "dihedral", "entropy_rho", "reje
 # Metrics a sweep may optimise, with the direction that is better. Those under oracle/ need target labels: a real
 # survey has none, so they serve benchmarks on simulated pairs and must be marked wherever they are used.
 OBJECTIVES: dict[str, str] = {
-    "source_val/acc": "max",
-    "source_val/mean_class_acc": "max",
-    "source_test/acc_shared": "max",
-    **{f"label_free/{k}": "max" if up else "min" for k, up in HIGHER_IS_BETTER.items()},
-    **{f"oracle/target_test/{k}": "max" for k in ("acc_shared", "mean_class_acc_shared", "acc_with_rejection",
-                                                  "known_acc", "unknown_recall", "h_score",
-                                                  "unknown_cluster_purity", "unknown_cluster_nmi")},
-    **{f"oracle/target_test/auroc/{s}": "max" for s in ANOMALY_SCORES},
+    N.SOURCE_VAL_ACC: "max",
+    N.SOURCE_VAL_MEAN_CLASS_ACC: "max",
+    N.SOURCE_TEST_ACC_SHARED: "max",
+    **{c.metric: c.mode for c in LABEL_FREE_CRITERIA},
+    **{f"{N.ORACLE_TARGET_TEST}/{k}": "max" for k in ("acc_shared", "mean_class_acc_shared", "acc_with_rejection",
+                                                      "known_acc", "unknown_recall", "h_score",
+                                                      "unknown_cluster_purity", "unknown_cluster_nmi")},
+    **{f"{N.ORACLE_TARGET_TEST}/auroc/{s}": "max" for s in ANOMALY_SCORES},
 }
-
-
-def is_oracle(metric: str) -> bool:
-    return metric.startswith("oracle/")
 
 
 @dataclass
@@ -48,12 +48,16 @@ class Evaluation:
     metrics: dict[str, float]
     confusion: dict[str, dict] = field(default_factory=dict)  # per split, rows true class, cols predicted + unknown
     acc_by_mag: list[dict] = field(default_factory=list)  # oracle: target shared-class accuracy per r-mag bin
-    # Features for pictures (not serialised); "oracle_target_unknown" colours target stamps by their true labels.
+    # Features for pictures (not serialised); "oracle_target_unknown" (only with target labels) colours target
+    # stamps by their true labels.
     embedding: dict[str, np.ndarray] = field(default_factory=dict)
 
     def to_json(self) -> dict:
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in self.metrics.items()}
-        return {"step": self.step, "metrics": clean, "confusion": self.confusion, "oracle/target_test/acc_by_mag": self.acc_by_mag}
+        out = {"step": self.step, "metrics": clean, "confusion": self.confusion}
+        if self.acc_by_mag:  # empty without target labels: no oracle key at all
+            out[N.ORACLE_ACC_BY_MAG] = self.acc_by_mag
+        return out
 
 
 def default_batch_size(device: torch.device) -> int:
@@ -102,82 +106,143 @@ def rejection_threshold(gmm_thresholds: dict[str, float], method: Method, cfg: R
     return gmm_thresholds[cfg.eval.reject_score]
 
 
-def evaluate(model: UdaNet, method: Method, data: UdaData, cfg: RunConfig, step: int, autocast=contextlib.nullcontext) -> Evaluation:
-    ev = cfg.eval
-    K, shared = data.num_known, data.shared
-    if model.domain_bn:
-        # Exact target statistics over the unlabelled target/train split (AdaBN); needs no labels.
-        reestimate_bn(model, data["target/train"].x, TARGET, autocast=autocast)
+@dataclass
+class _Outputs:
+    """The network's logits and features on every split one evaluation reads (val: source/val, stest: source/test,
+    tt: target/train, te: target/test), the source feature bank and the normalised prototypes."""
 
+    src_feats: np.ndarray
+    lg_val: np.ndarray
+    f_val: np.ndarray
+    lg_stest: np.ndarray
+    f_stest: np.ndarray
+    lg_tt: np.ndarray
+    f_tt: np.ndarray
+    lg_te: np.ndarray
+    f_te: np.ndarray
+    protos: np.ndarray
+
+
+@dataclass
+class _Rejection:
+    """The unknown-class rule, fitted without labels on target/train and applied to both target splits."""
+
+    scores_tt: dict[str, np.ndarray]
+    scores_te: dict[str, np.ndarray]
+    thresholds: dict[str, float]  # GMM threshold per anomaly score
+    rho: float
+    primary: float  # the threshold on eval.reject_score
+    rejected_tt: np.ndarray
+    rejected_te: np.ndarray
+
+
+def _network_outputs(model: UdaNet, data: UdaData, cfg: RunConfig, autocast) -> _Outputs:
     src_train = data["source/train"]
-    src_feats_n = min(len(src_train), ev.max_source_features)
+    src_feats_n = min(len(src_train), cfg.eval.max_source_features)
     _, src_feats = predict(model, src_train.x[:src_feats_n], SOURCE, autocast=autocast)
     lg_val, f_val = predict(model, data["source/val"].x, SOURCE, autocast=autocast)
     lg_stest, f_stest = predict(model, data["source/test"].x, SOURCE, autocast=autocast)
     lg_tt, f_tt = predict(model, data["target/train"].x, TARGET, autocast=autocast)
     lg_te, f_te = predict(model, data["target/test"].x, TARGET, autocast=autocast)
     protos = torch.nn.functional.normalize(model.prototypes.detach().float(), dim=1).cpu().numpy()
+    return _Outputs(src_feats, lg_val, f_val, lg_stest, f_stest, lg_tt, f_tt, lg_te, f_te, protos)
 
+
+def _source_metrics(o: _Outputs, data: UdaData) -> dict[str, float]:
     out: dict[str, float] = {}
     y_val = data["source/val"].y.numpy()
-    pred_val = lg_val.argmax(1)
-    out["source_val/acc"] = float((pred_val == y_val).mean())
-    out["source_val/mean_class_acc"] = float(np.mean([(pred_val[y_val == c] == c).mean() for c in np.unique(y_val)]))
+    pred_val = o.lg_val.argmax(1)
+    out[N.SOURCE_VAL_ACC] = float((pred_val == y_val).mean())
+    out[N.SOURCE_VAL_MEAN_CLASS_ACC] = float(np.mean([(pred_val[y_val == c] == c).mean() for c in np.unique(y_val)]))
     y_st = data["source/test"].y.numpy()
-    on_shared = np.isin(y_st, shared)
-    out["source_test/acc_shared"] = float((lg_stest.argmax(1)[on_shared] == y_st[on_shared]).mean())
+    on_shared = np.isin(y_st, data.shared)
+    out[N.SOURCE_TEST_ACC_SHARED] = float((o.lg_stest.argmax(1)[on_shared] == y_st[on_shared]).mean())
+    return out
 
-    p_tt = M.softmax(lg_tt)
-    out.update({f"label_free/{k}": v for k, v in label_free_scores(p_tt, ev.snd_max_samples).items()})
-    weights = domain_weights(src_feats, f_tt, f_val, max_samples=ev.dev_max_samples)
-    out["label_free/dev"] = dev_risk(weights, (pred_val != y_val).astype(np.float64))
+
+def _label_free_metrics(model: UdaNet, o: _Outputs, data: UdaData, cfg: RunConfig, source_val_acc: float,
+                        autocast) -> dict[str, float]:
+    """Every label-free criterion: target/train predictions, source labels and source features only."""
+    ev = cfg.eval
+    p_tt = M.softmax(o.lg_tt)
+    out = {N.label_free(k): v for k, v in label_free_scores(p_tt, ev.snd_max_samples).items()}
+    y_val = data["source/val"].y.numpy()
+    weights = domain_weights(o.src_feats, o.f_tt, o.f_val, max_samples=ev.dev_max_samples)
+    out[N.label_free("dev")] = dev_risk(weights, (o.lg_val.argmax(1) != y_val).astype(np.float64))
     x_agree = data["target/train"].x[: ev.agreement_max_samples]
     views = [M.softmax(predict(model, dihedral(x_agree, v), TARGET, autocast=autocast)[0]) for v in range(1, 8)]
-    out["label_free/agreement"] = augmentation_agreement(p_tt[: len(x_agree)], np.stack(views))
-    out["label_free/combined"] = combined_score(out["source_val/acc"], out["label_free/im"], out["label_free/agreement"], K)
+    out[N.label_free("agreement")] = augmentation_agreement(p_tt[: len(x_agree)], np.stack(views))
+    out[N.label_free("combined")] = combined_score(source_val_acc, out[N.label_free("im")],
+                                                   out[N.label_free("agreement")], data.num_known)
+    return out
 
+
+def _rejection(model: UdaNet, method: Method, o: _Outputs, cfg: RunConfig, num_known: int) -> _Rejection:
+    ev = cfg.eval
     temp = model.temperature
-    scores_tt = M.anomaly_scores(lg_tt, f_tt, protos, src_feats, temp, k=ev.knn_k)
-    scores_te = M.anomaly_scores(lg_te, f_te, protos, src_feats, temp, k=ev.knn_k)
+    scores_tt = M.anomaly_scores(o.lg_tt, o.f_tt, o.protos, o.src_feats, temp, k=ev.knn_k)
+    scores_te = M.anomaly_scores(o.lg_te, o.f_te, o.protos, o.src_feats, temp, k=ev.knn_k)
     thresholds = {s: M.gmm_threshold(scores_tt[s]) for s in ANOMALY_SCORES}
-    rho = entropy_rho(method, cfg, K)
-    primary_thr = rejection_threshold(thresholds, method, cfg, K)
-    rejected_tt = scores_tt[ev.reject_score] > primary_thr
-    out["label_free/rejected_frac"] = float(rejected_tt.mean())
+    primary = rejection_threshold(thresholds, method, cfg, num_known)
+    return _Rejection(scores_tt, scores_te, thresholds, entropy_rho(method, cfg, num_known), primary,
+                      scores_tt[ev.reject_score] > primary, scores_te[ev.reject_score] > primary)
 
+
+def _oracle_metrics(o: _Outputs, rule: _Rejection, data: UdaData, cfg: RunConfig) -> dict[str, float]:
+    """Everything under oracle/: target/test (and target/train) labels scored against predictions and the rule."""
+    ev, K, shared = cfg.eval, data.num_known, data.shared
     y_te = data["target/test"].y.numpy()
-    pred_te = lg_te.argmax(1)
-    rejected = scores_te[ev.reject_score] > primary_thr
-    o = "oracle/target_test"
-    for k, v in M.open_set_metrics(y_te, pred_te, rejected, K, shared).items():
+    pred_te = o.lg_te.argmax(1)
+    t = N.ORACLE_TARGET_TEST
+    out: dict[str, float] = {}
+    for k, v in M.open_set_metrics(y_te, pred_te, rule.rejected_te, K, shared).items():
         if not k.startswith("n_"):
-            out[f"{o}/{k}"] = v
+            out[f"{t}/{k}"] = v
     # The same scores on the target/train split's labels: an independent labelled sample, so selecting on it and
     # measuring on target/test shows how much regret the test set's own noise causes (bench/selection's floor).
-    tt = M.open_set_metrics(data["target/train"].y.numpy(), lg_tt.argmax(1), rejected_tt, K, shared)
-    out["oracle/target_train/acc_shared"], out["oracle/target_train/h_score"] = tt["acc_shared"], tt["h_score"]
+    tt = M.open_set_metrics(data["target/train"].y.numpy(), o.lg_tt.argmax(1), rule.rejected_tt, K, shared)
+    out[N.ORACLE_TRAIN_ACC], out[N.ORACLE_TRAIN_H] = tt["acc_shared"], tt["h_score"]
     for s in ANOMALY_SCORES:
-        out[f"{o}/auroc/{s}"] = M.auroc_unknown(y_te, scores_te[s], K)
-        out[f"{o}/h_score/{s}_gmm"] = M.open_set_metrics(y_te, pred_te, scores_te[s] > thresholds[s], K, shared)["h_score"]
+        out[f"{t}/auroc/{s}"] = M.auroc_unknown(y_te, rule.scores_te[s], K)
+        out[f"{t}/h_score/{s}_gmm"] = M.open_set_metrics(y_te, pred_te, rule.scores_te[s] > rule.thresholds[s], K, shared)["h_score"]
     # Per unknown class (e.g. lenses vs artifacts): which anomalies the primary score can see at all.
     for u in range(K, len(data.class_names)):
         keep = (y_te < K) | (y_te == u)
-        out[f"{o}/auroc_by_class/{data.class_names[u]}"] = M.auroc_unknown(y_te[keep], scores_te[ev.reject_score][keep], K)
-    out[f"{o}/h_score/entropy_rho"] = M.open_set_metrics(y_te, pred_te, scores_te["entropy"] > rho, K, shared)["h_score"]
-    clusters = M.cluster_rejected(f_te, y_te, rejected, ev.unknown_clusters)
-    out[f"{o}/unknown_cluster_purity"] = clusters["purity"]
-    out[f"{o}/unknown_cluster_nmi"] = clusters["nmi"]
+        out[f"{t}/auroc_by_class/{data.class_names[u]}"] = M.auroc_unknown(y_te[keep], rule.scores_te[ev.reject_score][keep], K)
+    out[f"{t}/h_score/entropy_rho"] = M.open_set_metrics(y_te, pred_te, rule.scores_te["entropy"] > rule.rho, K, shared)["h_score"]
+    clusters = M.cluster_rejected(o.f_te, y_te, rule.rejected_te, ev.unknown_clusters)
+    out[f"{t}/unknown_cluster_purity"] = clusters["purity"]
+    out[f"{t}/unknown_cluster_nmi"] = clusters["nmi"]
+    return out
 
-    cat = data["target/test"].catalogue
-    known_mask = np.isin(y_te, shared)
-    mags = cat["r_mag"].to_numpy()[known_mask]
+
+def _accuracy_by_magnitude(o: _Outputs, data: UdaData) -> list[dict]:
+    """Oracle: target/test shared-class accuracy in five r-magnitude quantile bins."""
+    y_te = data["target/test"].y.numpy()
+    known_mask = np.isin(y_te, data.shared)
+    mags = data["target/test"].catalogue["r_mag"].to_numpy()[known_mask]
     edges = np.quantile(mags, np.linspace(0, 1, 6)) if known_mask.any() else np.array([0.0, 1.0])
-    by_mag = M.accuracy_by_bin(mags, pred_te[known_mask] == y_te[known_mask], edges)
+    return M.accuracy_by_bin(mags, o.lg_te.argmax(1)[known_mask] == y_te[known_mask], edges)
 
-    names = data.class_names
-    conf = {
-        "source_test": M.confusion(y_st, lg_stest.argmax(1), np.zeros(len(y_st), bool), K, names),
-        "oracle_target_test": M.confusion(y_te, pred_te, rejected, K, names),
-    }
-    embedding = {"source": f_stest, "target": f_te, "oracle_target_unknown": y_te >= K}
+
+def evaluate(model: UdaNet, method: Method, data: UdaData, cfg: RunConfig, step: int, autocast=contextlib.nullcontext) -> Evaluation:
+    if model.domain_bn:
+        # Exact target statistics over the unlabelled target/train split (AdaBN); needs no labels.
+        reestimate_bn(model, data["target/train"].x, TARGET, autocast=autocast)
+    K, names = data.num_known, data.class_names
+    o = _network_outputs(model, data, cfg, autocast)
+    out = _source_metrics(o, data)
+    out.update(_label_free_metrics(model, o, data, cfg, out[N.SOURCE_VAL_ACC], autocast))
+    rule = _rejection(model, method, o, cfg, K)
+    out[N.REJECTED_FRAC] = float(rule.rejected_tt.mean())
+    y_st = data["source/test"].y.numpy()
+    conf = {N.CONFUSION_SOURCE: M.confusion(y_st, o.lg_stest.argmax(1), np.zeros(len(y_st), bool), K, names)}
+    embedding = {"source": o.f_stest, "target": o.f_te}
+    by_mag: list[dict] = []
+    if data.has_target_labels:
+        y_te = data["target/test"].y.numpy()
+        out.update(_oracle_metrics(o, rule, data, cfg))
+        conf[N.CONFUSION_ORACLE] = M.confusion(y_te, o.lg_te.argmax(1), rule.rejected_te, K, names)
+        by_mag = _accuracy_by_magnitude(o, data)
+        embedding[N.EMBEDDING_ORACLE_UNKNOWN] = y_te >= K
     return Evaluation(step, out, conf, by_mag, embedding)

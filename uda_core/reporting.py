@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 from .evaluate import Evaluation
+from .evaluation.names import EMBEDDING_ORACLE_UNKNOWN
 
 __all__ = ["FileReporter"]
 
@@ -50,13 +51,20 @@ class FileReporter:
         tmp.replace(self.out / "metrics.json")
 
     def finish(self, ev: Evaluation | None) -> None:
-        """Pictures of the final evaluation: embedding of source vs target features, accuracy versus magnitude."""
+        """Pictures of the final evaluation: embedding of source vs target features, and with target labels the
+        unknowns marked by their true class (`oracle_embedding.png`) and accuracy versus magnitude."""
         if ev is None:
             return
         from .evaluation.plots import plot_accuracy_by_bin, plot_embedding
 
         e = ev.embedding
-        plot_embedding(e["source"], e["target"], e["oracle_target_unknown"], self.out / "oracle_embedding.png",
-                       method="pca", title=f"features at step {ev.step} (PCA; oracle: unknowns marked by true label)")
-        plot_accuracy_by_bin(ev.acc_by_mag, self.out / "accuracy_vs_r_mag.png", "r magnitude (target test, shared classes)",
-                             title="oracle: target accuracy vs magnitude")
+        unknown = e.get(EMBEDDING_ORACLE_UNKNOWN)
+        if unknown is None:  # the target has no labels: colour by domain only
+            plot_embedding(e["source"], e["target"], None, self.out / "embedding.png", method="pca",
+                           title=f"features at step {ev.step} (PCA; the target has no labels)")
+        else:
+            plot_embedding(e["source"], e["target"], unknown, self.out / "oracle_embedding.png", method="pca",
+                           title=f"features at step {ev.step} (PCA; oracle: unknowns marked by true label)")
+        if ev.acc_by_mag:
+            plot_accuracy_by_bin(ev.acc_by_mag, self.out / "accuracy_vs_r_mag.png",
+                                 "r magnitude (target test, shared classes)", title="oracle: target accuracy vs magnitude")

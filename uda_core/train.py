@@ -26,10 +26,11 @@ from .data.dataset import UdaData, load_dataset
 from .data.store import DataSpec, ensure_dataset
 from .errors import ConfigError, UdaError
 from .evaluate import Evaluation, evaluate
-from .methods import Batch, get_method
+from .methods import METHODS, Batch, get_method
 from .models import build_model
 
-__all__ = ["train", "train_step", "load_data", "resolve_device", "autocast_factory", "TrainingDiverged", "CHECKPOINT_FILE"]
+__all__ = ["train", "train_step", "load_data", "check_target_label_use", "resolve_device", "autocast_factory",
+           "TrainingDiverged", "CHECKPOINT_FILE"]
 
 log = logging.getLogger(__name__)
 CHECKPOINT_FILE = "state.pt"
@@ -46,6 +47,28 @@ def load_data(cfg: RunConfig, progress: bool = True) -> UdaData:
         return load_dataset(Path(d.path))
     spec = DataSpec(d.task, d.source, d.target, d.size, d.seed, d.label_noise)
     return load_dataset(ensure_dataset(spec, Path(d.root), progress=progress))
+
+
+def check_target_label_use(cfg: RunConfig, manifest: dict, where: str, prefix: str = "") -> None:
+    """Refuse, before any training, a run that trains on target labels its data set cannot give: an unlabelled
+    target (manifest target_labels "none") or an imported one whose labels are for evaluation only ("eval").
+
+    `prefix` is where the run config sits in the file being checked (a sweep's "run."), so the key is named as
+    the user wrote it.
+    """
+    labels = manifest.get("target_labels", "simulated")
+    if labels == "simulated":
+        return
+    why = (f"the target of {where} has no labels (manifest target_labels: 'none')" if labels == "none" else
+           f"the target labels of {where} are for evaluation only (manifest target_labels: 'eval')")
+    if get_method(cfg.method.name).target_labels == "all":
+        label_free = sorted(name for name, cls in METHODS.items() if cls.target_labels != "all")
+        raise ConfigError(f"{prefix}method.name: {cfg.method.name!r} trains on target labels, but {why}; "
+                          f"choose a method that needs none: {label_free}")
+    n = cfg.data.few_shot_per_class
+    if n > 0:
+        raise ConfigError(f"{prefix}data.few_shot_per_class: {n} labelled target stamps per class need target labels "
+                          f"for training, but {why}; set it to 0")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -212,6 +235,7 @@ def train(
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     data = data or load_data(cfg, progress=cfg.train.progress)
+    check_target_label_use(cfg, data.manifest, str(data.folder))
     method_cls = get_method(cfg.method.name)
     if method_cls.needs_domain_bn and not cfg.model.domain_bn:
         cfg = cfg.model_copy(deep=True)

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import torch
 
 from ..errors import DataError
-from .store import CATALOGUE, PIXELS, verify
+from .store import CATALOGUE, MANIFEST, PIXELS, TARGET_LABELS, UNLABELLED, has_target_labels, mend_advice, verify
 
 __all__ = ["Split", "UdaData", "load_dataset", "preprocess"]
 
@@ -28,7 +28,7 @@ SPLITS = ("source/train", "source/val", "source/test", "target/train", "target/t
 @dataclass
 class Split:
     x: torch.Tensor  # (N, C, H, W) float32 network inputs
-    y: torch.Tensor  # (N,) true class ids (int64)
+    y: torch.Tensor  # (N,) true class ids (int64); UNLABELLED (-1) in an unlabelled target
     train_y: torch.Tensor  # (N,) labels used for training (label noise applied to source/train)
     catalogue: pd.DataFrame
 
@@ -58,12 +58,37 @@ class UdaData:
     def stamp_px(self) -> int:
         return int(self.manifest["stamp_px"])
 
+    @property
+    def has_target_labels(self) -> bool:
+        """Whether target rows carry class labels (manifest `target_labels` is not "none"): oracle/ metrics need them."""
+        return has_target_labels(self.manifest)
+
 
 def preprocess(flux: np.ndarray, softening: list[float]) -> torch.Tensor:
     """arcsinh stretch with a per-band softening (nanomaggies); the same mapping for every domain, in training and
     in prediction. In torch, which uses every core (2x numpy's speed here)."""
     s = torch.tensor(softening, dtype=torch.float32)[None, :, None, None]
     return torch.asinh(torch.as_tensor(np.asarray(flux, dtype=np.float32)) / s) / 3.0
+
+
+def _check_labels(cat: pd.DataFrame, manifest: dict, folder: Path) -> None:
+    """Source rows always carry a class label; target rows may lack one only where the manifest says "none"."""
+    kind = manifest.get("target_labels", "simulated")
+    if kind not in TARGET_LABELS:
+        raise DataError(f"{folder / MANIFEST}: target_labels {kind!r} is not one of {list(TARGET_LABELS)}; "
+                        "set it to what the target rows carry")
+    missing = (cat["label"] == UNLABELLED) | (cat["train_label"] == UNLABELLED)
+    source = missing & (cat["domain"] == "source")
+    if source.any():
+        raise DataError(f"{folder / CATALOGUE}: {int(source.sum())} source rows have no class label "
+                        f"(label = {UNLABELLED}, ids {cat['id'][source].tolist()[:5]}); source stamps train the "
+                        "classifier: give them their class or drop them")
+    target = missing & (cat["domain"] == "target")
+    if target.any() and has_target_labels(manifest):
+        raise DataError(f"{folder / CATALOGUE}: {int(target.sum())} target rows have no class label "
+                        f"(label = {UNLABELLED}, ids {cat['id'][target].tolist()[:5]}) but {MANIFEST} says "
+                        f"target_labels: {kind!r}; label every target row, or set target_labels to 'none' if the "
+                        "target survey is unlabelled")
 
 
 def load_dataset(folder: Path, verify_content: bool = True) -> UdaData:
@@ -73,12 +98,13 @@ def load_dataset(folder: Path, verify_content: bool = True) -> UdaData:
         cat = pq.read_table(folder / CATALOGUE).to_pandas()
         pixels = np.load(folder / PIXELS, mmap_mode="r")
     except Exception as e:  # pyarrow and numpy raise many types on corrupt files
-        raise DataError(f"{folder}: cannot read ({type(e).__name__}: {e}); delete the folder to regenerate it") from None
+        raise DataError(f"{folder}: cannot read ({type(e).__name__}: {e}); {mend_advice(folder, manifest)}") from None
     missing = [c for c in REQUIRED_COLUMNS if c not in cat.columns]
     if missing:
         raise DataError(f"{folder / CATALOGUE}: missing columns {missing}; a data set needs {list(REQUIRED_COLUMNS)}")
     if len(pixels) != len(cat) or pixels.shape[1] != len(manifest["bands"]):
         raise DataError(f"{folder}: {PIXELS} shape {pixels.shape} does not match the catalogue ({len(cat)} rows, bands {manifest['bands']})")
+    _check_labels(cat, manifest, folder)
     softening = manifest["surveys"]["source"]["sky_sigma_nmgy"]
     splits = {}
     for key in SPLITS:

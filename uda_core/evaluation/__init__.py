@@ -19,6 +19,7 @@ from .metrics import (
 from .plots import plot_accuracy_by_bin, plot_confusion, plot_embedding
 from .validators import (
     HIGHER_IS_BETTER,
+    LABEL_FREE_CRITERIA,
     VALIDATORS,
     information_maximization,
     label_free_scores,
@@ -44,6 +45,7 @@ __all__ = [
     "plot_confusion",
     "plot_embedding",
     "HIGHER_IS_BETTER",
+    "LABEL_FREE_CRITERIA",
     "VALIDATORS",
     "information_maximization",
     "label_free_scores",

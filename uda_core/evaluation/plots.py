@@ -68,7 +68,8 @@ def plot_embedding(
 ) -> Path:
     """2-D embedding (PCA or t-SNE) of L2-normalised source and target features.
 
-    source_feats (M, D), target_feats (N, D), target_unknown_mask (N,) bool.
+    source_feats (M, D), target_feats (N, D), target_unknown_mask (N,) bool, or
+    None when the target has no labels (target stamps are then one group).
     At most ``max_points`` points are drawn per group (source, target known,
     target unknown), sampled with a seeded RNG. Features are L2-normalised since
     the classifier is cosine-based.
@@ -76,12 +77,15 @@ def plot_embedding(
     rng = np.random.default_rng(seed)
     src = l2_normalize(source_feats)
     tgt = l2_normalize(target_feats)
-    unk = to_numpy(target_unknown_mask).astype(bool).ravel()
-    groups = [
-        ("source", _subsample(src, max_points, rng), "tab:blue", "o"),
-        ("target known", _subsample(tgt[~unk], max_points, rng), "tab:green", "^"),
-        ("target unknown", _subsample(tgt[unk], max_points, rng), "tab:red", "x"),
-    ]
+    groups = [("source", _subsample(src, max_points, rng), "tab:blue", "o")]
+    if target_unknown_mask is None:
+        groups.append(("target", _subsample(tgt, max_points, rng), "tab:green", "^"))
+    else:
+        unk = to_numpy(target_unknown_mask).astype(bool).ravel()
+        groups += [
+            ("target known", _subsample(tgt[~unk], max_points, rng), "tab:green", "^"),
+            ("target unknown", _subsample(tgt[unk], max_points, rng), "tab:red", "x"),
+        ]
     stacked = np.concatenate([g[1] for g in groups], axis=0)
     if method == "pca":
         from sklearn.decomposition import PCA

@@ -28,20 +28,21 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
-from .validators import HIGHER_IS_BETTER  # noqa: E402
+from . import names as N  # noqa: E402
+from .validators import LABEL_FREE_CRITERIA  # noqa: E402
 
 __all__ = ["CRITERIA", "ORACLE", "GUARD", "RANDOM", "NOISE_FLOOR", "load_records", "sweep_selection", "selection_summary", "summary_table",
            "plot_selection", "plot_criteria_vs_oracle"]
 
 # Every criterion an evaluation reports, with its direction (+1: higher is better).
-CRITERIA: dict[str, int] = {"source_val/acc": 1, **{f"label_free/{k}": 1 if up else -1 for k, up in HIGHER_IS_BETTER.items()}}
-ORACLE = {"acc": "oracle/target_test/acc_shared", "h": "oracle/target_test/h_score"}
-GUARD = ("source_val/acc", 0.5)  # the sweep's default objective.min_source_val_acc
+CRITERIA: dict[str, int] = {N.SOURCE_VAL_ACC: 1, **{c.metric: 1 if c.higher_is_better else -1 for c in LABEL_FREE_CRITERIA}}
+ORACLE = {"acc": N.ORACLE_ACC, "h": N.ORACLE_H}
+GUARD = (N.SOURCE_VAL_ACC, 0.5)  # the sweep's default objective.min_source_val_acc
 RANDOM = "random checkpoint: expected"
 # Selecting on the labels of target/train (an independent labelled sample) and scoring on target/test: the regret
 # that the test set's own noise causes, which no criterion can beat on average.
 NOISE_FLOOR = "noise floor: ORACLE on target/train"
-NOISE_FLOOR_BY = {"acc": "oracle/target_train/acc_shared", "h": "oracle/target_train/h_score"}
+NOISE_FLOOR_BY = {"acc": N.ORACLE_TRAIN_ACC, "h": N.ORACLE_TRAIN_H}
 
 
 def load_records(paths: Iterable[Path]) -> pd.DataFrame:

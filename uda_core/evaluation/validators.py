@@ -1,23 +1,28 @@
 """Label-free model-selection scores: nothing here reads a target label.
 
-``VALIDATORS`` map target probabilities (N, C) to one float. DEV also needs source features and source-validation
-errors, augmentation agreement needs predictions on transformed target stamps, and ``combined`` averages source
-validation accuracy, normalised information maximisation and agreement. Whether higher or lower is better is in ``HIGHER_IS_BETTER`` (for every
-criterion an evaluation reports, ``source_val/acc`` aside) and in each docstring.
+``LABEL_FREE_CRITERIA`` is the one registry of the label-free criteria an evaluation reports (``source_val/acc``
+aside): each with its metric name, its direction and, for those computed from target probabilities (N, C) alone,
+its function. DEV also needs source features and source-validation errors, augmentation agreement needs predictions
+on transformed target stamps, and ``combined`` averages source validation accuracy, normalised information
+maximisation and agreement. ``VALIDATORS`` and ``HIGHER_IS_BETTER`` are views of the registry.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
 
 from .metrics import entropy, to_numpy
+from .names import label_free
 
 __all__ = [
     "snd",
     "mean_entropy",
     "information_maximization",
+    "LabelFreeCriterion",
+    "LABEL_FREE_CRITERIA",
     "VALIDATORS",
     "HIGHER_IS_BETTER",
     "label_free_scores",
@@ -88,14 +93,35 @@ def information_maximization(probs: Any) -> float:
     return float(entropy(marginal, eps=_EPS)[0] - np.mean(entropy(p, eps=_EPS)))
 
 
-VALIDATORS: dict[str, Callable[[Any], float]] = {
-    "snd": snd,
-    "entropy": mean_entropy,
-    "im": information_maximization,
-}
+@dataclass(frozen=True)
+class LabelFreeCriterion:
+    """A label-free selection score: its short name (metric `label_free/<name>`), whether higher is better, and the
+    function when target probabilities alone give it (the others are computed by `uda_core.evaluate`)."""
 
-HIGHER_IS_BETTER: dict[str, bool] = {"snd": True, "entropy": False, "im": True,
-                                     "dev": False, "agreement": True, "combined": True}
+    name: str
+    higher_is_better: bool
+    from_probs: Callable[..., float] | None = None
+
+    @property
+    def metric(self) -> str:
+        return label_free(self.name)
+
+    @property
+    def mode(self) -> str:
+        return "max" if self.higher_is_better else "min"
+
+
+LABEL_FREE_CRITERIA: tuple[LabelFreeCriterion, ...] = (
+    LabelFreeCriterion("snd", True, snd),
+    LabelFreeCriterion("entropy", False, mean_entropy),
+    LabelFreeCriterion("im", True, information_maximization),
+    LabelFreeCriterion("dev", False),
+    LabelFreeCriterion("agreement", True),
+    LabelFreeCriterion("combined", True),
+)
+
+VALIDATORS: dict[str, Callable[[Any], float]] = {c.name: c.from_probs for c in LABEL_FREE_CRITERIA if c.from_probs}
+HIGHER_IS_BETTER: dict[str, bool] = {c.name: c.higher_is_better for c in LABEL_FREE_CRITERIA}
 
 
 def label_free_scores(target_probs: Any, snd_max_samples: int = 2000) -> dict[str, float]:

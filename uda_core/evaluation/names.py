@@ -1,0 +1,43 @@
+"""Metric names shared by evaluation, selection and the sweep layer, so none of them spells one differently.
+
+An evaluation's metrics are `{group}/{name}`. Anything computed with target labels lives under `oracle/`: a real
+target survey has no labels, so such numbers exist only for simulated (or evaluation-labelled) pairs and may be
+reported, never used to select a model. Everything else needs no target label.
+"""
+
+from __future__ import annotations
+
+__all__ = ["ORACLE_PREFIX", "LABEL_FREE_PREFIX", "SELECTABLE_PREFIXES", "SOURCE_VAL_ACC", "SOURCE_VAL_MEAN_CLASS_ACC",
+           "SOURCE_TEST_ACC_SHARED", "REJECTED_FRAC", "ORACLE_TARGET_TEST", "ORACLE_ACC", "ORACLE_H",
+           "ORACLE_TRAIN_ACC", "ORACLE_TRAIN_H", "ORACLE_ACC_BY_MAG", "CONFUSION_SOURCE", "CONFUSION_ORACLE",
+           "EMBEDDING_ORACLE_UNKNOWN", "label_free", "is_oracle"]
+
+ORACLE_PREFIX = "oracle/"
+LABEL_FREE_PREFIX = "label_free/"
+# Groups a model may be selected by (no target label in them).
+SELECTABLE_PREFIXES = ("source_val/", "source_test/", LABEL_FREE_PREFIX)
+
+SOURCE_VAL_ACC = "source_val/acc"
+SOURCE_VAL_MEAN_CLASS_ACC = "source_val/mean_class_acc"
+SOURCE_TEST_ACC_SHARED = "source_test/acc_shared"
+REJECTED_FRAC = "label_free/rejected_frac"  # share of target/train stamps the unknown-class rule rejects
+
+ORACLE_TARGET_TEST = "oracle/target_test"
+ORACLE_ACC = f"{ORACLE_TARGET_TEST}/acc_shared"
+ORACLE_H = f"{ORACLE_TARGET_TEST}/h_score"
+ORACLE_TRAIN_ACC = "oracle/target_train/acc_shared"
+ORACLE_TRAIN_H = "oracle/target_train/h_score"
+ORACLE_ACC_BY_MAG = f"{ORACLE_TARGET_TEST}/acc_by_mag"  # key of Evaluation.to_json()
+
+# Keys of Evaluation.confusion and Evaluation.embedding.
+CONFUSION_SOURCE = "source_test"
+CONFUSION_ORACLE = "oracle_target_test"
+EMBEDDING_ORACLE_UNKNOWN = "oracle_target_unknown"  # target/test stamps coloured by their true (unknown) class
+
+
+def label_free(name: str) -> str:
+    return f"{LABEL_FREE_PREFIX}{name}"
+
+
+def is_oracle(metric: str) -> bool:
+    return metric.startswith(ORACLE_PREFIX)
