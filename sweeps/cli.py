@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -74,10 +75,21 @@ def _train(a: argparse.Namespace) -> None:
         resume = ckpts[-1]
     elif (out / "metrics.json").exists():
         raise UdaError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    if cfg.data.path:  # an existing data set: what it cannot give (target labels) fails before --out is made
+        from uda_core.data.store import read_manifest
+        from uda_core.train import check_target_label_use
+
+        check_target_label_use(cfg, read_manifest(Path(cfg.data.path)), cfg.data.path)
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(Path(a.config).read_text())
     reporter = FileReporter(out, cfg.eval.select_by, cfg.eval.select_mode)
-    last = train(cfg, reporter, out, resume_from=resume)
+    try:
+        last = train(cfg, reporter, out, resume_from=resume)
+    except BaseException:
+        if created and not (out / "checkpoints").exists():  # failed before its first checkpoint: leave no trace
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     reporter.finish(last)
     best = reporter.best
     if best is None:

@@ -130,6 +130,15 @@ def test_train_command_end_to_end_on_an_unlabelled_target(tiny_unlabelled_folder
     assert pictures == {"embedding.png"}  # no picture that needs labels (oracle embedding, accuracy vs magnitude)
 
 
+def test_train_command_refusal_leaves_no_out_folder(tiny_unlabelled_folder, tmp_path, capsys):
+    from sweeps.cli import main
+
+    config, out = tmp_path / "run.yaml", tmp_path / "out"
+    config.write_text(yaml.safe_dump(_run(tiny_unlabelled_folder, "target_oracle")))
+    assert main(["train", str(config), "--out", str(out)]) == 2
+    assert "method.name" in capsys.readouterr().err and not out.exists()
+
+
 @pytest.mark.parametrize("labels", ["none", "eval"])
 @pytest.mark.parametrize("method, sections, key", [
     ("target_oracle", {}, "method.name"),

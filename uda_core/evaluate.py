@@ -221,7 +221,8 @@ def _accuracy_by_magnitude(o: _Outputs, data: UdaData) -> list[dict]:
     y_te = data["target/test"].y.numpy()
     known_mask = np.isin(y_te, data.shared)
     mags = data["target/test"].catalogue["r_mag"].to_numpy()[known_mask]
-    edges = np.quantile(mags, np.linspace(0, 1, 6)) if known_mask.any() else np.array([0.0, 1.0])
+    finite = mags[np.isfinite(mags)]  # an imported stamp with no positive flux has no magnitude
+    edges = np.quantile(finite, np.linspace(0, 1, 6)) if finite.size else np.array([0.0, 1.0])
     return M.accuracy_by_bin(mags, o.lg_te.argmax(1)[known_mask] == y_te[known_mask], edges)
 
 

@@ -84,6 +84,10 @@ class ImportSpec:
             raise ConfigError(f"--pixel-arcsec {self.pixel_arcsec}: must be a positive pixel scale in arcsec")
         if self.source.labels is None:
             raise ConfigError("the source needs a label table (--source-labels): the classifier learns from it")
+        for flag, path in (("--source", self.source.cutouts), ("--target", self.target.cutouts),
+                           ("--source-labels", self.source.labels), ("--target-labels", self.target.labels)):
+            if path is not None and not Path(path).expanduser().exists():
+                raise ConfigError(f"{flag} {path}: does not exist")
         for name in self.unknown_classes:
             if not CLASS_NAME.fullmatch(name):
                 raise ConfigError(f"--unknown-classes: {name!r} must start with a letter and use letters, digits, _ . -")

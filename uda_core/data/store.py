@@ -27,8 +27,6 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from ..errors import DataError
-from .population import draw_population
-from .render import render
 from .surveys import SURVEYS, Survey, get_survey
 from .tasks import get_task
 
@@ -150,6 +148,9 @@ def delivered_sky_sigma(survey, stamp_px: int) -> list[float]:
     Equal to the depth formula on the native grid; for resampled surveys (BASS) the resampling scales and
     smooths the noise, so the formula's native value would overstate it about threefold.
     """
+    from .population import draw_population  # the renderer imports torch: only when drawing
+    from .render import render
+
     survey = get_survey(survey)
     if survey.native_pixel_arcsec is None:
         return [survey.sky_sigma_nmgy(b) for b in range(len(survey.bands))]
@@ -172,6 +173,9 @@ def _sha256_files(folder: Path, names=(CATALOGUE, PIXELS)) -> str:
 
 def generate(spec: DataSpec, out: Path, batch: int = 128, progress: bool = True) -> Path:
     """Render a data set into `out` (written to a temporary folder first, then renamed into place)."""
+    from .population import draw_population  # the renderer imports torch: only when drawing
+    from .render import render
+
     spec.check()
     out = Path(out)
     if out.exists():
