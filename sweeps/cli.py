@@ -35,8 +35,10 @@ def _data_import(a: argparse.Namespace) -> None:
     from uda_core.data.readers import _parse_bands
 
     spec = ImportSpec(
-        source=DomainInput(a.source, a.source_labels, a.source_survey, a.source_pixel_arcsec),
-        target=DomainInput(a.target, a.target_labels, a.target_survey, a.target_pixel_arcsec),
+        source=DomainInput(a.source, a.source_labels, a.source_survey, a.source_pixel_arcsec,
+                           _parse_bands(a.source_bands) if a.source_bands else None),
+        target=DomainInput(a.target, a.target_labels, a.target_survey, a.target_pixel_arcsec,
+                           _parse_bands(a.target_bands) if a.target_bands else None),
         id_column=a.id_column, label_column=a.label_column, class_map=a.class_map,
         unknown_classes=[c.strip() for c in a.unknown_classes.split(",") if c.strip()] if a.unknown_classes else [],
         bands=_parse_bands(a.bands) if a.bands else None, stamp_px=a.stamp_px, pixel_arcsec=a.pixel_arcsec,
@@ -45,7 +47,7 @@ def _data_import(a: argparse.Namespace) -> None:
     )
     r = import_dataset(spec, Path(a.out), progress=True)
     for w in r.warnings:
-        print(f"warning: {w}", file=sys.stderr)
+        print(f"warning: {w}", file=sys.stderr)  # once: the importer logs them at INFO only
     print(f"pre-scan: {r.files_scanned} file(s) in {r.prescan_seconds:.1f} s; "
           f"{r.stamps} stamps copied in {r.copy_seconds:.1f} s ({r.stamps / max(r.copy_seconds, 1e-9):.0f}/s)")
     if r.skipped:
@@ -229,12 +231,16 @@ def build_parser() -> argparse.ArgumentParser:
                                        "or a YAML/JSON file; default: the values are the class names")
     i.add_argument("--unknown-classes", help="comma-separated classes believed to appear only in the target "
                                              "(recorded in the manifest), e.g. lens,artifact")
-    i.add_argument("--bands", help="bands to import, in order (e.g. grz or g,r,z); default: the source's")
+    i.add_argument("--bands", help="bands to import, in this order (e.g. grz or g,r,z), picked from each input's own "
+                                   "bands; default: the source's")
     i.add_argument("--stamp-px", type=int, help="stamp size (pixels) to centre-crop or zero-pad to; default: the source's")
     i.add_argument("--pixel-arcsec", type=float, help="pixel scale to resample every stamp to (flux-conserving); "
                                                       "default: the source's")
     i.add_argument("--source-pixel-arcsec", type=float, help="the source cutouts' pixel scale when files do not record it")
     i.add_argument("--target-pixel-arcsec", type=float, help="the target cutouts' pixel scale when files do not record it")
+    i.add_argument("--source-bands", help="the bands of the source files' planes, in order, when files do not record "
+                                          "them (.npy stamps without cutouts.json)")
+    i.add_argument("--target-bands", help="as --source-bands, for the target files")
     i.add_argument("--source-survey", help="survey of the source (preset name or survey YAML): names it in the "
                                            "manifest and checks the flux units against its depth")
     i.add_argument("--target-survey", help="survey of the target (preset name or survey YAML), as --source-survey")

@@ -208,7 +208,7 @@ def test_a_truncated_file_sorted_last_fails_in_the_prescan(inputs, tmp_path):
     last = sorted(inputs["src"].iterdir())[-1]
     data = last.read_bytes()
     last.write_bytes(data[: len(data) - 2000])
-    with pytest.raises(DataError, match=rf"{last.name}: .*truncated.*--skip-bad"):
+    with pytest.raises(DataError, match=rf"{last.name}: .*truncated.*--skip-bad.*\(pre-scan\)"):
         import_dataset(_spec(inputs), tmp_path / "ds", progress=False)
     assert not (tmp_path / "ds").exists() and not list(tmp_path.glob(".ds.*"))  # no pixel was copied
     # --skip-bad imports the rest and says why the file was left out
@@ -301,8 +301,78 @@ def test_a_damaged_input_of_each_kind_is_named_before_any_pixel_is_copied(inputs
             "npy": lambda: _npy(tmp_path / "t", ids, flux),
             "parquet": lambda: write_parquet_cutouts(tmp_path / "t.parquet", ids, flux, list("grz"), 0.396),
             "hdf5": lambda: _hdf5(tmp_path / "t.h5", ids, flux)}[kind]()
-    bad = sorted(made.iterdir())[-2] if made.is_dir() else made  # for folders the last stamp file (not cutouts.json)
+    bad = sorted(made.glob("t3.*"))[0] if made.is_dir() else made  # for folders the last stamp file
     bad.write_bytes(bad.read_bytes()[:100])
     with pytest.raises(DataError, match=rf"{bad.name}.*(truncated|cannot be read)"):
         import_dataset(_spec(inputs, target=DomainInput(str(made))), tmp_path / "ds", progress=False)
     assert not (tmp_path / "ds").exists() and not list(tmp_path.glob(".ds.*"))
+
+
+def test_rows_left_out_keep_ids_and_pixels_aligned(inputs, tmp_path):
+    """After rows are dropped (class map) or skipped (NaN), each catalogue row still points at its own stamp."""
+    f = sorted(inputs["src"].glob("*.fits"))[4]
+    data = fits.getdata(f)
+    data[1, 2, 2] = np.nan
+    fits.writeto(f, data, fits.getheader(f), overwrite=True)
+    r = import_dataset(_spec(inputs, class_map="E=elliptical,S=spiral,M=", skip_bad=True), tmp_path / "ds",
+                       progress=False)
+    cat = pq.read_table(r.folder / "catalogue.parquet").to_pandas()
+    pixels = np.load(r.folder / "pixels.npy")
+    assert len(pixels) == len(cat) == 26 + 30 and r.skipped == 1  # 13 M rows dropped, one NaN row skipped
+    for _, row in cat[cat["domain"] == "source"].iterrows():
+        np.testing.assert_array_equal(pixels[row["row"]], fits.getdata(inputs["src"] / f"{row['id']}.fits"))
+    assert set(cat[cat["domain"] == "source"]["label_value"]) == {"E", "S"}
+
+
+def test_unknown_or_impossible_pixel_scales_are_refused(inputs, tmp_path):
+    (inputs["tgt"] / "cutouts.json").write_text(json.dumps({"bands": "grz"}))
+    with pytest.raises(ConfigError, match="do not record their pixel scale; pass --target-pixel-arcsec"):
+        import_dataset(_spec(inputs), tmp_path / "ds", progress=False)
+    ok = import_dataset(_spec(inputs, target=DomainInput(str(inputs["tgt"]), pixel_arcsec=0.396)), tmp_path / "ds",
+                        progress=False)
+    assert read_manifest(ok.folder)["counts"]["target/train"] == 24
+    with pytest.raises(ConfigError, match="--target-pixel-arcsec 0.0"):
+        import_dataset(_spec(inputs, target=DomainInput(str(inputs["tgt"]), pixel_arcsec=0.0)), tmp_path / "x",
+                       progress=False)
+    (inputs["tgt"] / "cutouts.json").write_text(json.dumps({"bands": "grz", "pixel_arcsec": -0.4}))
+    with pytest.raises(DataError, match="cutouts.json.*not a pixel scale"):
+        import_dataset(_spec(inputs), tmp_path / "y", progress=False)
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_a_file_that_fails_only_when_read_costs_only_itself(inputs, tmp_path, monkeypatch):
+    """A file whose header passed the pre-scan but whose pixels cannot be read: its shard is retried file by file."""
+    from uda_core.data import readers
+
+    victim = str(sorted(inputs["src"].glob("*.fits"))[7])
+    original = readers._FitsSource._open
+
+    def damaged(file, with_data, layout=True):
+        if with_data and file == victim:
+            raise DataError(f"{file}: cannot be read as FITS (damaged data)")
+        return original(file, with_data, layout)
+
+    monkeypatch.setattr(readers._FitsSource, "_open", staticmethod(damaged))
+    with pytest.raises(DataError, match=r"src007\.fits: cannot be read.*\(reading pixels\)"):
+        import_dataset(_spec(inputs), tmp_path / "ds", progress=False)
+    r = import_dataset(_spec(inputs, skip_bad=True), tmp_path / "ds", progress=False)
+    assert r.skipped == 1 and pd.read_csv(r.folder / SKIPPED)["file"].tolist() == [victim]
+    assert sum(v for k, v in r.counts.items() if k.startswith("source")) == 39
+
+
+def test_npy_bands_given_per_survey_and_show_draws_one_band(inputs, tmp_path):
+    from uda_core.data.show import show_dataset
+
+    (inputs["tgt"] / "cutouts.json").unlink()
+    with pytest.raises(ConfigError, match="--target-bands"):
+        import_dataset(_spec(inputs), tmp_path / "x", progress=False)
+    r = import_dataset(_spec(inputs, bands=["r"], target=DomainInput(str(inputs["tgt"]), pixel_arcsec=0.396,
+                                                                      bands=["z", "r", "g"])), tmp_path / "ds",
+                       progress=False)
+    cat = pq.read_table(r.folder / "catalogue.parquet").to_pandas()
+    row = cat[cat["domain"] == "target"].iloc[0]
+    stamp = np.load(inputs["tgt"] / f"{row['id']}.npy")
+    grid = Grid(("r",), 32, 0.262)
+    np.testing.assert_allclose(np.load(r.folder / "pixels.npy")[row["row"]], conform(stamp[None], list("zrg"), 0.396,
+                                                                                     grid, "x")[0], atol=1e-6)
+    assert show_dataset(r.folder, tmp_path / "one_band.png").stat().st_size > 1000

@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError, DataError
-from .geometry import Grid, conform, padded, same_scale
+from .geometry import Grid, band_order, conform, padded, same_scale
 from .label_table import CLASS_NAME, parse_class_map, read_class_labels
 from .readers import FITS_SUFFIXES, CutoutSource, _FitsSource, _NpySource, _npy_sidecar, fits_layout, npy_layout, \
     open_cutouts
@@ -54,6 +54,7 @@ class DomainInput:
     labels: str | None = None  # CSV/Parquet label table; for the target, labels used only to evaluate
     survey: str | dict | None = None  # preset name, survey YAML or mapping: names the survey, checks units
     pixel_arcsec: float | None = None  # for files that do not record it (.npy stamps, FITS without WCS)
+    bands: list[str] | None = None  # the planes' bands, for files that do not record them (.npy stamps)
 
 
 @dataclass
@@ -64,7 +65,7 @@ class ImportSpec:
     label_column: str = "label"
     class_map: str | None = None  # 'E=elliptical,...' or a YAML file; None: label values are the class names
     unknown_classes: list[str] = field(default_factory=list)  # believed to appear only in the target
-    bands: list[str] | None = None  # default: the source's bands
+    bands: list[str] | None = None  # the grid's bands, in order; default: the source's bands
     stamp_px: int | None = None  # default: the source cutouts' size
     pixel_arcsec: float | None = None  # default: the source cutouts' pixel scale
     source_split: tuple[float, float, float] = (0.7, 0.1, 0.2)  # train, val, test
@@ -82,6 +83,10 @@ class ImportSpec:
             raise ConfigError(f"--stamp-px {self.stamp_px}: must lie in [8, 1024]")
         if self.pixel_arcsec is not None and not 0 < self.pixel_arcsec < 60:
             raise ConfigError(f"--pixel-arcsec {self.pixel_arcsec}: must be a positive pixel scale in arcsec")
+        for flag, scale in (("--source-pixel-arcsec", self.source.pixel_arcsec),
+                            ("--target-pixel-arcsec", self.target.pixel_arcsec)):
+            if scale is not None and not 0 < scale < 60:
+                raise ConfigError(f"{flag} {scale}: must be a positive pixel scale in arcsec")
         if self.source.labels is None:
             raise ConfigError("the source needs a label table (--source-labels): the classifier learns from it")
         for flag, path in (("--source", self.source.cutouts), ("--target", self.target.cutouts),
@@ -149,26 +154,41 @@ def _read_labels(spec: ImportSpec) -> tuple[pd.Series, pd.Series | None, dict | 
             if bad:
                 raise DataError(f"{getattr(spec, domain).labels}: label values {bad[:10]} are not usable class names; "
                                 "map them with --class-map (e.g. '0=elliptical,1=spiral')")
+    known = {cmap[v] if cmap is not None else v for v in src.unique()} - {None}
+    if not known:
+        raise DataError(f"{spec.source.labels}: --class-map drops every source label value; keep at least one class")
+    clash = sorted(set(spec.unknown_classes) & known)
+    if clash:
+        raise ConfigError(f"--unknown-classes {clash}: these are labelled in the source, so they are known classes")
     return src, tgt, cmap
 
 
-def _scan_folder(folder: Path, domain: str, dom: DomainInput, bands: list[str] | None, problems: _Problems,
-                 bar) -> list[CutoutSource]:
-    """Pre-scan every FITS or .npy file of a folder (headers only); one source per distinct layout."""
+def _stamp_files(folder: Path) -> tuple[str, list[str]]:
+    """('fits' or 'npy', the sorted stamp files) of a folder of one-stamp files; ('', []) for anything else."""
     fits_files = sorted(str(p) for p in folder.iterdir() if p.name.lower().endswith(FITS_SUFFIXES))
-    npy = not fits_files
-    files = sorted(str(p) for p in folder.glob("*.npy")) if npy else fits_files
+    if fits_files:
+        return "fits", fits_files
+    npy_files = sorted(str(p) for p in folder.glob("*.npy"))
+    return ("npy", npy_files) if npy_files else ("", [])
+
+
+def _scan_folder(folder: Path, domain: str, dom: DomainInput, problems: _Problems, bar) -> list[CutoutSource]:
+    """Pre-scan every FITS or .npy file of a folder (headers only); one source per distinct layout."""
+    kind, files = _stamp_files(folder)
+    npy = kind == "npy"
     side = _npy_sidecar(folder) if npy else {}
-    npy_bands = side.get("bands") or bands
+    npy_bands = side["bands"] if side.get("bands") is not None else dom.bands
     if npy and npy_bands is None:
-        raise DataError(f"{folder}: .npy stamps do not record their bands; write cutouts.json beside them "
-                        "(e.g. {\"bands\": \"grz\", \"pixel_arcsec\": 0.262}) or pass --bands")
+        raise ConfigError(f"{folder}: .npy stamps do not record their bands; write cutouts.json beside them "
+                          "(e.g. {\"bands\": \"grz\", \"pixel_arcsec\": 0.262}) or pass --"
+                          f"{domain}-bands")
+    side_scale = side.get("pixel_arcsec")
     layouts: dict[tuple, list[str]] = {}
     for f in files:
         try:
             if npy:
                 b, shape = npy_layout(f, list(npy_bands))
-                layout = (tuple(b), shape, side.get("pixel_arcsec") or dom.pixel_arcsec)
+                layout = (tuple(b), shape, side_scale if side_scale is not None else dom.pixel_arcsec)
             else:
                 b, shape, scale = fits_layout(f)
                 layout = (tuple(b), shape, scale if scale is not None else dom.pixel_arcsec)
@@ -187,28 +207,45 @@ def _scan_folder(folder: Path, domain: str, dom: DomainInput, bands: list[str] |
     return out
 
 
-def _scan(dom: DomainInput, domain: str, bands: list[str] | None, problems: _Problems, bar) -> list[CutoutSource]:
+def _scan(dom: DomainInput, domain: str, problems: _Problems, bar) -> list[CutoutSource]:
+    """The domain's cutouts as sources of one layout each, every file's metadata read; a whole input that cannot
+    be read (not a cutout kind, a damaged single file) is an error, not a file to skip."""
     path = Path(dom.cutouts).expanduser().resolve()
-    if path.is_dir() and not (path / MANIFEST).exists() and not any(path.glob("*.parquet")):
-        sources = _scan_folder(path, domain, dom, bands, problems, bar)
+    if path.is_dir() and not (path / MANIFEST).exists() and _stamp_files(path)[0]:
+        sources = _scan_folder(path, domain, dom, problems, bar)
     else:
-        try:
-            sources = [open_cutouts(path, domain="all", bands=bands, pixel_arcsec=dom.pixel_arcsec)]
-        except DataError as e:
-            problems.add(domain, str(path), None, None, str(e))
-            sources = []
+        sources = [open_cutouts(path, domain="all", bands=dom.bands, pixel_arcsec=dom.pixel_arcsec)]
         bar.update(1)
     for s in sources:
         if s.pixel_arcsec is None and dom.pixel_arcsec is not None:
             s.pixel_arcsec = dom.pixel_arcsec
+        if s.pixel_arcsec is None:  # guessing would silently resample SDSS stamps as if they were DECaLS ones
+            raise ConfigError(f"{s.path}: the {domain} cutouts do not record their pixel scale; pass "
+                              f"--{domain}-pixel-arcsec (e.g. 0.396 for SDSS, 0.262 for Legacy Surveys cutouts)")
+        _warn_big_row_groups(s)
     return sources
+
+
+def _warn_big_row_groups(source: CutoutSource) -> None:
+    """A Parquet shard is whole row groups: pyarrow's default (up to 1M rows) would be read into memory at once."""
+    offsets = getattr(source, "_offsets", None)
+    if not offsets:
+        return
+    biggest = max(int(np.diff(o).max(initial=0)) for o in offsets.values())
+    per_row = 4 * int(np.prod(source.stamp_shape))
+    if biggest * per_row > 2**30:
+        log.warning("%s: row groups of up to %d stamps are read whole (%.1f GB at a time); rewrite it with "
+                    "uda_core.data.readers.write_parquet_cutouts (1,024 rows per group)", source.path, biggest,
+                    biggest * per_row / 1e9)
 
 
 def _resolve_grid(spec: ImportSpec, sources: list[CutoutSource]) -> Grid:
     """The grid every stamp is put on: given values, else the commonest source layout's."""
     if not sources:
         raise DataError(f"{spec.source.cutouts}: no readable source cutouts")
-    common = Counter((tuple(s.bands), s.stamp_shape[1], s.pixel_arcsec) for s in sources for _ in range(s.num_rows))
+    common = Counter()
+    for s in sources:
+        common[(tuple(s.bands), s.stamp_shape[1], s.pixel_arcsec)] += s.num_rows
     bands, px, scale = common.most_common(1)[0][0]
     bands = tuple(spec.bands) if spec.bands else bands
     scale = spec.pixel_arcsec or scale
@@ -293,55 +330,76 @@ def _stamp_mag(flux: np.ndarray, bands: tuple[str, ...]) -> np.ndarray:
         return np.where(total > 0, 22.5 - 2.5 * np.log10(total), np.nan)
 
 
-def _copy_pixels(groups: list[_Group], grid: Grid, labels: dict, surveys: dict, spec: ImportSpec,
-                 problems: _Problems, pixels: np.ndarray, warnings: list[str], name: str, progress: bool) -> list[dict]:
-    """Read every group shard by shard onto `grid` and append the good rows to `pixels`; one catalogue row each.
-    A row is bad when its pixels are not finite, its id repeats, or a labelled domain has no label for it."""
-    rows: list[dict] = []
-    seen: dict[str, set] = {"source": set(), "target": set()}
-    units_checked = set()
-    bar = tqdm(total=sum(g.source.num_rows for g in groups), desc=f"importing {name}", unit="stamp",
-               disable=not progress)
-    for g in groups:
-        table = labels[g.domain]
-        for shard in g.source.shards(512):
-            try:
-                raw = g.source.read(shard)
-            except DataError as e:  # a file the header scan passed but whose pixels are damaged
-                for f in shard.files or (shard.file,):
-                    problems.add(g.domain, f, None, None, str(e))
-                problems.stop_unless_skipping("reading pixels")
+class _Copier:
+    """Reads every group shard by shard onto the grid and appends the good rows to the pixel file, one catalogue
+    row each. A row is bad when its pixels are not finite, its id repeats, or a labelled domain has no label for it;
+    a row whose label the class map drops is left out without being bad."""
+
+    def __init__(self, spec: ImportSpec, grid: Grid, labels: dict, cmap: dict | None, surveys: dict,
+                 problems: _Problems, pixels: np.ndarray):
+        self.spec, self.grid, self.labels, self.cmap, self.surveys = spec, grid, labels, cmap, surveys
+        self.problems, self.pixels = problems, pixels
+        self.rows: list[dict] = []
+        self.seen: dict[str, set] = {"source": set(), "target": set()}
+        self.warnings: list[str] = []
+        self.units_checked: set[str] = set()
+
+    def run(self, groups: list[_Group], name: str, progress: bool) -> list[dict]:
+        bar = tqdm(total=sum(g.source.num_rows for g in groups), desc=f"importing {name}", unit="stamp",
+                   disable=not progress)
+        for g in groups:
+            for shard in g.source.shards(512):
+                for raw in self._read(g, shard):
+                    self._append(g, raw)
                 bar.update(shard.stop - shard.start)
-                continue
-            if g.domain not in units_checked and len(raw):
-                units_checked.add(g.domain)
-                warnings += _units_warnings(g.domain, raw.flux[:500], g.source.bands, str(raw.source_file[0]),
-                                            surveys[g.domain], g.source.pixel_arcsec)
-            flux = conform(raw.flux, g.source.bands, g.source.pixel_arcsec, grid, str(g.source.path))
-            keep = np.ones(len(raw), bool)
-            for i, gid in enumerate(raw.ids):
-                where = (g.domain, str(raw.source_file[i]), int(raw.source_index[i]), str(gid))
-                if not np.isfinite(raw.flux[i]).all():
-                    reason = (f"row {where[2]} (id {gid!r}) has non-finite pixels; mask or replace them (e.g. with 0 "
-                              "where the survey has no data)")
-                elif gid in seen[g.domain]:
-                    reason = f"id {gid!r} appears twice in the {g.domain} cutouts; ids join cutouts to labels: make them unique"
-                elif table is not None and gid not in table.index:
-                    reason = f"id {gid!r} has no row in the {g.domain} label table {getattr(spec, g.domain).labels}"
-                else:
-                    seen[g.domain].add(gid)
-                    continue
-                keep[i] = False
-                problems.add(*where, f"{where[1]}: {reason}")
-            problems.stop_unless_skipping("reading pixels")
-            for i in np.flatnonzero(keep):
-                rows.append({"id": str(raw.ids[i]), "domain": g.domain,
-                             "label_value": None if table is None else table[raw.ids[i]],
-                             "source_file": str(raw.source_file[i]), "source_index": int(raw.source_index[i])})
-            pixels[len(rows) - int(keep.sum()) : len(rows)] = flux[keep]
-            bar.update(len(raw))
-    bar.close()
-    return rows
+        bar.close()
+        return self.rows
+
+    def _read(self, g: _Group, shard) -> list:
+        """The shard's batch; when it fails, its files one by one, so one damaged file costs only itself."""
+        try:
+            return [g.source.read(shard)]
+        except DataError as e:
+            if len(shard.files) <= 1:
+                self.problems.add(g.domain, shard.files[0] if shard.files else shard.file, None, None, str(e))
+                self.problems.stop_unless_skipping("reading pixels")
+                return []
+        return [b for i, f in enumerate(shard.files)
+                for b in self._read(g, type(shard)(shard.file, shard.start + i, shard.start + i + 1, (f,)))]
+
+    def _append(self, g: _Group, raw) -> None:
+        if g.domain not in self.units_checked and len(raw):  # on the first stamps of each survey
+            self.units_checked.add(g.domain)
+            self.warnings += _units_warnings(g.domain, raw.flux[:500], g.source.bands, str(raw.source_file[0]),
+                                             self.surveys[g.domain], g.source.pixel_arcsec)
+        flux = conform(raw.flux, g.source.bands, g.source.pixel_arcsec, self.grid, str(g.source.path))
+        table = self.labels[g.domain]
+        keep = np.zeros(len(raw), bool)
+        for i, gid in enumerate(raw.ids):
+            reason = self._bad(g.domain, gid, raw.flux[i], table, raw.source_index[i])
+            if reason:
+                self.problems.add(g.domain, str(raw.source_file[i]), int(raw.source_index[i]), str(gid),
+                                  f"{raw.source_file[i]}: {reason}")
+            elif table is None or self.cmap is None or self.cmap[table[gid]] is not None:
+                keep[i] = True
+                self.seen[g.domain].add(gid)
+        self.problems.stop_unless_skipping("reading pixels")
+        start = len(self.rows)
+        for i in np.flatnonzero(keep):
+            self.rows.append({"id": str(raw.ids[i]), "domain": g.domain,
+                              "label_value": None if table is None else table[raw.ids[i]],
+                              "source_file": str(raw.source_file[i]), "source_index": int(raw.source_index[i])})
+        self.pixels[start : len(self.rows)] = flux[keep]
+
+    def _bad(self, domain: str, gid: str, flux: np.ndarray, table, index: int) -> str | None:
+        if not np.isfinite(flux).all():
+            return f"row {index} (id {gid!r}) has non-finite pixels; mask or replace them (e.g. with 0 where the " \
+                   "survey has no data)"
+        if gid in self.seen[domain]:
+            return f"id {gid!r} appears twice in the {domain} cutouts; ids join cutouts to labels: make them unique"
+        if table is not None and gid not in table.index:
+            return f"id {gid!r} has no row in the {domain} label table {getattr(self.spec, domain).labels}"
+        return None
 
 
 def import_dataset(spec: ImportSpec, out: str | Path, progress: bool = True) -> ImportResult:
@@ -358,7 +416,7 @@ def import_dataset(spec: ImportSpec, out: str | Path, progress: bool = True) -> 
     # 2. pre-scan: metadata of every file
     t0 = time.perf_counter()
     with tqdm(desc="pre-scan", unit="file", disable=not progress) as bar:
-        groups = [_Group(s, d) for d in ("source", "target") for s in _scan(getattr(spec, d), d, spec.bands, problems, bar)]
+        groups = [_Group(s, d) for d in ("source", "target") for s in _scan(getattr(spec, d), d, problems, bar)]
         files_scanned = bar.n
     problems.stop_unless_skipping("pre-scan")
     grid = _resolve_grid(spec, [g.source for g in groups if g.domain == "source"])
@@ -367,7 +425,7 @@ def import_dataset(spec: ImportSpec, out: str | Path, progress: bool = True) -> 
         s = g.source
         s.check_finite = False  # non-finite rows are left out one by one below, not the whole shard
         try:
-            conform(np.zeros((0, *s.stamp_shape), np.float32), s.bands, s.pixel_arcsec, grid, str(s.path))
+            band_order(s.bands, grid.bands, str(s.path))
         except DataError as e:
             problems.add(g.domain, str(s.path), None, None, str(e))
             continue
@@ -390,14 +448,15 @@ def import_dataset(spec: ImportSpec, out: str | Path, progress: bool = True) -> 
         shape = (len(grid.bands), grid.stamp_px, grid.stamp_px)
         pixels = np.lib.format.open_memmap(tmp / PIXELS, mode="w+", dtype=np.float32, shape=(max(total, 1), *shape))
         labels = {"source": src_labels, "target": tgt_labels}
-        rows = _copy_pixels(kept_groups, grid, labels, surveys, spec, problems, pixels, warnings, out.name, progress)
+        copier = _Copier(spec, grid, labels, cmap, surveys, problems, pixels)
+        rows = copier.run(kept_groups, out.name, progress)
+        warnings += copier.warnings
         pixels.flush()
         del pixels
         copy_seconds = time.perf_counter() - t1
         cat = _catalogue(rows, cmap, spec, grid, surveys)
-        cat = _drop_unmapped(cat)
-        _compact_pixels(tmp / PIXELS, cat["written_row"].to_numpy(), shape)
-        cat = cat.drop(columns=["written_row"])
+        if len(cat) < total:  # rows left out: the pixel file keeps only the written ones
+            _truncate_npy(tmp / PIXELS, len(cat))
         cat["row"] = np.arange(len(cat))
         task = _task(cat, spec, cmap, tgt_labels is not None)
         _assign_labels_and_splits(cat, task, spec)
@@ -423,13 +482,12 @@ def import_dataset(spec: ImportSpec, out: str | Path, progress: bool = True) -> 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     for w in warnings:
-        log.warning(w)
+        log.info(w)  # the caller shows result.warnings (the CLI prints them once)
     return ImportResult(out, counts, len(problems.rows), prescan_seconds, files_scanned, copy_seconds, warnings)
 
 
 def _catalogue(rows: list[dict], cmap, spec: ImportSpec, grid: Grid, surveys: dict) -> pd.DataFrame:
     cat = pd.DataFrame(rows, columns=["id", "domain", "label_value", "source_file", "source_index"])
-    cat["written_row"] = np.arange(len(cat))  # the row of pixels.npy each stamp was written to
     values = cat["label_value"]
     cat["class_name"] = [None if pd.isna(v) else (cmap[v] if cmap is not None else v) for v in values]
     names = {d: (s.name if s is not None else Path(getattr(spec, d).cutouts).name) for d, s in surveys.items()}
@@ -437,24 +495,20 @@ def _catalogue(rows: list[dict], cmap, spec: ImportSpec, grid: Grid, surveys: di
     return cat
 
 
-def _drop_unmapped(cat: pd.DataFrame) -> pd.DataFrame:
-    """Labelled rows whose value the class map sends to nothing are dropped (the user asked for it), not bad."""
-    drop = cat["label_value"].notna() & cat["class_name"].isna()
-    return cat[~drop].reset_index(drop=True)
-
-
-def _compact_pixels(path: Path, written_rows: np.ndarray, shape: tuple) -> None:
-    """Rewrite pixels.npy holding only `written_rows`, in that order, when any row was left out after writing."""
-    src = np.load(path, mmap_mode="r")
-    if len(src) == len(written_rows) and np.array_equal(written_rows, np.arange(len(src))):
-        return
-    tmp = path.with_name(path.name + ".compact")
-    dst = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(written_rows), *shape))
-    for lo in range(0, len(written_rows), 4096):
-        dst[lo : lo + 4096] = src[written_rows[lo : lo + 4096]]
-    dst.flush()
-    del dst, src
-    os.replace(tmp, path)
+def _truncate_npy(path: Path, rows: int) -> None:
+    """Shrink a C-ordered .npy file to its first `rows` rows in place (no copy of the pixels): the header is
+    rewritten with the new shape, padded to its old length so the data keep their offset, and the file is cut."""
+    with open(path, "r+b") as f:
+        version = np.lib.format.read_magic(f)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        old_shape, _, dtype = read(f)
+        offset = f.tell()
+        shape = (rows, *old_shape[1:])
+        text = repr({"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape})
+        size = offset - 8 - (2 if version == (1, 0) else 4)  # the header text's bytes after magic and length
+        f.seek(offset - size)
+        f.write(text.ljust(size - 1).encode("latin1") + b"\n")
+        f.truncate(offset + rows * int(np.prod(shape[1:])) * dtype.itemsize)
 
 
 def _task(cat: pd.DataFrame, spec: ImportSpec, cmap: dict | None, target_labelled: bool) -> dict:

@@ -496,18 +496,25 @@ def _npy_sidecar(folder: Path) -> dict:
         meta = json.loads(path.read_text())
         bands = _parse_bands(meta["bands"]) if "bands" in meta else None
         scale = float(meta["pixel_arcsec"]) if meta.get("pixel_arcsec") is not None else None
+        if scale is not None and not 0 < scale < 60:
+            raise ValueError(f"pixel_arcsec {scale} is not a pixel scale in arcsec")
     except (ValueError, TypeError, KeyError) as e:
         raise DataError(f"{path}: expected JSON like {{\"bands\": \"grz\", \"pixel_arcsec\": 0.262}} "
                         f"({type(e).__name__}: {e}); fix the file") from None
     return {"bands": bands, "pixel_arcsec": scale}
 
 
-def npy_layout(file: str, bands: list[str] | None) -> tuple[list[str] | None, tuple[int, int, int]]:
-    """(bands, (C, H, W)) of one .npy stamp from its header only (memory-mapped: a truncated file fails here)."""
+def _open_npy(file: str) -> np.ndarray:
+    """A memory map of one .npy file: its header only until pixels are touched; a short file fails here."""
     try:
-        arr = np.load(file, mmap_mode="r", allow_pickle=False)
+        return np.load(file, mmap_mode="r", allow_pickle=False)
     except Exception as e:  # numpy raises ValueError/OSError/EOFError on damaged headers and short files
         raise DataError(f"{file}: cannot be read as .npy ({type(e).__name__}: {e}); {MEND}") from None
+
+
+def npy_layout(file: str, bands: list[str] | None) -> tuple[list[str] | None, tuple[int, int, int]]:
+    """(bands, (C, H, W)) of one .npy stamp from its header only (memory-mapped: a truncated file fails here)."""
+    arr = _open_npy(file)
     shape = tuple(int(s) for s in arr.shape)
     shape = (1, *shape) if len(shape) == 2 else shape
     if len(shape) != 3 or arr.dtype.kind != "f":
@@ -528,12 +535,12 @@ class _NpySource(CutoutSource):
         self.path = path
         side = _npy_sidecar(path if path.is_dir() else path.parent)
         self._files = list(files) if files is not None else [str(p) for p in sorted(path.glob("*.npy"))]
-        bands = side.get("bands") or bands
+        bands = side["bands"] if side.get("bands") is not None else bands
         if bands is None:
             raise DataError(f"{path}: .npy stamps do not record their bands; write {path / NPY_SIDECAR} "
                             "(e.g. {\"bands\": \"grz\", \"pixel_arcsec\": 0.262}) or give the bands option")
         self.bands, self.stamp_shape = npy_layout(self._files[0], list(bands))
-        self.pixel_arcsec = side.get("pixel_arcsec") or pixel_arcsec
+        self.pixel_arcsec = side["pixel_arcsec"] if side.get("pixel_arcsec") is not None else pixel_arcsec
         self.num_rows = len(self._files)
 
     def shards(self, rows_per_shard: int = 1024) -> list[Shard]:
@@ -549,11 +556,12 @@ class _NpySource(CutoutSource):
         return np.stack([self._read_one(file) for _ in indices]).astype(np.float32)
 
     def _read_one(self, file: str) -> np.ndarray:
-        _, shape = npy_layout(file, self.bands)
+        arr = _open_npy(file)
+        shape = (1, *arr.shape) if arr.ndim == 2 else tuple(arr.shape)
         if shape != self.stamp_shape:
             raise DataError(f"{file}: stamp {shape} differs from the first file's {self.stamp_shape}; one folder, "
                             "one layout (`uda-sweep data import` accepts mixed sizes)")
-        return np.load(file, allow_pickle=False).astype(np.float32).reshape(shape)
+        return np.asarray(arr, dtype=np.float32).reshape(shape)
 
 
 class ConformedSource(CutoutSource):

@@ -12,8 +12,12 @@ __all__ = ["show_dataset", "to_rgb"]
 
 
 def to_rgb(flux: np.ndarray, softening: float) -> np.ndarray:
-    """(bands, H, W) fluxes -> (H, W, 3) display image: reddest band as red, arcsinh stretch."""
-    img = np.arcsinh(np.asarray(flux, dtype=np.float32)[::-1].transpose(1, 2, 0) / (3 * softening))
+    """(bands, H, W) fluxes -> (H, W, 3) display image: reddest band as red, arcsinh stretch; one or two bands are
+    shown in grey (their mean)."""
+    flux = np.asarray(flux, dtype=np.float32)
+    if flux.shape[0] < 3:
+        flux = np.repeat(flux.mean(axis=0, keepdims=True), 3, axis=0)
+    img = np.arcsinh(flux[::-1].transpose(1, 2, 0) / (3 * softening))
     top = np.percentile(img, 99.5)
     return np.clip(img / top if top > 0 else img, 0, 1)
 
@@ -35,7 +39,8 @@ def show_dataset(folder: Path, out: Path | None = None, per_class: int = 5, seed
     fig, axes = plt.subplots(len(names), per_class * 2, figsize=(per_class * 2 * 1.1, len(names) * 1.15), squeeze=False)
     unlabelled = not has_target_labels(manifest)
     for d_i, domain in enumerate(domains):
-        soft = (manifest["surveys"][domain].get("sky_sigma_nmgy") or manifest["surveys"]["source"]["sky_sigma_nmgy"])[1]
+        sky = manifest["surveys"][domain].get("sky_sigma_nmgy") or manifest["surveys"]["source"]["sky_sigma_nmgy"]
+        soft = sky[len(sky) // 2]  # the middle band (r of g, r, z)
         # an unlabelled target: random stamps fill its block, one row after another
         pool = cat[cat["domain"] == domain].iloc[rng.permutation(int((cat["domain"] == domain).sum()))]
         for c_i, cls in enumerate(names):

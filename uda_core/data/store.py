@@ -179,7 +179,7 @@ def generate(spec: DataSpec, out: Path, batch: int = 128, progress: bool = True)
     spec.check()
     out = Path(out)
     if out.exists():
-        raise DataError(f"{out} already exists; choose another --out or delete it first (nothing was overwritten)")
+        raise DataError(f"{out} already exists; choose another --out (nothing was overwritten)")
     task, size = get_task(spec.task), SIZES[spec.size]
     source, target = spec.surveys()  # read once: a survey file edited mid-run cannot mix two definitions
     plan = [
@@ -280,8 +280,11 @@ def mend_advice(folder: Path, manifest: dict | None = None) -> str:
         inputs = ", ".join(str(d.get("inputs")) for d in (manifest.get("surveys") or {}).values())
         return (f"re-import it with `uda-sweep data import ... --out NEW_FOLDER` from its inputs ({inputs}); "
                 "those were only read, never changed")
-    if origin == "generated" or (manifest is None and _CACHE_NAME.fullmatch(folder.name)):
-        return f"delete {folder} to regenerate it (it is a generated cache: nothing else is lost)"
+    if _CACHE_NAME.fullmatch(folder.name) and origin in ("generated", None):
+        return f"delete {folder}: it is a generated cache, made again on next use (nothing else is lost)"
+    if origin == "generated":
+        return (f"simulate it again into a new folder with `uda-sweep data generate ... --out NEW_FOLDER` (its "
+                "settings are under config in manifest.json)")
     return ("make a new one with `uda-sweep data import` (your own cutouts) or `uda-sweep data generate` "
             "(simulated) into a new folder")
 
