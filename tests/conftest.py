@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -79,3 +80,49 @@ def local_ray():
     ray.cloudpickle.register_pickle_by_value(sweep_helpers)
     yield
     ray.shutdown()
+
+
+# The catalogue's own class names are not the project's: the import maps them.
+FOREIGN_NAMES = {"elliptical": "E", "spiral": "S", "barred_spiral": "SB", "edge_on": "EO", "merger": "M", "ring": "R"}
+
+
+def write_fits_cutouts(folder: Path, ids, flux, pixel_arcsec: float) -> Path:
+    """Legacy Survey style FITS cutouts, one (bands, H, W) float32 image per file with BANDS and a TAN WCS."""
+    from astropy.io import fits
+    from astropy.wcs import WCS
+
+    folder.mkdir(parents=True)
+    w = WCS(naxis=2)
+    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    w.wcs.cdelt = [-pixel_arcsec / 3600, pixel_arcsec / 3600]
+    w.wcs.crval = [150.0, 2.0]
+    header = w.to_header()
+    header["BANDS"] = "grz"
+    for gid, stamp in zip(ids, flux):
+        fits.PrimaryHDU(np.asarray(stamp, np.float32), header=header).writeto(folder / f"{gid}.fits")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def imported_folder(tmp_path_factory, tiny_folder) -> Path:
+    """A real-format pair through `uda-sweep data import`: the tiny pair's stamps as FITS cutouts, DECaLS at
+    0.262"/px with a label table in the catalogue's own class names, SDSS at its native 0.396"/px with no labels."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    from sweeps.cli import main
+
+    work = tmp_path_factory.mktemp("real")
+    cat = pq.read_table(tiny_folder / "catalogue.parquet").to_pandas()
+    pixels = np.load(tiny_folder / "pixels.npy", mmap_mode="r")
+    src, tgt = cat[cat["domain"] == "source"], cat[cat["domain"] == "target"]
+    write_fits_cutouts(work / "decals", src["id"], pixels[src["row"].to_numpy()], 0.262)
+    write_fits_cutouts(work / "sdss", tgt["id"], pixels[tgt["row"].to_numpy()], 0.396)
+    labels = pd.DataFrame({"objid": src["id"], "morph": src["class_name"].map(FOREIGN_NAMES)})
+    labels.to_csv(work / "labels.csv", index=False)
+    class_map = ",".join(f"{v}={k}" for k, v in FOREIGN_NAMES.items())
+    assert main(["data", "import", "--source", str(work / "decals"), "--source-labels", str(work / "labels.csv"),
+                 "--id-column", "objid", "--label-column", "morph", "--class-map", class_map,
+                 "--target", str(work / "sdss"), "--unknown-classes", "lens,artifact",
+                 "--source-survey", "decals", "--target-survey", "sdss", "--out", str(work / "ds")]) == 0
+    return work / "ds"

@@ -193,12 +193,15 @@ def test_oracle_objective_is_allowed_where_the_target_has_labels(tiny_folder, ev
 
 
 @pytest.fixture(scope="module")
-def unlabelled_sweep(local_ray, tmp_path_factory, data_root, tiny_unlabelled_folder):
+def unlabelled_sweep(local_ray, tmp_path_factory, data_root, imported_folder):
+    """A real sweep on real-format data: FITS cutouts of a labelled source and an unlabelled target, written by
+    the test and imported with `uda-sweep data import` (conftest)."""
     from sweep_helpers import write_sweep
     from sweeps.run import run_sweep
 
+    assert json.loads((imported_folder / MANIFEST).read_text())["target_labels"] == "none"
     work = tmp_path_factory.mktemp("unlabelled-sweep")
-    path = write_sweep(work, data_root, "survey", run={"data": {"path": str(tiny_unlabelled_folder)}},
+    path = write_sweep(work, data_root, "survey", run={"data": {"path": str(imported_folder)}},
                        objective={"metric": "label_free/combined", "min_source_val_acc": 0.0},
                        search={"num_trials": 2, "overrides": {"model.width": 8, "optim.batch_size": 16}},
                        baselines=["source_only"], failure={"max_retries": 0})
@@ -250,3 +253,41 @@ def test_promote_without_oracle_metrics(unlabelled_sweep):
     second = promote("survey", workdir=work, trial_id=other)
     assert second.version != first.version and math.isfinite(second.champion_score)
     assert "vs champion's" in second.reason
+
+
+def test_the_promoted_model_predicts_new_cutouts_of_another_size(unlabelled_sweep, tmp_path, caplog):
+    """New SDSS cutouts the model never saw, bigger (40 px) than it was trained on: resampled and cropped onto
+    its grid, then catalogued."""
+    import numpy as np
+
+    from conftest import write_fits_cutouts
+    from sweeps.cli import main
+    from sweeps.registry import promote
+
+    summary, work = unlabelled_sweep
+    promote("survey", workdir=work, force=True)
+    rng = np.random.default_rng(5)
+    fresh = write_fits_cutouts(tmp_path / "fresh", [f"new{i}" for i in range(6)], rng.normal(0, 0.03, (6, 3, 40, 40)),
+                               0.396)
+    out = tmp_path / "catalogue.parquet"
+    assert main(["predict", "models:/survey@champion", str(fresh), "--out", str(out),
+                 "--tracking-uri", summary.tracking_uri, "--top-n", "0"]) == 0
+    table = pq.read_table(out)
+    meta = json.loads(table.schema.metadata[b"galaxy_uda_sweeps"])
+    assert table.num_rows == 6 and meta["classes"] == ["elliptical", "spiral", "barred_spiral", "edge_on", "merger",
+                                                        "ring"]
+    assert any("put on the model's grid" in r.getMessage() for r in caplog.records)
+
+
+def test_oracle_objective_on_an_imported_unlabelled_target_is_refused_by_the_cli(imported_folder, tmp_path,
+                                                                               monkeypatch, capsys):
+    from sweep_helpers import write_sweep
+    from sweeps.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    path = write_sweep(tmp_path, tmp_path / "unused", "oracle", run={"data": {"path": str(imported_folder)}},
+                       objective={"metric": "oracle/target_test/h_score"})
+    assert main(["run", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "objective.metric" in err and "no labels" in err and "Traceback" not in err
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "mlflow.db").exists()

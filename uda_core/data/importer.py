@@ -567,7 +567,7 @@ def _manifest(spec, grid, task, counts, sky, surveys, folder, target_labelled, s
                       "sky_sigma_nmgy": sky[d], "inputs": str(Path(dom.cutouts).resolve()),
                       "labels": None if dom.labels is None else str(Path(dom.labels).resolve())}
         if s is not None:
-            domains[d]["definition"] = s.to_dict() if hasattr(s, "to_dict") else {"name": s.name}
+            domains[d]["definition"] = s.to_dict()
     return {
         "generator_version": GENERATOR_VERSION,
         "origin": "imported",
