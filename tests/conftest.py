@@ -86,18 +86,18 @@ def local_ray():
 FOREIGN_NAMES = {"elliptical": "E", "spiral": "S", "barred_spiral": "SB", "edge_on": "EO", "merger": "M", "ring": "R"}
 
 
-def write_fits_cutouts(folder: Path, ids, flux, pixel_arcsec: float) -> Path:
+def write_fits_cutouts(folder: Path, ids, flux, pixel_arcsec: float, bands: str = "grz") -> Path:
     """Legacy Survey style FITS cutouts, one (bands, H, W) float32 image per file with BANDS and a TAN WCS."""
     from astropy.io import fits
     from astropy.wcs import WCS
 
-    folder.mkdir(parents=True)
+    folder.mkdir(parents=True, exist_ok=True)
     w = WCS(naxis=2)
     w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
     w.wcs.cdelt = [-pixel_arcsec / 3600, pixel_arcsec / 3600]
     w.wcs.crval = [150.0, 2.0]
     header = w.to_header()
-    header["BANDS"] = "grz"
+    header["BANDS"] = bands
     for gid, stamp in zip(ids, flux):
         fits.PrimaryHDU(np.asarray(stamp, np.float32), header=header).writeto(folder / f"{gid}.fits")
     return folder

@@ -12,8 +12,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from astropy.io import fits
-from astropy.wcs import WCS
 
+from conftest import write_fits_cutouts
 from sweeps.cli import main
 from uda_core.data.dataset import load_dataset
 from uda_core.data.geometry import Grid, conform, overlap_matrix, resample
@@ -38,16 +38,7 @@ def _stamps(n: int, px: int, seed: int, sky=None) -> np.ndarray:
 
 
 def _fits(folder: Path, ids, flux, scale=0.262, bands="grz") -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    for gid, stamp in zip(ids, flux):
-        w = WCS(naxis=2)
-        w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
-        w.wcs.cdelt = [-scale / 3600, scale / 3600]
-        w.wcs.crval = [150.0, 2.0]
-        h = fits.PrimaryHDU(stamp, header=w.to_header())
-        h.header["BANDS"] = bands
-        h.writeto(folder / f"{gid}.fits")
-    return folder
+    return write_fits_cutouts(folder, ids, flux, scale, bands)
 
 
 def _npy(folder: Path, ids, flux, scale=0.396, bands="grz") -> Path:

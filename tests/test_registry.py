@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from conftest import write_fits_cutouts
 from sweep_helpers import write_sweep
 from sweeps.cli import main
 from sweeps.registry import CHALLENGER, CHAMPION, PromotionRefused, _guard_failures, promote, rollback
@@ -184,19 +185,7 @@ def fresh_target(data_root, tiny_folder) -> Path:
 
 
 def _write_fits(folder: Path, ids, flux, bands="grz", pixel_arcsec=0.396) -> Path:
-    from astropy.io import fits
-    from astropy.wcs import WCS
-
-    folder.mkdir(parents=True, exist_ok=True)
-    for gid, stamp in zip(ids, flux):
-        w = WCS(naxis=2)
-        w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
-        w.wcs.cdelt = [-pixel_arcsec / 3600, pixel_arcsec / 3600]
-        w.wcs.crval = [150.0, 2.0]
-        header = w.to_header()
-        header["BANDS"] = bands
-        fits.PrimaryHDU(stamp.astype(np.float32), header=header).writeto(folder / f"{gid}.fits")
-    return folder
+    return write_fits_cutouts(folder, ids, flux, pixel_arcsec, bands)
 
 
 def test_predict_catalogue_from_data_set_and_fits(in_workdir, fresh_target, tmp_path, capsys):
