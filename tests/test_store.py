@@ -11,7 +11,7 @@ import pytest
 
 from uda_core.data import store
 from uda_core.data.dataset import load_dataset
-from uda_core.data.store import DataSpec, ensure_dataset, generate
+from uda_core.data.store import DataSpec, ensure_dataset, generate, mend_advice, read_manifest
 from uda_core.errors import DataError
 
 
@@ -59,9 +59,12 @@ def test_corrupt_pixels_are_detected_and_left_in_place(tiny_folder, tmp_path):
     with open(folder / "pixels.npy", "r+b") as f:
         f.seek(5000)
         f.write(b"\x13\x37")
-    with pytest.raises(DataError, match="fingerprint.*delete"):
+    with pytest.raises(DataError, match="fingerprint.*simulate it again.*data generate") as e:
         load_dataset(folder)
+    assert "delete" not in str(e.value)  # a copy named by the user is theirs, not the cache
     assert (folder / "pixels.npy").exists()  # nothing stored is removed
+    # only the cache folder under data.root, which the next run makes again, may be deleted
+    assert "delete" in mend_advice(tiny_folder, read_manifest(tiny_folder)) and "cache" in mend_advice(tiny_folder)
 
 
 def test_truncated_file_names_the_file(tiny_folder, tmp_path):
@@ -98,7 +101,7 @@ def test_foreign_generator_version_is_refused(tiny_folder, tmp_path):
     manifest = json.loads((folder / "manifest.json").read_text())
     manifest["generator_version"] = "0.3"
     (folder / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(DataError, match="generator 0.3.*regenerate"):
+    with pytest.raises(DataError, match="generator 0.3.*data generate"):
         load_dataset(folder)
 
 

@@ -200,13 +200,21 @@ def test_resume_after_driver_sigkill(tmp_path, data_root, tiny_folder):
     assert sorted(r["trial_id"] for r in table) == sorted(ids)
 
 
-def test_multi_objective_sweep(tmp_path, data_root, tiny_folder):
-    path = write_sweep(tmp_path, data_root, "multi", baselines=[],
+def test_multi_objective_sweep_on_a_user_defined_survey(tmp_path, data_root, tiny_folder):
+    # The target is a survey the user defined in a YAML file (SDSS-like, better seeing): trials get its definition.
+    survey = {"name": "sdss_like", "pixel_arcsec": 0.396, "bands": ["g", "r", "z"], "fwhm_arcsec": [1.2, 1.1, 1.0],
+              "m5": [22.2, 22.2, 20.5], "zeropoint_e_per_s": [26.3, 26.5, 24.7], "exposure_s": [53.9, 53.9, 53.9]}
+    (tmp_path / "sdss_like.yaml").write_text(yaml.safe_dump(survey))
+    data = {"size": "tiny", "root": str(data_root), "target": str(tmp_path / "sdss_like.yaml")}
+    path = write_sweep(tmp_path, data_root, "multi", baselines=[], run={"data": data},
                        objective={"metric": ["label_free/entropy", "source_val/acc"], "min_source_val_acc": 0.0},
                        search={"num_trials": 2, "overrides": {"model.width": 8, "optim.batch_size": 16}},
                        tracking={"embedding": "none", "finalists": 0})
     summary = run_sweep(path, workdir=tmp_path, progress=False)
     assert summary.finished and len(summary.trials) == 2
+    stored = yaml.safe_load((summary.path / "sweep.yaml").read_text())["run"]["data"]["target"]
+    assert stored["name"] == "sdss_like" and stored["fwhm_arcsec"] == [1.2, 1.1, 1.0]
+    assert any(p.name.startswith("universal-decals-sdss_like-tiny-") for p in data_root.iterdir())
     storage = study_storage(summary.path)
     (s,) = optuna.get_all_study_summaries(storage)
     study = optuna.load_study(study_name=s.study_name, storage=storage)
