@@ -201,16 +201,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = sub.add_parser("data", help="data sets: generate simulated survey pairs, import real cutouts, show stamps").add_subparsers(dest="data_command", required=True)
     g = data.add_parser("generate", help="render a data set folder (catalogue.parquet, pixels.npy, manifest.json)")
-    g.add_argument("--task", default="universal")
+    g.add_argument("--task", default="universal", help="class layout: universal (shared, source-private and "
+                                                      "target-only classes) or deepastro3 (default: universal)")
     from uda_core.data.surveys import SURVEYS  # light (no torch): the presets' names for the help text
 
     survey_help = f"a survey preset ({', '.join(sorted(SURVEYS))}) or a survey YAML file"
     g.add_argument("--source", default="decals", help=f"{survey_help} (default: decals)")
     g.add_argument("--target", default="sdss", help=f"{survey_help}; its bands must match the source's (default: sdss)")
-    g.add_argument("--size", default="small", choices=["tiny", "small", "default", "large"])
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--label-noise", type=float, default=0.0)
-    g.add_argument("--out", required=True)
+    g.add_argument("--size", default="small", choices=["tiny", "small", "default", "large"],
+                   help="stamps and counts: tiny 32 px (tests), small 48 px, default 64 px, large 96 px (default: small)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the galaxies drawn (default 0)")
+    g.add_argument("--label-noise", type=float, default=0.0,
+                   help="fraction of source/train labels flipped to another known class, in [0, 0.5) (default 0)")
+    g.add_argument("--out", required=True, help="the new data set folder (must not exist)")
     g.set_defaults(func=_data_generate)
     i = data.add_parser(
         "import", help="real cutouts of a labelled source survey and a (usually unlabelled) target survey -> a data "
