@@ -162,7 +162,7 @@ def _plot_anomalies(source, top: list, softening: float, path: Path) -> Path:
     top = sorted(top, reverse=True)
     cols = min(5, len(top))
     rows = (len(top) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 2.0, rows * 2.2), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 2.0, rows * 2.5), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     for ax, (score, file, index, gid, unknown) in zip(axes.ravel(), top):
