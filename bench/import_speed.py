@@ -4,11 +4,12 @@ Writes N labelled DECaLS-like FITS cutouts (64 px, 0.262"/px, g r z) and N unlab
 0.396"/px, resampled onto the source grid on import), then measures, in one process:
   raw_read       astropy.io.fits.open + data of every file, nothing else (the floor any FITS import pays)
   prescan        the import's metadata pass over every file (headers only), per 1,000 files
-  import         the whole import: pre-scan, read, resample, checks, splits, catalogue, manifest, fingerprint
-Figures: files/s and stamps/s, import / raw_read ratio. Last line: JSON; --publish writes it to
-bench/results/import_speed.json.
+  import         the whole import: pre-scan, read, resample, checks, splits, catalogue, manifest, fingerprint,
+                 with one process and with --workers processes reading and resampling shards
+Figures: files/s and stamps/s, import / raw_read ratio, the workers' speed-up. Last line: JSON; --publish writes it
+to bench/results/import_speed.json.
 
-    .venv/bin/python bench/import_speed.py [--n 2000] [--publish]
+    .venv/bin/python bench/import_speed.py [--n 2000] [--workers 2] [--publish]
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ def _write(folder: Path, n: int, scale: float, seed: int) -> list[str]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=2000, help="cutouts per survey")
+    ap.add_argument("--workers", type=int, default=2, help="processes for the parallel import")
     ap.add_argument("--publish", action="store_true", help="write the JSON to bench/results/import_speed.json")
     a = ap.parse_args()
     logging.disable(logging.WARNING)
@@ -76,6 +78,10 @@ def main() -> None:
         t0 = time.perf_counter()
         result = import_dataset(spec, tmp / "ds", progress=False)
         total = time.perf_counter() - t0
+        spec.workers = a.workers
+        t0 = time.perf_counter()
+        import_dataset(spec, tmp / "ds_parallel", progress=False)
+        parallel = time.perf_counter() - t0
 
     n = len(files)
     out = {
@@ -85,12 +91,16 @@ def main() -> None:
         "import_stamps_per_s": round(result.stamps / total, 1),
         "import_vs_raw_read": round((result.stamps / total) / (n / raw), 3),
         "import_total_s": round(total, 2),
+        "workers": a.workers, "import_parallel_stamps_per_s": round(result.stamps / parallel, 1),
+        "parallel_speedup": round(total / parallel, 2),
     }
     print(f"raw astropy read      {out['raw_read_files_per_s']:8.1f} files/s")
     print(f"pre-scan (headers)    {out['prescan_s_per_1000_files']:8.3f} s per 1,000 files "
           f"(inside the import: {out['import_prescan_s_per_1000_files']:.3f})")
     print(f"whole import          {out['import_stamps_per_s']:8.1f} stamps/s = {out['import_vs_raw_read']:.2f}x raw read "
           f"({total:.1f} s for {n} files)")
+    print(f"with {a.workers} workers     {out['import_parallel_stamps_per_s']:8.1f} stamps/s = "
+          f"{out['parallel_speedup']:.2f}x one process")
     line = json.dumps(out)
     if a.publish:
         path = Path(__file__).parent / "results" / "import_speed.json"

@@ -43,7 +43,7 @@ def _data_import(a: argparse.Namespace) -> None:
         unknown_classes=[c.strip() for c in a.unknown_classes.split(",") if c.strip()] if a.unknown_classes else [],
         bands=_parse_bands(a.bands) if a.bands else None, stamp_px=a.stamp_px, pixel_arcsec=a.pixel_arcsec,
         source_split=_float_list(a.source_split, "--source-split"), target_test_frac=a.target_test_frac,
-        seed=a.seed, skip_bad=a.skip_bad,
+        seed=a.seed, skip_bad=a.skip_bad, workers=a.workers,
     )
     r = import_dataset(spec, Path(a.out), progress=True)
     for w in r.warnings:
@@ -254,6 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--seed", type=int, default=0, help="seed of the splits (default 0)")
     i.add_argument("--skip-bad", action="store_true", help="leave out files or rows that fail a check and list them, "
                                                            "with reasons, in skipped.csv in the data set")
+    i.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
+                   help="processes reading and resampling cutouts (default: the CPUs, at most 8)")
     i.add_argument("--out", required=True, help="the new data set folder (must not exist)")
     i.set_defaults(func=_data_import)
     s = data.add_parser("show", help="PNG grid of example stamps per class and domain")

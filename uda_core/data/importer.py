@@ -8,13 +8,15 @@ Steps, cheapest first, so bad input fails in seconds:
      finite, appended to a memory-mapped pixels.npy in a temporary folder;
   4. seeded splits stratified by class, the catalogue, a units check against the survey's depth, the manifest
      with its fingerprint; then the folder is renamed into place.
-The user's input files are only read. With `skip_bad`, files or rows that fail a check are left out and listed
+With `workers` > 1 the pre-scan and the reading and resampling run in that many processes; the checks and
+writes stay in order in the calling process, so the result is the same. The user's input files are only read. With `skip_bad`, files or rows that fail a check are left out and listed
 with their reasons in skipped.csv inside the data set; without it, the first failing check stops the import with
 every problem found so far counted.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -72,11 +74,14 @@ class ImportSpec:
     target_test_frac: float = 0.2
     seed: int = 0
     skip_bad: bool = False
+    workers: int = 1  # processes reading and resampling shards
 
     def check(self) -> None:
         if len(self.source_split) != 3 or min(self.source_split) <= 0 or not math.isclose(sum(self.source_split), 1):
             raise ConfigError(f"--source-split {self.source_split}: three positive fractions (train, val, test) "
                               "that sum to 1, e.g. 0.7,0.1,0.2")
+        if not 1 <= self.workers <= 256:
+            raise ConfigError(f"--workers {self.workers}: must lie in [1, 256]")
         if not 0 < self.target_test_frac < 1:
             raise ConfigError(f"--target-test-frac {self.target_test_frac}: must lie strictly between 0 and 1")
         if self.stamp_px is not None and not 8 <= self.stamp_px <= 1024:
@@ -172,7 +177,23 @@ def _stamp_files(folder: Path) -> tuple[str, list[str]]:
     return ("npy", npy_files) if npy_files else ("", [])
 
 
-def _scan_folder(folder: Path, domain: str, dom: DomainInput, problems: _Problems, bar) -> list[CutoutSource]:
+def _file_layouts(files: list[str], npy_bands: list[str] | None, scale: float | None) -> list:
+    """Per file: (bands, (C, H, W), pixel scale or `scale`) from its header, or the DataError's message."""
+    out = []
+    for f in files:
+        try:
+            if npy_bands is not None:
+                b, shape = npy_layout(f, list(npy_bands))
+                out.append((tuple(b), shape, scale))
+            else:
+                b, shape, own = fits_layout(f)
+                out.append((tuple(b), shape, own if own is not None else scale))
+        except DataError as e:
+            out.append(str(e))
+    return out
+
+
+def _scan_folder(folder: Path, domain: str, dom: DomainInput, problems: _Problems, bar, pool=None) -> list[CutoutSource]:
     """Pre-scan every FITS or .npy file of a folder (headers only); one source per distinct layout."""
     kind, files = _stamp_files(folder)
     npy = kind == "npy"
@@ -183,21 +204,20 @@ def _scan_folder(folder: Path, domain: str, dom: DomainInput, problems: _Problem
                           "(e.g. {\"bands\": \"grz\", \"pixel_arcsec\": 0.262}) or pass --"
                           f"{domain}-bands")
     side_scale = side.get("pixel_arcsec")
+    scale = side_scale if side_scale is not None else dom.pixel_arcsec
+    chunks = [files[i : i + 256] for i in range(0, len(files), 256)]
+    args = (npy_bands if npy else None, scale)
+    results = pool.map(_file_layouts, chunks, *([a] * len(chunks) for a in args)) if pool else \
+        (_file_layouts(c, *args) for c in chunks)
     layouts: dict[tuple, list[str]] = {}
-    for f in files:
-        try:
-            if npy:
-                b, shape = npy_layout(f, list(npy_bands))
-                layout = (tuple(b), shape, side_scale if side_scale is not None else dom.pixel_arcsec)
-            else:
-                b, shape, scale = fits_layout(f)
-                layout = (tuple(b), shape, scale if scale is not None else dom.pixel_arcsec)
-        except DataError as e:
-            problems.add(domain, f, None, None, str(e))
-        else:
+    for chunk, found in zip(chunks, results):
+        for f, layout in zip(chunk, found):
+            if isinstance(layout, str):
+                problems.add(domain, f, None, None, layout)
+                continue
             key = (layout[0], layout[1], None if layout[2] is None else round(float(layout[2]), 4))
             layouts.setdefault(key, []).append(f)
-        bar.update(1)
+        bar.update(len(chunk))
     out = []
     for (b, shape, scale), group in layouts.items():
         if npy:
@@ -207,12 +227,12 @@ def _scan_folder(folder: Path, domain: str, dom: DomainInput, problems: _Problem
     return out
 
 
-def _scan(dom: DomainInput, domain: str, problems: _Problems, bar) -> list[CutoutSource]:
+def _scan(dom: DomainInput, domain: str, problems: _Problems, bar, pool=None) -> list[CutoutSource]:
     """The domain's cutouts as sources of one layout each, every file's metadata read; a whole input that cannot
     be read (not a cutout kind, a damaged single file) is an error, not a file to skip."""
     path = Path(dom.cutouts).expanduser().resolve()
     if path.is_dir() and not (path / MANIFEST).exists() and _stamp_files(path)[0]:
-        sources = _scan_folder(path, domain, dom, problems, bar)
+        sources = _scan_folder(path, domain, dom, problems, bar, pool)
     else:
         sources = [open_cutouts(path, domain="all", bands=dom.bands, pixel_arcsec=dom.pixel_arcsec)]
         bar.update(1)
@@ -330,6 +350,43 @@ def _stamp_mag(flux: np.ndarray, bands: tuple[str, ...]) -> np.ndarray:
         return np.where(total > 0, 22.5 - 2.5 * np.log10(total), np.nan)
 
 
+def _read_on_grid(source: CutoutSource, shard, grid: Grid):
+    """A worker's job: one shard read and put on the grid; a DataError is returned (the caller retries it)."""
+    try:
+        raw = source.read(shard)
+    except DataError as e:
+        return e
+    return raw, conform(raw.flux, source.bands, source.pixel_arcsec, grid, str(source.path))
+
+
+def _read_ahead(jobs: list, grid: Grid, pool, workers: int):
+    """Per job, in order: (batch, stamps on the grid) or a DataError from the pool's processes, at most 2 x workers
+    shards ahead of the consumer (bounded memory); None for every job without a pool."""
+    if pool is None:
+        yield from (None for _ in jobs)
+        return
+    from collections import deque
+
+    pending: deque = deque()
+    for g, shard in jobs:
+        pending.append(pool.submit(_read_on_grid, g.source, shard, grid))
+        if len(pending) >= 2 * workers:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
+def _pool(workers: int):
+    """Worker processes for the pre-scan and the copy (a no-op context with one worker). Spawned, not forked: a
+    forked child of a process with threads (tqdm, pyarrow) can deadlock."""
+    if workers <= 1:
+        return contextlib.nullcontext()
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+
+
 class _Copier:
     """Reads every group shard by shard onto the grid and appends the good rows to the pixel file, one catalogue
     row each. A row is bad when its pixels are not finite, its id repeats, or a labelled domain has no label for it;
@@ -344,14 +401,20 @@ class _Copier:
         self.warnings: list[str] = []
         self.units_checked: set[str] = set()
 
-    def run(self, groups: list[_Group], name: str, progress: bool) -> list[dict]:
+    def run(self, groups: list[_Group], name: str, progress: bool, pool=None, workers: int = 1) -> list[dict]:
+        """With a pool, shards are read and put on the grid in its `workers` processes (reading FITS is header
+        parsing, CPU-bound); the checks and writes stay here, in shard order, so the result does not depend on it."""
         bar = tqdm(total=sum(g.source.num_rows for g in groups), desc=f"importing {name}", unit="stamp",
                    disable=not progress)
-        for g in groups:
-            for shard in g.source.shards(512):
+        jobs = [(g, shard) for g in groups for shard in g.source.shards(512 if pool is None else 128)]
+        for (g, shard), done in zip(jobs, _read_ahead(jobs, self.grid, pool, workers)):
+            if isinstance(done, DataError) or done is None:  # failed (or serial): read here, file by file if need be
                 for raw in self._read(g, shard):
-                    self._append(g, raw)
-                bar.update(shard.stop - shard.start)
+                    self._append(g, raw, conform(raw.flux, g.source.bands, g.source.pixel_arcsec, self.grid,
+                                                 str(g.source.path)))
+            else:
+                self._append(g, *done)
+            bar.update(shard.stop - shard.start)
         bar.close()
         return self.rows
 
@@ -367,12 +430,12 @@ class _Copier:
         return [b for i, f in enumerate(shard.files)
                 for b in self._read(g, type(shard)(shard.file, shard.start + i, shard.start + i + 1, (f,)))]
 
-    def _append(self, g: _Group, raw) -> None:
+    def _append(self, g: _Group, raw, flux: np.ndarray) -> None:
+        """Check one batch (`flux`: its stamps on the grid) row by row; write the good rows after the last one."""
         if g.domain not in self.units_checked and len(raw):  # on the first stamps of each survey
             self.units_checked.add(g.domain)
             self.warnings += _units_warnings(g.domain, raw.flux[:500], g.source.bands, str(raw.source_file[0]),
                                              self.surveys[g.domain], g.source.pixel_arcsec)
-        flux = conform(raw.flux, g.source.bands, g.source.pixel_arcsec, self.grid, str(g.source.path))
         table = self.labels[g.domain]
         keep = np.zeros(len(raw), bool)
         for i, gid in enumerate(raw.ids):
@@ -405,6 +468,11 @@ class _Copier:
 def import_dataset(spec: ImportSpec, out: str | Path, progress: bool = True) -> ImportResult:
     """Import two surveys' cutouts into a new data set folder `out` (see the module docstring)."""
     spec.check()
+    with _pool(spec.workers) as pool:  # processes start at their first job, after the cheap checks
+        return _import(spec, out, progress, pool)
+
+
+def _import(spec: ImportSpec, out: str | Path, progress: bool, pool) -> ImportResult:
     out = Path(out).expanduser()
     if out.exists():
         raise DataError(f"{out} already exists; choose another --out (nothing was changed)")
@@ -416,7 +484,7 @@ def import_dataset(spec: ImportSpec, out: str | Path, progress: bool = True) -> 
     # 2. pre-scan: metadata of every file
     t0 = time.perf_counter()
     with tqdm(desc="pre-scan", unit="file", disable=not progress) as bar:
-        groups = [_Group(s, d) for d in ("source", "target") for s in _scan(getattr(spec, d), d, problems, bar)]
+        groups = [_Group(s, d) for d in ("source", "target") for s in _scan(getattr(spec, d), d, problems, bar, pool)]
         files_scanned = bar.n
     problems.stop_unless_skipping("pre-scan")
     grid = _resolve_grid(spec, [g.source for g in groups if g.domain == "source"])
@@ -449,7 +517,7 @@ def import_dataset(spec: ImportSpec, out: str | Path, progress: bool = True) -> 
         pixels = np.lib.format.open_memmap(tmp / PIXELS, mode="w+", dtype=np.float32, shape=(max(total, 1), *shape))
         labels = {"source": src_labels, "target": tgt_labels}
         copier = _Copier(spec, grid, labels, cmap, surveys, problems, pixels)
-        rows = copier.run(kept_groups, out.name, progress)
+        rows = copier.run(kept_groups, out.name, progress, pool, spec.workers)
         warnings += copier.warnings
         pixels.flush()
         del pixels
