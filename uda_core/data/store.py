@@ -283,7 +283,7 @@ def mend_advice(folder: Path, manifest: dict | None = None) -> str:
     if _CACHE_NAME.fullmatch(folder.name) and origin in ("generated", None):
         return f"delete {folder}: it is a generated cache, made again on next use (nothing else is lost)"
     if origin == "generated":
-        return (f"simulate it again into a new folder with `uda-sweep data generate ... --out NEW_FOLDER` (its "
+        return ("simulate it again into a new folder with `uda-sweep data generate ... --out NEW_FOLDER` (its "
                 "settings are under config in manifest.json)")
     return ("make a new one with `uda-sweep data import` (your own cutouts) or `uda-sweep data generate` "
             "(simulated) into a new folder")
