@@ -67,7 +67,7 @@ def load_classifier(model_uri: str, tracking_uri: str | None):
 def on_model_grid(source, clf):
     """`source` as the model sees stamps: bands picked in its order, resampled to its pixel scale (flux-conserving)
     and centre-cropped or padded to its stamp size, the same code `uda-sweep data import` uses; said in a warning."""
-    from uda_core.data.geometry import Grid, conform, padded, same_scale
+    from uda_core.data.geometry import Grid, band_order, padded, same_scale
     from uda_core.data.readers import ConformedSource
 
     m = clf.meta
@@ -76,7 +76,7 @@ def on_model_grid(source, clf):
     if source.pixel_arcsec is None:
         log.warning("%s does not record its pixel scale; assuming the model's %.3f\"/px (%s)", where,
                     grid.pixel_arcsec, m["target_survey"])
-    conform(np.zeros((0, *source.stamp_shape), np.float32), source.bands, source.pixel_arcsec, grid, where)  # bands
+    band_order(source.bands, grid.bands, where)  # a missing band fails here, before any prediction
     same_grid = (list(source.bands) == list(grid.bands) and tuple(source.stamp_shape[1:]) == (grid.stamp_px,) * 2
                  and (source.pixel_arcsec is None or same_scale(source.pixel_arcsec, grid.pixel_arcsec)))
     if same_grid:

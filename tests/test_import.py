@@ -370,3 +370,14 @@ def test_npy_bands_given_per_survey_and_show_draws_one_band(inputs, tmp_path):
     np.testing.assert_allclose(np.load(r.folder / "pixels.npy")[row["row"]], conform(stamp[None], list("zrg"), 0.396,
                                                                                      grid, "x")[0], atol=1e-6)
     assert show_dataset(r.folder, tmp_path / "one_band.png").stat().st_size > 1000
+
+
+def test_label_table_and_class_mistakes_fail_before_any_pixel(inputs, tmp_path):
+    with pytest.raises(ConfigError, match=r"--unknown-classes \['spiral'\]: these are labelled in the source"):
+        import_dataset(_spec(inputs, unknown_classes=["spiral"]), tmp_path / "ds", progress=False)
+    parquet = _labels(tmp_path / "labels.parquet", list(inputs["values"]), list(inputs["values"].values()))
+    for table in (inputs["labels"], parquet):
+        with pytest.raises(DataError, match=r"no column\(s\) \['nope'\]; it has \['objid', 'morph'\]"):
+            import_dataset(_spec(inputs, label_column="nope", source=DomainInput(str(inputs["src"]), str(table))),
+                           tmp_path / "ds", progress=False)
+    assert not (tmp_path / "ds").exists() and not list(tmp_path.glob(".ds.*"))

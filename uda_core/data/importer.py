@@ -522,7 +522,7 @@ def _import(spec: ImportSpec, out: str | Path, progress: bool, pool) -> ImportRe
         pixels.flush()
         del pixels
         copy_seconds = time.perf_counter() - t1
-        cat = _catalogue(rows, cmap, spec, grid, surveys)
+        cat = _catalogue(rows, cmap, spec, surveys)
         if len(cat) < total:  # rows left out: the pixel file keeps only the written ones
             _truncate_npy(tmp / PIXELS, len(cat))
         cat["row"] = np.arange(len(cat))
@@ -554,12 +554,16 @@ def _import(spec: ImportSpec, out: str | Path, progress: bool, pool) -> ImportRe
     return ImportResult(out, counts, len(problems.rows), prescan_seconds, files_scanned, copy_seconds, warnings)
 
 
-def _catalogue(rows: list[dict], cmap, spec: ImportSpec, grid: Grid, surveys: dict) -> pd.DataFrame:
+def _survey_names(spec: ImportSpec, surveys: dict) -> dict[str, str]:
+    """Each domain's survey name: the given survey's, else the name of its cutout file or folder."""
+    return {d: (s.name if s is not None else Path(getattr(spec, d).cutouts).name) for d, s in surveys.items()}
+
+
+def _catalogue(rows: list[dict], cmap, spec: ImportSpec, surveys: dict) -> pd.DataFrame:
     cat = pd.DataFrame(rows, columns=["id", "domain", "label_value", "source_file", "source_index"])
     values = cat["label_value"]
     cat["class_name"] = [None if pd.isna(v) else (cmap[v] if cmap is not None else v) for v in values]
-    names = {d: (s.name if s is not None else Path(getattr(spec, d).cutouts).name) for d, s in surveys.items()}
-    cat["survey"] = cat["domain"].map(names)
+    cat["survey"] = cat["domain"].map(_survey_names(spec, surveys))
     return cat
 
 
@@ -585,9 +589,6 @@ def _task(cat: pd.DataFrame, spec: ImportSpec, cmap: dict | None, target_labelle
     known = [c for c in order if c in src] + sorted(c for c in src if c not in order)
     if not known:
         raise DataError(f"{spec.source.labels}: no labelled source stamp left")
-    clash = [c for c in spec.unknown_classes if c in known]
-    if clash:
-        raise ConfigError(f"--unknown-classes {clash}: these are labelled in the source, so they are known classes")
     unknown = list(dict.fromkeys(spec.unknown_classes))
     if target_labelled:
         tgt = cat[cat["domain"] == "target"]["class_name"]
@@ -629,9 +630,10 @@ def _manifest(spec, grid, task, counts, sky, surveys, folder, target_labelled, s
     config = json.loads(json.dumps(asdict(spec), default=str))
     blob = json.dumps({**config, "generator_version": GENERATOR_VERSION}, sort_keys=True)
     domains = {}
+    names = _survey_names(spec, surveys)
     for d in ("source", "target"):
         s, dom = surveys[d], getattr(spec, d)
-        domains[d] = {"name": s.name if s is not None else Path(dom.cutouts).name, "pixel_arcsec": grid.pixel_arcsec,
+        domains[d] = {"name": names[d], "pixel_arcsec": grid.pixel_arcsec,
                       "sky_sigma_nmgy": sky[d], "inputs": str(Path(dom.cutouts).resolve()),
                       "labels": None if dom.labels is None else str(Path(dom.labels).resolve())}
         if s is not None:

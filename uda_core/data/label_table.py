@@ -22,29 +22,27 @@ CLASS_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")  # class names become m
 
 def _read_columns(path: Path, columns: list[str]) -> pd.DataFrame:
     name = path.name.lower()
+    sep = "\t" if name.endswith(".tsv") else ","
+    if not name.endswith((".parquet", ".csv", ".csv.gz", ".tsv")):
+        raise DataError(f"{path}: a label table must be .csv, .csv.gz, .tsv or .parquet")
     try:
         if name.endswith(".parquet"):
             import pyarrow.parquet as pq
 
             have = pq.read_schema(path).names
-            missing = [c for c in columns if c not in have]
-            if missing:
-                raise DataError(f"{path}: no column(s) {missing}; it has {have[:20]}; name the right ones with "
-                                "--id-column / --label-column")
+        else:
+            have = list(pd.read_csv(path, nrows=0, sep=sep).columns)
+        missing = [c for c in columns if c not in have]
+        if missing:
+            raise DataError(f"{path}: no column(s) {missing}; it has {have[:20]}; name the right ones with "
+                            "--id-column / --label-column")
+        if name.endswith(".parquet"):
             return pq.read_table(path, columns=columns).to_pandas()
-        if name.endswith((".csv", ".csv.gz", ".tsv")):
-            head = pd.read_csv(path, nrows=0, sep="\t" if name.endswith(".tsv") else ",")
-            missing = [c for c in columns if c not in head.columns]
-            if missing:
-                raise DataError(f"{path}: no column(s) {missing}; it has {list(head.columns)[:20]}; name the right "
-                                "ones with --id-column / --label-column")
-            return pd.read_csv(path, usecols=columns, dtype=str, keep_default_na=False,
-                               sep="\t" if name.endswith(".tsv") else ",")
+        return pd.read_csv(path, usecols=columns, dtype=str, keep_default_na=False, sep=sep)
     except DataError:
         raise
     except Exception as e:  # pandas and pyarrow raise many types on damaged files
         raise DataError(f"{path}: cannot be read as a label table ({type(e).__name__}: {e}); re-write it") from None
-    raise DataError(f"{path}: a label table must be .csv, .csv.gz, .tsv or .parquet")
 
 
 def read_class_labels(path: str | Path, id_column: str, label_column: str) -> pd.Series:
