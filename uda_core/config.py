@@ -67,6 +67,8 @@ class ModelConfig(_Strict):
     feature_dim: int = Field(128, ge=8, le=4096)
     temperature: float = Field(0.05, gt=0.0, le=1.0)  # cosine classifier: logits = cos / T
     domain_bn: bool = False  # separate batch-norm statistics per domain (DeepAstroUDA's README names it)
+    # A Dirichlet head on the data set's Galaxy Zoo vote counts (uda_core/votes.py), trained beside the class head.
+    vote_head: bool = False
 
 
 class MethodConfig(_Strict):
@@ -109,6 +111,9 @@ class TrainConfig(_Strict):
     augment: bool = True  # random flips and 90-degree rotations, done in batch
     keep_checkpoints: int = Field(2, ge=1)
     progress: bool = True
+    # Weight of the Dirichlet-multinomial vote loss (model.vote_head). It is summed over questions and grows with
+    # the number of volunteers (about 40 per galaxy), so it is scaled down to sit beside a cross-entropy of ~1.
+    vote_weight: float = Field(0.05, ge=0.0, le=10.0)
 
     @model_validator(mode="after")
     def _eval_fits(self) -> "TrainConfig":

@@ -12,6 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import ModelConfig
+from .votes import VoteTree
 
 __all__ = ["UdaNet", "DomainBatchNorm2d", "build_model", "SOURCE", "TARGET", "reestimate_bn"]
 
@@ -84,11 +85,16 @@ def _resnet(cfg: ModelConfig, in_ch: int) -> tuple[nn.Module, int]:
 class UdaNet(nn.Module):
     """backbone -> global pool -> linear features f -> cosine classifier logits = W_hat . f_hat / T."""
 
-    def __init__(self, cfg: ModelConfig, in_channels: int, num_classes: int):
+    def __init__(self, cfg: ModelConfig, in_channels: int, num_classes: int, vote_tree: VoteTree | None = None):
         super().__init__()
         self.backbone, ch = (_cnn if cfg.backbone == "cnn" else _resnet)(cfg, in_channels)
         self.embed = nn.Linear(ch, cfg.feature_dim)
         self.prototypes = nn.Parameter(F.normalize(torch.randn(num_classes, cfg.feature_dim), dim=1))
+        # The vote head: one prototype per Galaxy Zoo answer on the same features (Ye et al.'s classifier rows,
+        # whose normalised weights seed spherical K-means), giving Dirichlet concentrations.
+        self.vote_tree = vote_tree
+        self.answer_prototypes = (nn.Parameter(F.normalize(torch.randn(vote_tree.num_answers, cfg.feature_dim), dim=1))
+                                  if vote_tree else None)
         self.temperature = cfg.temperature
         self.domain_bn = cfg.domain_bn
 
@@ -114,8 +120,15 @@ class UdaNet(nn.Module):
             return f @ F.normalize(self.prototypes.float(), dim=1).t() / self.temperature, f
 
 
-def build_model(cfg: ModelConfig, in_channels: int, num_classes: int) -> UdaNet:
-    return UdaNet(cfg, in_channels, num_classes)
+    def answer_logits(self, f: torch.Tensor) -> torch.Tensor:
+        """Cosine logits (N, A) of normalised features against the answer prototypes (the vote head)."""
+        with torch.autocast(f.device.type, enabled=False):
+            return f.float() @ F.normalize(self.answer_prototypes.float(), dim=1).t() / self.temperature
+
+
+def build_model(cfg: ModelConfig, in_channels: int, num_classes: int, vote_tree: VoteTree | None = None) -> UdaNet:
+    """A `vote_tree` adds the vote head (model.vote_head on a data set with votes)."""
+    return UdaNet(cfg, in_channels, num_classes, vote_tree)
 
 
 @torch.no_grad()

@@ -28,8 +28,9 @@ from .errors import ConfigError, UdaError
 from .evaluate import Evaluation, evaluate
 from .methods import METHODS, Batch, get_method
 from .models import build_model
+from .votes import VoteTree
 
-__all__ = ["train", "train_step", "load_data", "check_target_label_use", "resolve_device", "autocast_factory",
+__all__ = ["train", "train_step", "load_data", "check_target_label_use", "vote_tree_for", "resolve_device", "autocast_factory",
            "TrainingDiverged", "CHECKPOINT_FILE"]
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,16 @@ def check_target_label_use(cfg: RunConfig, manifest: dict, where: str, prefix: s
     if n > 0:
         raise ConfigError(f"{prefix}data.few_shot_per_class: {n} labelled target stamps per class need target labels "
                           f"for training, but {why}; set it to 0")
+
+
+def vote_tree_for(cfg: RunConfig, data: UdaData) -> VoteTree | None:
+    """The vote tree the model's vote head predicts (model.vote_head), or None; the source must carry votes."""
+    if not cfg.model.vote_head:
+        return None
+    if data.vote_tree is None or data["source/train"].votes is None:
+        raise ConfigError(f"model.vote_head: the data set {data.folder} has no source vote counts (manifest 'votes'); "
+                          "set vote_head: false, or import the votes with data import --source-votes")
+    return data.vote_tree
 
 
 def resolve_device(name: str) -> torch.device:
@@ -245,9 +256,10 @@ def train(
 
     torch.manual_seed(cfg.train.seed)
     # channels_last in every precision: measured 1.23x vs 1.08x for contiguous fp32 on this CPU (bench/core_throughput).
-    model = build_model(cfg.model, data.in_channels, data.num_known).to(device).to(memory_format=torch.channels_last)
+    tree = vote_tree_for(cfg, data)
+    model = build_model(cfg.model, data.in_channels, data.num_known, tree).to(device).to(memory_format=torch.channels_last)
     n_target = len(data["target/train"])
-    method = method_cls(cfg.method.parsed(), model, data.num_known, n_target)
+    method = method_cls(cfg.method.parsed(), model, data.num_known, n_target, vote_weight=cfg.train.vote_weight)
     params = list(model.parameters())
     o = cfg.optim
     if o.optimizer == "sgd":
@@ -261,6 +273,7 @@ def train(
         return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
 
     xs, ys = to_dev(data["source/train"].x), data["source/train"].train_y.to(device)
+    vs = data["source/train"].votes.to(device) if tree is not None else None
     xt = to_dev(data["target/train"].x)
     source_sampler = _ClassBalancedSampler(data["source/train"].train_y, gen)
     target_sampler = _EpochSampler(n_target, gen)
@@ -292,8 +305,9 @@ def train(
     while step < total:
         for g in opt.param_groups:
             g["lr"] = o.lr * _lr_factor(o.schedule, step, total)
+        method.prepare(step, total, xt, autocast)
         i_s = source_sampler(bs).to(device)
-        batch = Batch(xs=xs[i_s], ys=ys[i_s])
+        batch = Batch(xs=xs[i_s], ys=ys[i_s], vs=None if vs is None else vs[i_s])
         if method_cls.uses_target:
             batch.it = target_sampler(bs).to(device)
             batch.xt = xt[batch.it]

@@ -17,9 +17,10 @@ import pyarrow.parquet as pq
 import torch
 
 from ..errors import DataError
+from ..votes import VoteTree, tree_from_dict
 from .store import CATALOGUE, MANIFEST, PIXELS, TARGET_LABELS, UNLABELLED, has_target_labels, mend_advice, verify
 
-__all__ = ["Split", "UdaData", "load_dataset", "preprocess"]
+__all__ = ["Split", "UdaData", "load_dataset", "preprocess", "vote_setup"]
 
 REQUIRED_COLUMNS = ("id", "row", "domain", "split", "label", "train_label", "r_mag")
 SPLITS = ("source/train", "source/val", "source/test", "target/train", "target/test")
@@ -31,6 +32,7 @@ class Split:
     y: torch.Tensor  # (N,) true class ids (int64); UNLABELLED (-1) in an unlabelled target
     train_y: torch.Tensor  # (N,) labels used for training (label noise applied to source/train)
     catalogue: pd.DataFrame
+    votes: torch.Tensor | None = None  # (N, A) float32 volunteer vote counts, where the domain has votes
 
     def __len__(self) -> int:
         return len(self.y)
@@ -46,6 +48,7 @@ class UdaData:
     softening: list[float]
     manifest: dict
     folder: Path
+    vote_tree: VoteTree | None = None  # the Galaxy Zoo decision tree, when the data set carries votes
 
     def __getitem__(self, key: str) -> Split:
         return self.splits[key]
@@ -91,6 +94,26 @@ def _check_labels(cat: pd.DataFrame, manifest: dict, folder: Path) -> None:
                         "target survey is unlabelled")
 
 
+def vote_setup(manifest: dict, cat: pd.DataFrame, folder: Path) -> tuple[VoteTree | None, list[str]]:
+    """The data set's vote tree and the domains whose rows carry votes (manifest "votes": {"tree", "domains"}).
+
+    Votes are labels: a domain listed there has a count column per answer of the tree, counts >= 0.
+    """
+    raw = manifest.get("votes")
+    if not raw:
+        return None, []
+    tree = tree_from_dict(raw.get("tree", {}))
+    domains = list(raw.get("domains", []))
+    missing = [c for c in tree.columns if c not in cat.columns]
+    if missing:
+        raise DataError(f"{folder / CATALOGUE}: the manifest's vote tree {tree.name} needs columns {missing[:5]}"
+                        f"{'...' if len(missing) > 5 else ''}; {mend_advice(folder, manifest)}")
+    counts = cat.loc[cat["domain"].isin(domains), tree.columns].to_numpy(dtype=np.float64)
+    if not np.isfinite(counts).all() or (counts < 0).any():
+        raise DataError(f"{folder / CATALOGUE}: vote counts must be finite and >= 0; {mend_advice(folder, manifest)}")
+    return tree, domains
+
+
 def load_dataset(folder: Path, verify_content: bool = True) -> UdaData:
     folder = Path(folder)
     manifest = verify(folder, full=verify_content)
@@ -106,6 +129,7 @@ def load_dataset(folder: Path, verify_content: bool = True) -> UdaData:
         raise DataError(f"{folder}: {PIXELS} shape {pixels.shape} does not match the catalogue ({len(cat)} rows, bands {manifest['bands']})")
     _check_labels(cat, manifest, folder)
     softening = manifest["surveys"]["source"]["sky_sigma_nmgy"]
+    tree, vote_domains = vote_setup(manifest, cat, folder)
     splits = {}
     for key in SPLITS:
         domain, split = key.split("/")
@@ -119,6 +143,8 @@ def load_dataset(folder: Path, verify_content: bool = True) -> UdaData:
             torch.tensor(part["label"].to_numpy(), dtype=torch.long),
             torch.tensor(part["train_label"].to_numpy(), dtype=torch.long),
             part,
+            torch.tensor(part[tree.columns].to_numpy(dtype=np.float32)) if domain in vote_domains else None,
         )
     task = manifest["task"]
-    return UdaData(splits, task["class_names"], task["num_known"], task["shared"], manifest["bands"], softening, manifest, folder)
+    return UdaData(splits, task["class_names"], task["num_known"], task["shared"], manifest["bands"], softening,
+                   manifest, folder, tree)

@@ -31,8 +31,8 @@ class Dance(Method):
     Params = DanceParams
     uses_target = True
 
-    def __init__(self, params: DanceParams, model, num_known: int, n_target: int):
-        super().__init__(params, model, num_known, n_target)
+    def __init__(self, params: DanceParams, model, num_known: int, n_target: int, **kw):
+        super().__init__(params, model, num_known, n_target, **kw)
         dim = model.embed.out_features
         device = model.prototypes.device
         # Zero-initialised like the reference; each row is overwritten the first time its sample is drawn.
