@@ -7,10 +7,11 @@ from uda_core.errors import ConfigError
 from .base import Categorical, Float, Int, Space, apply_params
 from .dance import DANCE
 from .source_only import ADABN, SOURCE_ONLY, TARGET_ORACLE
+from .sphkmeans import SPHKMEANS
 
 __all__ = ["SPACES", "get_space", "Space", "Float", "Int", "Categorical", "apply_params"]
 
-SPACES: dict[str, Space] = {s.name: s for s in (SOURCE_ONLY, ADABN, DANCE, TARGET_ORACLE)}
+SPACES: dict[str, Space] = {s.name: s for s in (SOURCE_ONLY, ADABN, DANCE, TARGET_ORACLE, SPHKMEANS)}
 
 
 def get_space(name: str) -> Space:

@@ -8,6 +8,7 @@ import pytest
 
 from uda_core.config import build_config, load_config
 from uda_core.errors import ConfigError
+from uda_core.methods import METHODS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,7 +50,7 @@ def test_yaml_errors_name_the_file(tmp_path):
         load_config(tmp_path / "missing.yaml")
 
 
-@pytest.mark.parametrize("name", ["source_only", "adabn", "dance", "target_oracle"])
+@pytest.mark.parametrize("name", sorted(METHODS))  # every method ships an example config
 def test_shipped_example_configs_load(name):
     cfg = load_config(ROOT / "configs" / f"{name}.yaml")
     assert cfg.method.name == name

@@ -304,7 +304,7 @@ def train(
     model.train()
     while step < total:
         for g in opt.param_groups:
-            g["lr"] = o.lr * _lr_factor(o.schedule, step, total)
+            g["lr"] = o.lr * _lr_factor(o.schedule, step, total) * method.lr_scale(step, total)
         method.prepare(step, total, xt, autocast)
         i_s = source_sampler(bs).to(device)
         batch = Batch(xs=xs[i_s], ys=ys[i_s], vs=None if vs is None else vs[i_s])

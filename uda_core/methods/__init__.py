@@ -7,11 +7,12 @@ from .adabn import AdaBN
 from .base import Batch, Method
 from .dance import Dance
 from .source_only import SourceOnly
+from .sphkmeans import SphKMeans
 from .target_oracle import TargetOracle
 
 __all__ = ["METHODS", "get_method", "Method", "Batch"]
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in (SourceOnly, AdaBN, Dance, TargetOracle)}
+METHODS: dict[str, type[Method]] = {m.name: m for m in (SourceOnly, AdaBN, Dance, TargetOracle, SphKMeans)}
 
 
 def get_method(name: str) -> type[Method]:

@@ -48,6 +48,10 @@ class Method:
     def prepare(self, step: int, total: int, target: torch.Tensor, autocast) -> None:
         """Called before each step with the whole target/train split (e.g. to re-cluster its features)."""
 
+    def lr_scale(self, step: int, total: int) -> float:
+        """A factor on the run's learning rate at `step` (a method with its own adaptation phase lowers it)."""
+        return 1.0
+
     def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
         logits_s, feats_s = self.model(batch.xs, SOURCE)
         out = {"source_ce": F.cross_entropy(logits_s.float(), batch.ys)}
