@@ -113,3 +113,35 @@ def test_pseudo_labels_keep_the_confident_and_follow_the_tree():
     tree_kept = pseudo_labels(x, centroids, assign, owner, tree, confidence_frac=1.0, threshold=-1.0, tree_filter=True)
     # q2 is asked after q1 = b: galaxies labelled a in q1 lose their q2 label.
     assert torch.all(tree_kept[:10, 1] == -1) and torch.all(tree_kept[10:, 1] >= 0)
+
+
+def test_a_vote_head_needs_source_votes(tiny_config):
+    from uda_core.errors import ConfigError
+    from uda_core.train import check_target_label_use
+
+    cfg = tiny_config(model={"vote_head": True})
+    with pytest.raises(ConfigError, match="model.vote_head: data/x has no source vote counts"):
+        check_target_label_use(cfg, {"target_labels": "simulated"}, "data/x")
+    check_target_label_use(cfg, {"votes": {"domains": ["source"]}}, "data/x")
+
+
+def test_sphkmeans_adapts_with_the_classifier_frozen(tiny_config, tiny_folder, tmp_path):
+    """Source phase, then adaptation: the class and answer prototypes stop moving, the features do not, and
+    pseudo-labels exist for some target galaxies in every re-clustering."""
+    from uda_core.train import CHECKPOINT_FILE, train
+
+    from uda_core.config import build_config
+
+    raw = tiny_config("sphkmeans", model={"vote_head": True, "domain_bn": True},
+                      train={"steps": 6, "eval_every": 3, "keep_checkpoints": 5}).model_dump()
+    raw["method"]["params"] = {"warmup_frac": 0.5, "recluster_every": 1, "threshold_start": 0.0, "confidence_frac": 0.5}
+    cfg = build_config(raw)
+    last = train(cfg, lambda *a: None, tmp_path)
+    assert last.metrics["train/proto_ce"] > 0 and "train/votes" in last.metrics
+    states = [torch.load(tmp_path / "checkpoints" / f"step_{s:07d}" / CHECKPOINT_FILE, weights_only=True) for s in (3, 6)]
+    for key in ("prototypes", "answer_prototypes"):
+        assert torch.equal(states[0]["model"][key], states[1]["model"][key]), key
+    assert not torch.equal(states[0]["model"]["embed.weight"], states[1]["model"]["embed.weight"])
+    method = states[1]["method"]
+    assert int(method["rounds"]) == 3  # steps 3, 4 and 5 re-clustered
+    assert method["labels"].shape[1] == 10 and (method["labels"] >= 0).any()

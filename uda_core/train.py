@@ -51,12 +51,17 @@ def load_data(cfg: RunConfig, progress: bool = True) -> UdaData:
 
 
 def check_target_label_use(cfg: RunConfig, manifest: dict, where: str, prefix: str = "") -> None:
-    """Refuse, before any training, a run that trains on target labels its data set cannot give: an unlabelled
-    target (manifest target_labels "none") or an imported one whose labels are for evaluation only ("eval").
+    """Refuse, before any training, a run that trains on labels its data set cannot give: a vote head without
+    source votes, or target labels where the target is unlabelled (manifest target_labels "none") or its labels
+    are for evaluation only ("eval").
 
     `prefix` is where the run config sits in the file being checked (a sweep's "run."), so the key is named as
     the user wrote it.
     """
+    votes = manifest.get("votes") or {}
+    if cfg.model.vote_head and "source" not in votes.get("domains", []):
+        raise ConfigError(f"{prefix}model.vote_head: {where} has no source vote counts (manifest 'votes'); set "
+                          "vote_head: false, or import the votes with data import --source-votes")
     labels = manifest.get("target_labels", "simulated")
     if labels == "simulated":
         return

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..models import TARGET
+from ..models import TARGET, reestimate_bn
 from ..votes import VoteTree, class_tree
 from .base import Batch, Method
 
@@ -138,8 +138,12 @@ class SphKMeans(Method):
     @torch.no_grad()
     def _recluster(self, target: torch.Tensor, autocast) -> None:
         p, model = self.params, self.model
+        if model.domain_bn:
+            # Target batch-norm statistics from the whole split first (AdaBN): the target branch has seen no
+            # target batch during the source phase, so its running statistics are still the initial ones.
+            reestimate_bn(model, target, TARGET, autocast=autocast)
         was = model.training
-        model.eval()  # source-trained BN statistics and no batch effects, as Ye et al. extract features
+        model.eval()  # fixed BN statistics and no batch effects, as Ye et al. extract features
         feats = []
         for lo in range(0, len(target), 256):
             with autocast():
