@@ -7,6 +7,14 @@ worker. Locally the shards stream through one process; with `--ray` they become 
 then a pool of model actors, on GPUs where the cluster has them), so a bigger catalogue needs more nodes, not a
 different command. The catalogue is written to a temporary file and renamed, so an interrupted run never leaves a
 half catalogue under the requested name.
+
+Columns: `id`, `prob_<class>` per known class, `predicted_class`, `unknown`, `anomaly_score`, `entropy`,
+`uncertainty`, `predicted_prob_std`, then, for a model with a Galaxy Zoo vote head only (uda_core.inference.
+vote_columns), `{question}_{answer}_alpha` (Dirichlet concentration) and `{question}_{answer}_fraction` (expected
+vote fraction) per answer and `{question}_entropy` (Dirichlet entropy) and `{question}_fraction_std` (spread over
+the dihedral views) per question, and last `source_file`, `source_index`. The Parquet schema metadata holds the
+provenance as JSON under `galaxy_uda_sweeps` and, with a vote head, the decision tree (VoteTree.to_dict) as JSON
+under `vote_tree` (read it back with uda_core.votes.tree_from_dict).
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ __all__ = ["predict_catalogue", "load_classifier", "CatalogueSummary"]
 
 log = logging.getLogger(__name__)
 METADATA_KEY = b"galaxy_uda_sweeps"
+VOTE_TREE_KEY = b"vote_tree"
 
 
 @dataclass
@@ -90,13 +99,16 @@ def on_model_grid(source, clf):
     return ConformedSource(source, grid)
 
 
-def _columns(batch, res: dict, class_names: list[str]) -> dict[str, np.ndarray]:
+def _columns(batch, res: dict, class_names: list[str], tree=None) -> dict[str, np.ndarray]:
+    from uda_core.inference import vote_columns
+
     cols = {"id": np.asarray(batch["id"]).astype(str)}
     for i, n in enumerate(class_names):
         cols[f"prob_{n}"] = res["probs"][:, i]
     cols["predicted_class"] = np.asarray(class_names)[res["predicted"]]
     for key in ("unknown", "anomaly_score", "entropy", "uncertainty", "predicted_prob_std"):
         cols[key] = res[key]
+    cols.update(vote_columns(res, tree))  # nothing without a vote head
     cols["source_file"] = np.asarray(batch["source_file"]).astype(str)
     cols["source_index"] = np.asarray(batch["source_index"], dtype=np.int64)
     return cols
@@ -115,7 +127,7 @@ class _RayPredictor:
 
     def __call__(self, batch: dict) -> dict:
         res = self.clf.predict(batch["flux"], views=self.views, batch_size=self.batch_size)
-        return _columns(batch, res, self.clf.class_names)
+        return _columns(batch, res, self.clf.class_names, self.clf.vote_tree)
 
 
 def _ray_tables(source, shards, model_uri, tracking_uri, views, batch_size, workers):
@@ -147,7 +159,7 @@ def _local_tables(source, shards, clf, views, batch_size, progress):
         b = source.read(shard)
         res = clf.predict(b.flux, views=views, batch_size=batch_size)
         bar.update(len(b.ids))
-        yield pa.table(_columns(_batch_dict(b), res, clf.class_names))
+        yield pa.table(_columns(_batch_dict(b), res, clf.class_names, clf.vote_tree))
     bar.close()
 
 
@@ -202,7 +214,10 @@ def predict_catalogue(model_uri: str, input_path: str | Path, out: str | Path, *
     try:
         for table in tables:
             if writer is None:
-                schema = table.schema.with_metadata({METADATA_KEY: json.dumps(meta).encode()})
+                schema_meta = {METADATA_KEY: json.dumps(meta).encode()}
+                if clf.vote_tree is not None:  # the decision tree the vote columns follow
+                    schema_meta[VOTE_TREE_KEY] = json.dumps(clf.vote_tree.to_dict()).encode()
+                schema = table.schema.with_metadata(schema_meta)
                 writer = pq.ParquetWriter(tmp, schema)
             writer.write_table(table.cast(writer.schema))
             rows += table.num_rows

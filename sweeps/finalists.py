@@ -51,7 +51,7 @@ def model_signature(classifier_dir: Path):
     clf = Classifier.load(classifier_dir)
     m = clf.meta
     example = np.zeros((2, len(m["bands"]), m["stamp_px"], m["stamp_px"]), np.float32)
-    return infer_signature(example, to_frame(clf.predict(example, views=1), clf.class_names), params={"views": 8}), example
+    return infer_signature(example, to_frame(clf.predict(example, views=1), clf.class_names, clf.vote_tree), params={"views": 8}), example
 
 
 def log_trial_model(client, tracking_uri: str, run, checkpoint: Path, step: int) -> str:

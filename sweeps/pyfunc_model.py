@@ -3,7 +3,10 @@ imports this file and reads safetensors weights plus a JSON config (uda_core.inf
 
 Input: float32 flux stamps in nanomaggies of the target survey, shape (N, bands, H, W) as recorded in the config.
 Output: a DataFrame with one probability column per known class (`prob_<class>`), `predicted_class`, `unknown`,
-`anomaly_score`, `entropy`, `uncertainty` (mutual information over dihedral views) and `predicted_prob_std`.
+`anomaly_score`, `entropy`, `uncertainty` (mutual information over dihedral views) and `predicted_prob_std`; a
+model with a Galaxy Zoo vote head adds `{question}_{answer}_alpha` and `{question}_{answer}_fraction` per answer
+and `{question}_entropy` and `{question}_fraction_std` per question (uda_core.inference.vote_columns), the same
+names as the `uda-sweep predict` catalogue.
 Pass params={"views": 1} to skip the views (uncertainty 0) when only probabilities are wanted.
 """
 
@@ -17,11 +20,17 @@ from mlflow.pyfunc import PythonModel
 __all__ = ["GalaxyClassifier", "to_frame"]
 
 
-def to_frame(out: dict[str, np.ndarray], class_names: list[str]) -> pd.DataFrame:
+def to_frame(out: dict[str, np.ndarray], class_names: list[str], tree=None) -> pd.DataFrame:
+    """`tree`: the classifier's vote tree (Classifier.vote_tree); None (no vote head) gives the class columns only."""
+    from uda_core.inference import vote_columns
+
     frame = pd.DataFrame(out["probs"], columns=[f"prob_{n}" for n in class_names])
     frame["predicted_class"] = np.asarray(class_names, dtype=object)[out["predicted"]]
     for key in ("unknown", "anomaly_score", "entropy", "uncertainty", "predicted_prob_std"):
         frame[key] = out[key]
+    votes = vote_columns(out, tree)
+    if votes:  # one concat: ~90 columns added one by one fragment the frame
+        frame = pd.concat([frame, pd.DataFrame(votes, index=frame.index)], axis=1)
     return frame
 
 
@@ -35,7 +44,8 @@ class GalaxyClassifier(PythonModel):
 
     def predict(self, context, model_input, params=None):
         views = int((params or {}).get("views", 8))
-        return to_frame(self.classifier.predict(np.asarray(model_input, dtype=np.float32), views=views), self.classifier.class_names)
+        clf = self.classifier
+        return to_frame(clf.predict(np.asarray(model_input, dtype=np.float32), views=views), clf.class_names, clf.vote_tree)
 
 
 mlflow.models.set_model(GalaxyClassifier())

@@ -2,13 +2,15 @@
 
 An exported classifier is a folder of two files, so loading it never unpickles code:
   weights.safetensors  the network's weights plus the source feature bank the kNN anomaly score needs
-  config.json          the run config, bands, stamp size, pixel scales, preprocessing, class names, and the
+  config.json          the run config, bands, stamp size, pixel scales, preprocessing, class names, the
                        unknown-class rule (score and threshold) fitted on the unlabelled target/train split exactly
-                       as the sweep's evaluation fitted it
+                       as the sweep's evaluation fitted it, and the Galaxy Zoo decision tree of the vote head
+                       (`vote_tree`, VoteTree.to_dict; null or absent for a model without one)
 
 `Classifier.predict` maps flux stamps of the target survey to per-class probabilities, a predicted class, an
-unknown flag, an anomaly score and an uncertainty; `evaluate_classifier` re-scores an exported classifier on a
-data set with the same code a trial uses, so a registry can compare models on equal terms.
+unknown flag, an anomaly score and an uncertainty (plus, with a vote head, Dirichlet concentrations, expected vote
+fractions and per-question uncertainties, which `vote_columns` names); `evaluate_classifier` re-scores an exported
+classifier on a data set with the same code a trial uses, so a registry can compare models on equal terms.
 """
 
 from __future__ import annotations
@@ -28,12 +30,15 @@ from .evaluate import Evaluation, dihedral, evaluate, predict, rejection_thresho
 from .evaluation import metrics as M
 from .methods import get_method
 from .models import SOURCE, TARGET, UdaNet, build_model
+from .votes import VoteTree, alpha_from_cosine, dirichlet_entropy, expected_fractions, tree_from_dict
 
-__all__ = ["Classifier", "export_classifier", "evaluate_classifier", "WEIGHTS", "CONFIG", "FORMAT"]
+__all__ = ["Classifier", "export_classifier", "evaluate_classifier", "vote_columns", "WEIGHTS", "CONFIG", "FORMAT"]
 
 log = logging.getLogger(__name__)
 WEIGHTS, CONFIG = "weights.safetensors", "config.json"
-FORMAT = {"name": "galaxy-uda-classifier", "version": 1}
+# Version 2 adds the vote head (config "vote_tree"); a model without one is still written as version 1, so older
+# code keeps loading it, while a vote model is refused by name there instead of failing on unexpected weights.
+FORMAT = {"name": "galaxy-uda-classifier", "version": 2}
 _BANK = "source_features"
 PIXEL_SCALE_RTOL = 0.02  # resampled cutouts quote 0.262 vs DECam's 0.263: within tolerance
 
@@ -42,13 +47,14 @@ def export_classifier(checkpoint_dir: Path, out: Path, data: UdaData | None = No
     """Write weights.safetensors + config.json for a core checkpoint (step_XXXXXXX or a Tune checkpoint folder)."""
     from safetensors.torch import save_file
 
-    from .train import CHECKPOINT_FILE, autocast_factory, load_data
+    from .train import CHECKPOINT_FILE, autocast_factory, load_data, vote_tree_for
 
     checkpoint_dir = Path(checkpoint_dir)
     cfg = RunConfig.model_validate_json((checkpoint_dir / "config.json").read_text())
     state = torch.load(checkpoint_dir / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
     data = data or load_data(cfg, progress=False)
-    model = build_model(cfg.model, data.in_channels, data.num_known)
+    tree = vote_tree_for(cfg, data)  # the vote head's answers, so its weights load and are saved
+    model = build_model(cfg.model, data.in_channels, data.num_known, tree)
     model.load_state_dict(state["model"])
     method = get_method(cfg.method.name)(cfg.method.parsed(), model, data.num_known, len(data["target/train"]))
     # The same inputs evaluate() uses: BN statistics as saved right after the evaluation, the first
@@ -62,7 +68,7 @@ def export_classifier(checkpoint_dir: Path, out: Path, data: UdaData | None = No
     threshold = rejection_threshold({score: M.gmm_threshold(scores_tt[score])}, method, cfg, data.num_known)
     surveys = data.manifest["surveys"]
     meta = {
-        "format": FORMAT,
+        "format": {**FORMAT, "version": FORMAT["version"] if tree is not None else 1},
         "run_config": json.loads(cfg.model_dump_json()),
         "bands": data.bands, "stamp_px": data.stamp_px, "softening": data.softening,
         "class_names": data.class_names, "num_known": data.num_known,
@@ -71,6 +77,7 @@ def export_classifier(checkpoint_dir: Path, out: Path, data: UdaData | None = No
         "rejection": {"score": cfg.eval.reject_score, "threshold": float(threshold), "knn_k": cfg.eval.knn_k},
         "step": int(state["step"]),
         "data_fingerprint": data.manifest.get("fingerprint"),
+        "vote_tree": tree.to_dict() if tree is not None else None,
     }
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -106,7 +113,9 @@ class Classifier:
         if meta.get("format", {}).get("name") != FORMAT["name"] or meta["format"].get("version", 0) > FORMAT["version"]:
             raise DataError(f"{folder / CONFIG}: format {meta.get('format')} is not {FORMAT} or older; upgrade galaxy-uda-sweeps")
         cfg = RunConfig.model_validate(meta["run_config"])
-        model = build_model(cfg.model, len(meta["bands"]), meta["num_known"])
+        # Exports older than the vote head have no "vote_tree": no head, as before.
+        tree = tree_from_dict(meta["vote_tree"]) if meta.get("vote_tree") else None
+        model = build_model(cfg.model, len(meta["bands"]), meta["num_known"], tree)
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
         model.eval()
         dev = resolve_device(cfg.train.device if device == "auto" else device)
@@ -116,6 +125,11 @@ class Classifier:
     @property
     def class_names(self) -> list[str]:
         return self.meta["class_names"][: self.meta["num_known"]]
+
+    @property
+    def vote_tree(self) -> VoteTree | None:
+        """The Galaxy Zoo decision tree the vote head predicts, or None for a model without one."""
+        return self.model.vote_tree
 
     def check_input(self, bands: list[str], stamp_shape: tuple[int, ...], pixel_arcsec: float | None, where: str) -> None:
         """One clear error when an input cannot be what the model was trained on (before any prediction)."""
@@ -142,6 +156,16 @@ class Classifier:
         probs (N, K) come from the plain view, exactly as in evaluation. `uncertainty` is the mutual information
         between the prediction and the view over `views` dihedral transforms (rotations, then flips): 0 when every
         view agrees, up to ln K. With views=1 it is 0.
+
+        With a vote head (`vote_tree`) there are also, for the tree's A answers and Q questions:
+          vote_alpha (N, A)          Dirichlet concentrations in (1, 101), averaged over the views
+          vote_fraction (N, A)       the expected vote fraction of each answer within its question, from vote_alpha
+          vote_entropy (N, Q)        the differential entropy of each question's Dirichlet at vote_alpha: how
+                                     unsure the model is of the vote fractions (low when concentrated; may be < 0)
+          vote_fraction_std (N, Q)   the spread of the expected fractions over the views: per question, the root
+                                     mean square over its answers of each answer's std across views (0 with views=1)
+        Ye et al. (2024) take the spread over 25 MC-dropout passes; our networks have no dropout, so the dihedral
+        views, equally valid images of the same galaxy, play that role.
         """
         if views not in (1, 2, 4, 8):
             raise ValueError("views must be 1, 2, 4 or 8 (dihedral transforms)")
@@ -161,7 +185,7 @@ class Classifier:
         mean_p = p_views.mean(0)
         mutual_info = M.entropy(mean_p) - np.mean([M.entropy(p) for p in p_views], axis=0)
         pred = probs.argmax(1)
-        return {
+        out = {
             "probs": probs.astype(np.float32),
             "predicted": pred,
             "unknown": score > rule["threshold"],
@@ -170,6 +194,43 @@ class Classifier:
             "uncertainty": np.maximum(mutual_info, 0).astype(np.float32),
             "predicted_prob_std": p_views[:, np.arange(len(pred)), pred].std(0).astype(np.float32),
         }
+        tree = self.vote_tree
+        if tree is not None:
+            a_views = np.stack([self._alpha(f) for _, f in per_view])  # (V, N, A), float64
+            alpha = a_views.mean(0)
+            frac_views = np.stack([expected_fractions(a, tree) for a in a_views])  # (V, N, A)
+            var = frac_views.var(0)
+            out.update({
+                "vote_alpha": alpha.astype(np.float32),
+                "vote_fraction": expected_fractions(alpha, tree).astype(np.float32),
+                "vote_entropy": dirichlet_entropy(alpha, tree).astype(np.float32),
+                "vote_fraction_std": np.stack([np.sqrt(var[:, s].mean(1)) for s in tree.slices], 1).astype(np.float32),
+            })
+        return out
+
+    @torch.no_grad()
+    def _alpha(self, feats: np.ndarray) -> np.ndarray:
+        """Dirichlet concentrations (N, A) of normalised features, in float64 (the head itself runs in fp32)."""
+        f = torch.from_numpy(feats).to(self.device)
+        return alpha_from_cosine(self.model.answer_logits(f)).cpu().double().numpy()
+
+
+def vote_columns(out: dict[str, np.ndarray], tree: VoteTree | None) -> dict[str, np.ndarray]:
+    """The vote outputs of `Classifier.predict` as named columns (empty without a vote head), in this order:
+    `{question}_{answer}_alpha` and `{question}_{answer}_fraction` per answer (the catalogue's answer names,
+    tree.columns), then `{question}_entropy` and `{question}_fraction_std` per question."""
+    if tree is None:
+        return {}
+    cols = {}
+    for i, c in enumerate(tree.columns):
+        cols[f"{c}_alpha"] = out["vote_alpha"][:, i]
+    for i, c in enumerate(tree.columns):
+        cols[f"{c}_fraction"] = out["vote_fraction"][:, i]
+    for j, q in enumerate(tree.questions):
+        cols[f"{q.name}_entropy"] = out["vote_entropy"][:, j]
+    for j, q in enumerate(tree.questions):
+        cols[f"{q.name}_fraction_std"] = out["vote_fraction_std"][:, j]
+    return cols
 
 
 def evaluate_classifier(folder: Path | str, data: UdaData, scoring: RunConfig) -> Evaluation:
