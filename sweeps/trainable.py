@@ -2,8 +2,9 @@
 
 A trial's config holds only its suggested parameters (dotted run-config keys) or, for a baseline trial,
 `{"baseline": <method>}`; everything shared arrives once in a `TrialContext` through `tune.with_parameters`.
-At each evaluation the trial logs to its MLflow child run first (metrics, confusion matrices, and at a new best
-the embedding picture), then reports to Tune with the checkpoint: nothing may follow the last report.
+At each evaluation the trial logs to its MLflow child run first (metrics, confusion matrices, vote tables with a
+vote head, and at a new best the embedding and vote pictures), then reports to Tune with the checkpoint: nothing
+may follow the last report.
 """
 
 from __future__ import annotations
@@ -136,15 +137,30 @@ def _evaluation_files(ev: Evaluation) -> dict:
     for split, conf in ev.confusion.items():
         files[f"confusion/{split}.json"] = conf
         files[f"confusion/{split}.png"] = lambda p, c=conf, s=split: plot_confusion(c, p, title=f"{s}, step {ev.step}")
+    # Vote head only: the per-question tables and confusion matrices as JSON at every step; their pictures
+    # (a few seconds of matplotlib per split) only at a new best, in _best_files.
+    for split, votes in ev.votes.items():
+        files[f"votes/{split}.json"] = votes
     return files
 
 
 def _best_files(ev: Evaluation, embedding: str) -> dict:
-    from uda_core.evaluation.plots import plot_accuracy_by_bin, plot_confusion, plot_embedding
+    from uda_core.evaluation.plots import (
+        plot_accuracy_by_bin,
+        plot_confusion,
+        plot_embedding,
+        plot_vote_confusions,
+        plot_vote_table,
+    )
 
     files: dict = {"evaluation.json": ev.to_json()}
     for split, conf in ev.confusion.items():
         files[f"confusion_{split}.png"] = lambda p, c=conf, s=split: plot_confusion(c, p, title=f"{s}, best step {ev.step}")
+    for split, votes in ev.votes.items():  # vote head only; the target's split is named oracle_target_test
+        files[f"votes_confusion_{split}.png"] = lambda p, v=votes, s=split: plot_vote_confusions(
+            v, p, title=f"{s} votes, best step {ev.step}")
+        files[f"votes_table_{split}.png"] = lambda p, v=votes, s=split: plot_vote_table(
+            v, p, title=f"{s} votes, best step {ev.step}")
     if embedding != "none" and ev.embedding:
         e = ev.embedding
         unknown = e.get(N.EMBEDDING_ORACLE_UNKNOWN)  # absent when the target has no labels: colour by domain only

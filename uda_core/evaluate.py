@@ -5,6 +5,11 @@ metrics, `label_free/...` scores on the unlabelled target/train split, the unkno
 and the oracle one, only when the data set's target has labels: everything under `oracle/`, the target confusion
 matrix, accuracy by magnitude, target stamps coloured by their true class. A real target survey has no labels, so
 oracle numbers may be reported, never used to select a model; without labels they are absent, not NaN.
+
+With a vote head (model.vote_head) also the Galaxy Zoo vote scores (uda_core.evaluation.vote_metrics): the
+Dirichlet-multinomial NLL on source/val (`source_val/votes/nll`, selectable), per-question accuracies on
+source/test (`source_test/votes/...`) and, when the target has labels and votes, on target/test under
+`oracle/target_test/votes/...`; their tables and confusion matrices go to `Evaluation.votes`.
 """
 
 from __future__ import annotations
@@ -23,8 +28,10 @@ from .evaluation import names as N
 from .evaluation.names import is_oracle
 from .evaluation.validators import (LABEL_FREE_CRITERIA, augmentation_agreement, combined_score, dev_risk,
                                     domain_weights, label_free_scores)
+from .evaluation.vote_metrics import vote_report
 from .methods import Method
 from .models import SOURCE, TARGET, UdaNet, reestimate_bn
+from .votes import alpha_from_cosine, dirichlet_multinomial_nll
 
 __all__ = ["Evaluation", "evaluate", "predict", "dihedral", "entropy_rho", "rejection_threshold", "OBJECTIVES", "is_oracle"]
 
@@ -39,6 +46,10 @@ OBJECTIVES: dict[str, str] = {
                                                       "known_acc", "unknown_recall", "h_score",
                                                       "unknown_cluster_purity", "unknown_cluster_nmi")},
     **{f"{N.ORACLE_TARGET_TEST}/auroc/{s}": "max" for s in ANOMALY_SCORES},
+    # Vote head (model.vote_head) only: absent from runs without one.
+    N.SOURCE_VAL_VOTE_NLL: "min",
+    **{N.vote_metric(g, f"mean_acc{c}"): "max"
+       for g in (N.SOURCE_TEST_VOTES, N.ORACLE_TARGET_TEST_VOTES) for c in (50, 80)},
 }
 
 
@@ -51,12 +62,17 @@ class Evaluation:
     # Features for pictures (not serialised); "oracle_target_unknown" (only with target labels) colours target
     # stamps by their true labels.
     embedding: dict[str, np.ndarray] = field(default_factory=dict)
+    # Vote head only: per split (N.VOTES_SOURCE, and N.VOTES_ORACLE with target votes and labels) the per-question
+    # tables and confusion matrices of `VoteReport.to_json()` (uda_core.evaluation.vote_metrics).
+    votes: dict[str, dict] = field(default_factory=dict)
 
     def to_json(self) -> dict:
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in self.metrics.items()}
         out = {"step": self.step, "metrics": clean, "confusion": self.confusion}
         if self.acc_by_mag:  # empty without target labels: no oracle key at all
             out[N.ORACLE_ACC_BY_MAG] = self.acc_by_mag
+        if self.votes:  # only with a vote head; the oracle split only with target votes and labels
+            out["votes"] = self.votes
         return out
 
 
@@ -226,6 +242,40 @@ def _accuracy_by_magnitude(o: _Outputs, data: UdaData) -> list[dict]:
     return M.accuracy_by_bin(mags, o.lg_te.argmax(1)[known_mask] == y_te[known_mask], edges)
 
 
+@torch.no_grad()
+def _vote_alpha(model: UdaNet, f: np.ndarray, batch_size: int = 4096) -> np.ndarray:
+    """Dirichlet concentrations (N, A) of the vote head on normalised features f (N, D)."""
+    device = model.answer_prototypes.device
+    parts = [alpha_from_cosine(model.answer_logits(torch.from_numpy(f[lo : lo + batch_size]).to(device))).cpu()
+             for lo in range(0, len(f), batch_size)]
+    return torch.cat(parts).double().numpy() if parts else np.zeros((0, model.vote_tree.num_answers))
+
+
+def _vote_metrics(model: UdaNet, o: _Outputs, data: UdaData) -> tuple[dict[str, float], dict[str, dict]]:
+    """The vote head's scores: the Dirichlet-multinomial NLL on source/val (selectable), per-question accuracies
+    on source/test and, with target votes and labels, under oracle/ on target/test; plus their tables."""
+    out: dict[str, float] = {}
+    tables: dict[str, dict] = {}
+    if model.answer_prototypes is None:
+        return out, tables
+    tree = model.vote_tree
+    val = data["source/val"].votes
+    if val is not None and len(val):
+        alpha = torch.from_numpy(_vote_alpha(model, o.f_val))
+        out[N.SOURCE_VAL_VOTE_NLL] = float(dirichlet_multinomial_nll(alpha, val, tree).mean())
+    parts = [("source/test", o.f_stest, N.SOURCE_TEST_VOTES, N.VOTES_SOURCE)]
+    if data.has_target_labels:  # target votes are target labels: oracle only
+        parts.append(("target/test", o.f_te, N.ORACLE_TARGET_TEST_VOTES, N.VOTES_ORACLE))
+    for split, f, group, key in parts:
+        counts = data[split].votes
+        if counts is None or not len(counts):
+            continue
+        rep = vote_report(counts.numpy(), tree, alpha=_vote_alpha(model, f))
+        out.update(rep.metrics(group))
+        tables[key] = rep.to_json()
+    return out, tables
+
+
 def evaluate(model: UdaNet, method: Method, data: UdaData, cfg: RunConfig, step: int, autocast=contextlib.nullcontext) -> Evaluation:
     if model.domain_bn:
         # Exact target statistics over the unlabelled target/train split (AdaBN); needs no labels.
@@ -246,4 +296,6 @@ def evaluate(model: UdaNet, method: Method, data: UdaData, cfg: RunConfig, step:
         conf[N.CONFUSION_ORACLE] = M.confusion(y_te, o.lg_te.argmax(1), rule.rejected_te, K, names)
         by_mag = _accuracy_by_magnitude(o, data)
         embedding[N.EMBEDDING_ORACLE_UNKNOWN] = y_te >= K
-    return Evaluation(step, out, conf, by_mag, embedding)
+    vote_out, vote_tables = _vote_metrics(model, o, data)
+    out.update(vote_out)
+    return Evaluation(step, out, conf, by_mag, embedding, vote_tables)

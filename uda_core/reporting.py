@@ -17,7 +17,9 @@ def _finite(v):
 
 
 class FileReporter:
-    """Writes `evals/step_N/{evaluation.json, confusion_*.json, confusion_*.png}` and keeps `metrics.json` current.
+    """Writes `evals/step_N/{evaluation.json, confusion_*.json, confusion_*.png}` (with a vote head also
+    `votes_*.json`, `votes_confusion_*.png` and `votes_table_*.png`, one per split of `Evaluation.votes`, the
+    target's named oracle_) and keeps `metrics.json` current.
 
     `metrics.json` holds the last evaluation and the best one by `select_by`, so a killed run still leaves a
     readable summary.
@@ -31,7 +33,7 @@ class FileReporter:
             self.best = json.loads(summary.read_text()).get("best")
 
     def __call__(self, ev: Evaluation, checkpoint_dir: Path) -> None:
-        from .evaluation.plots import plot_confusion
+        from .evaluation.plots import plot_confusion, plot_vote_confusions, plot_vote_table
 
         d = self.out / "evals" / f"step_{ev.step:07d}"
         d.mkdir(parents=True, exist_ok=True)
@@ -39,6 +41,10 @@ class FileReporter:
         for name, conf in ev.confusion.items():
             (d / f"confusion_{name}.json").write_text(json.dumps(conf))
             plot_confusion(conf, d / f"confusion_{name}.png", title=f"{name}, step {ev.step}")
+        for name, votes in ev.votes.items():  # per-question Galaxy Zoo vote scores (vote head only)
+            (d / f"votes_{name}.json").write_text(json.dumps(votes))
+            plot_vote_confusions(votes, d / f"votes_confusion_{name}.png", title=f"{name} votes, step {ev.step}")
+            plot_vote_table(votes, d / f"votes_table_{name}.png", title=f"{name} votes, step {ev.step}")
         value = ev.metrics.get(self.select_by)
         record = {"step": ev.step, "checkpoint": str(checkpoint_dir), "metrics": {k: _finite(v) for k, v in ev.metrics.items()}}
         if value is not None and math.isfinite(value):

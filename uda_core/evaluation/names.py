@@ -10,7 +10,8 @@ from __future__ import annotations
 __all__ = ["ORACLE_PREFIX", "LABEL_FREE_PREFIX", "SELECTABLE_PREFIXES", "SOURCE_VAL_ACC", "SOURCE_VAL_MEAN_CLASS_ACC",
            "SOURCE_TEST_ACC_SHARED", "REJECTED_FRAC", "ORACLE_TARGET_TEST", "ORACLE_ACC", "ORACLE_H",
            "ORACLE_TRAIN_ACC", "ORACLE_TRAIN_H", "ORACLE_ACC_BY_MAG", "CONFUSION_SOURCE", "CONFUSION_ORACLE",
-           "EMBEDDING_ORACLE_UNKNOWN", "label_free", "is_oracle"]
+           "EMBEDDING_ORACLE_UNKNOWN", "SOURCE_TEST_VOTES", "ORACLE_TARGET_TEST_VOTES", "SOURCE_VAL_VOTE_NLL",
+           "VOTES_SOURCE", "VOTES_ORACLE", "vote_metric", "label_free", "is_oracle"]
 
 ORACLE_PREFIX = "oracle/"
 LABEL_FREE_PREFIX = "label_free/"
@@ -33,6 +34,20 @@ ORACLE_ACC_BY_MAG = f"{ORACLE_TARGET_TEST}/acc_by_mag"  # key of Evaluation.to_j
 CONFUSION_SOURCE = "source_test"
 CONFUSION_ORACLE = "oracle_target_test"
 EMBEDDING_ORACLE_UNKNOWN = "oracle_target_unknown"  # target/test stamps coloured by their true (unknown) class
+
+# Galaxy Zoo vote scores (model.vote_head; uda_core.evaluation.vote_metrics): `{group}/{question}/acc50`, `acc80`,
+# `n50`, `n80` and `{group}/mean_acc50`, `mean_acc80`. Target votes are labels, so the target's are oracle.
+SOURCE_TEST_VOTES = "source_test/votes"
+ORACLE_TARGET_TEST_VOTES = f"{ORACLE_TARGET_TEST}/votes"
+SOURCE_VAL_VOTE_NLL = "source_val/votes/nll"  # mean Dirichlet-multinomial NLL per galaxy: selectable, lower is better
+# Keys of Evaluation.votes (per-question tables and confusion matrices), as those of Evaluation.confusion.
+VOTES_SOURCE = CONFUSION_SOURCE
+VOTES_ORACLE = CONFUSION_ORACLE
+
+
+def vote_metric(group: str, name: str, question: str | None = None) -> str:
+    """`vote_metric(SOURCE_TEST_VOTES, "acc50", "bar")` -> "source_test/votes/bar/acc50"; no question: a mean."""
+    return f"{group}/{question}/{name}" if question else f"{group}/{name}"
 
 
 def label_free(name: str) -> str:

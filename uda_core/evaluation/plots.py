@@ -12,7 +12,7 @@ import numpy as np  # noqa: E402
 
 from .metrics import l2_normalize, to_numpy  # noqa: E402
 
-__all__ = ["plot_confusion", "plot_embedding", "plot_accuracy_by_bin"]
+__all__ = ["plot_confusion", "plot_embedding", "plot_accuracy_by_bin", "plot_vote_confusions", "plot_vote_table"]
 
 
 def _save(fig: Any, path: str | Path) -> Path:
@@ -130,4 +130,95 @@ def plot_accuracy_by_bin(
     ax.set_xlabel(xlabel)
     ax.set_ylabel("accuracy")
     ax.set_title(title)
+    return _save(fig, path)
+
+
+# Galaxy Zoo answers too long for a tick label; others are cut at _ANSWER_CHARS characters.
+_SHORT_ANSWERS = {"featured-or-disk": "featured", "more-than-4": ">4", "cant-tell": "can't tell",
+                  "minor-disturbance": "minor", "major-disturbance": "major", "cigar-shaped": "cigar",
+                  "in-between": "between"}
+_ANSWER_CHARS = 10
+
+
+def _short(answer: str) -> str:
+    a = _SHORT_ANSWERS.get(answer, answer)
+    return a if len(a) <= _ANSWER_CHARS else a[: _ANSWER_CHARS - 1] + "."
+
+
+def _fmt(v: Any, digits: int = 2) -> str:
+    return "-" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:.{digits}f}"
+
+
+def plot_vote_confusions(votes: dict, path: str | Path, title: str = "", cols: int = 4) -> Path:
+    """Grid of per-question confusion matrices of a `VoteReport.to_json()` dict (true vs predicted top answer, on
+    the galaxies counting at the 0.5 cut): colours row fractions, text counts, accuracy and n in each title."""
+    conf, rows = votes["confusion"], {r["question"]: r for r in votes["questions"]}
+    names = list(conf)
+    ncols = min(cols, len(names))
+    nrows = -(-len(names) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.3 * ncols, 3.3 * nrows), squeeze=False)
+    for ax in axes.ravel()[len(names):]:
+        ax.axis("off")
+    for ax, q in zip(axes.ravel(), names):
+        counts = np.asarray(conf[q]["matrix"], dtype=np.int64)
+        totals = counts.sum(axis=1, keepdims=True)
+        frac = np.divide(counts, totals, out=np.zeros(counts.shape, float), where=totals > 0)
+        ax.imshow(frac, cmap="Blues", vmin=0.0, vmax=1.0)
+        k = counts.shape[0]
+        for i in range(k):
+            for j in range(k):
+                if counts[i, j]:
+                    ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=7 if k > 4 else 8,
+                            color="white" if frac[i, j] > 0.5 else "black")
+        labels = [_short(a) for a in conf[q]["rows"]]
+        ax.set_xticks(range(k), labels, rotation=45, ha="right", fontsize=7)
+        ax.set_yticks(range(k), labels, fontsize=7)
+        r = rows.get(q, {})
+        ax.set_title(f"{q}\nacc50 {_fmt(r.get('acc50'))}, n {r.get('n50', int(counts.sum()))}", fontsize=8)
+    fig.supxlabel("predicted top answer (expected vote fraction)", fontsize=8)
+    fig.supylabel("true top answer (volunteer votes)", fontsize=8)
+    mv = votes.get("min_votes")
+    fig.suptitle(title + (f"\ngalaxies with >= {mv:g} votes on the question, top fraction > 0.5, "
+                          "parent answers on top" if mv is not None else ""), fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_vote_table(votes: dict, path: str | Path, title: str = "") -> Path:
+    """The per-question table of a `VoteReport.to_json()` dict as a picture: n and accuracy at cuts 0.5 and 0.8,
+    then macro TPR / precision per detection threshold ("-": no galaxy to score)."""
+    thresholds = sorted({r["threshold"] for r in votes["answers"]})
+    header = ["question", "n50", "acc50", "n80", "acc80"] + [f"TPR / prec\nt = {t:g}" for t in thresholds]
+    cells = []
+    for r in votes["questions"]:
+        row = [r["question"], str(r["n50"]), _fmt(r["acc50"]), str(r["n80"]), _fmt(r["acc80"])]
+        for t in thresholds:
+            k = f"t{round(t * 100):d}"
+            row.append(f"{_fmt(r.get(f'tpr_{k}'))} / {_fmt(r.get(f'precision_{k}'))}")
+        cells.append(row)
+    mean = votes.get("mean", {})
+    cells.append(["mean (scored questions)", "", _fmt(mean.get("mean_acc50")), "", _fmt(mean.get("mean_acc80"))]
+                 + [""] * len(thresholds))
+    fig, ax = plt.subplots(figsize=(2.6 + 0.75 * 4 + 1.25 * len(thresholds), 0.9 + 0.3 * (len(cells) + 1)))
+    ax.axis("off")
+    widths = [0.24] + [0.075] * 4 + [0.125] * len(thresholds)
+    table = ax.table(cellText=cells, colLabels=header, colWidths=[w / sum(widths) for w in widths],
+                     loc="center", cellLoc="center")
+    table.auto_set_font_size(False)
+    table.set_fontsize(8)
+    table.scale(1.0, 1.35)
+    for (i, j), cell in table.get_celld().items():
+        if i == 0:
+            cell.set_height(cell.get_height() * 1.7)
+            cell.set_facecolor("#dde5f0")
+        if j == 0 and i > 0:
+            cell.set_text_props(ha="left")
+            cell.PAD = 0.03
+        if i == len(cells):
+            cell.set_facecolor("#f0f0f0")
+    mv = votes.get("min_votes")
+    note = (f"accuracy: >= {mv:g} votes on the question, top fraction > cut (0.5, 0.8), parent answers on top\n"
+            "detection: positive = vote fraction > 0.5, called = predicted fraction > t; macro mean over answers "
+            "with positives; -: nothing to score") if mv is not None else ""
+    ax.set_title(f"{title}\n{note}" if note else title, fontsize=8)
     return _save(fig, path)
