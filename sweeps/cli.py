@@ -36,9 +36,9 @@ def _data_import(a: argparse.Namespace) -> None:
 
     spec = ImportSpec(
         source=DomainInput(a.source, a.source_labels, a.source_survey, a.source_pixel_arcsec,
-                           _parse_bands(a.source_bands) if a.source_bands else None),
+                           _parse_bands(a.source_bands) if a.source_bands else None, votes=a.source_votes),
         target=DomainInput(a.target, a.target_labels, a.target_survey, a.target_pixel_arcsec,
-                           _parse_bands(a.target_bands) if a.target_bands else None),
+                           _parse_bands(a.target_bands) if a.target_bands else None, votes=a.target_votes),
         id_column=a.id_column, label_column=a.label_column, class_map=a.class_map,
         unknown_classes=[c.strip() for c in a.unknown_classes.split(",") if c.strip()] if a.unknown_classes else [],
         bands=_parse_bands(a.bands) if a.bands else None, stamp_px=a.stamp_px, pixel_arcsec=a.pixel_arcsec,
@@ -221,14 +221,23 @@ def build_parser() -> argparse.ArgumentParser:
         description="Cutouts: a folder of FITS cutouts (*.fits, *.fits.gz, *.fits.fz; bands from BANDS/BANDi, pixel "
                     "scale from the WCS or PIXSCALE), a folder of .npy stamps (file name = id; bands and pixel scale "
                     "from cutouts.json or --bands/--*-pixel-arcsec), a Parquet file or folder (columns id, flux), or a "
-                    "Galaxy10-layout HDF5 file. Labels: a CSV/Parquet table joined to the cutouts by id. Every input "
+                    "Galaxy10-layout HDF5 file. Labels: a CSV/Parquet table joined to the cutouts by id; Galaxy Zoo "
+                    "DECaLS vote counts likewise (--source-votes, --target-votes). Every input "
                     "file's metadata is checked before any pixel is copied; the inputs are only read.")
     i.add_argument("--source", required=True, help="the labelled survey's cutouts (file or folder)")
-    i.add_argument("--source-labels", required=True, help="label table of the source (CSV or Parquet)")
+    i.add_argument("--source-labels", help="label table of the source (CSV or Parquet); required unless "
+                                           "--source-votes is given (then each class is the most voted answer of "
+                                           "smooth-or-featured: smooth, featured-or-disk or artifact)")
     i.add_argument("--target", required=True, help="the survey to adapt to: cutouts (file or folder)")
     i.add_argument("--target-labels", help="label table of the target, used ONLY to evaluate (oracle/ metrics); "
                                            "omit it for an unlabelled target")
-    i.add_argument("--id-column", default="id", help="id column of the label tables (default: id)")
+    i.add_argument("--source-votes", help="Galaxy Zoo DECaLS vote counts of the source (CSV, TSV or Parquet): one "
+                                          "count column per answer, {question}_{answer} (e.g. "
+                                          "smooth-or-featured_smooth; a -dr5 question suffix is accepted), "
+                                          "optional {question}_total-votes; the vote head (model.vote_head) learns "
+                                          "from them")
+    i.add_argument("--target-votes", help="as --source-votes, for the target: used ONLY to evaluate the vote head")
+    i.add_argument("--id-column", default="id", help="id column of the label and vote tables (default: id)")
     i.add_argument("--label-column", default="label", help="class column of the label tables (default: label)")
     i.add_argument("--class-map", help="label value -> class name: 'E=elliptical,S=spiral,X=' (empty: drop those rows) "
                                        "or a YAML/JSON file; default: the values are the class names")

@@ -1,7 +1,8 @@
 """`uda-sweep data import`: real cutouts of two surveys -> a data set folder that train, sweeps and predict read.
 
 Steps, cheapest first, so bad input fails in seconds:
-  1. label tables (ids and one label column only) and the class mapping;
+  1. label tables (ids and one label column only), Galaxy Zoo vote tables (ids and the vote-count columns) and the
+     class mapping;
   2. a metadata pre-scan of every input file (header, shape, bands, pixel scale; no pixels), grouping files that
      share a layout; ids joined to labels;
   3. pixels read shard by shard, put on one grid (band order, pixel scale, stamp size: geometry.conform), checked
@@ -37,7 +38,8 @@ from tqdm.auto import tqdm
 
 from ..errors import ConfigError, DataError
 from .geometry import Grid, band_order, conform, padded, same_scale
-from .label_table import CLASS_NAME, parse_class_map, read_class_labels
+from ..votes import GZ_DECALS
+from .label_table import CLASS_NAME, parse_class_map, read_class_labels, read_vote_table
 from .readers import FITS_SUFFIXES, CutoutSource, _FitsSource, _NpySource, _npy_sidecar, fits_layout, npy_layout, \
     open_cutouts
 from .store import CATALOGUE, GENERATOR_VERSION, MANIFEST, PIXELS, UNLABELLED, _sha256_files
@@ -57,6 +59,9 @@ class DomainInput:
     survey: str | dict | None = None  # preset name, survey YAML or mapping: names the survey, checks units
     pixel_arcsec: float | None = None  # for files that do not record it (.npy stamps, FITS without WCS)
     bands: list[str] | None = None  # the planes' bands, for files that do not record them (.npy stamps)
+    # Galaxy Zoo DECaLS vote counts (CSV/TSV/Parquet, `{question}_{answer}` columns) joined by id: a label for the
+    # source (the vote head learns from them), for evaluation only in the target, as `labels`.
+    votes: str | None = None
 
 
 @dataclass
@@ -92,10 +97,12 @@ class ImportSpec:
                             ("--target-pixel-arcsec", self.target.pixel_arcsec)):
             if scale is not None and not 0 < scale < 60:
                 raise ConfigError(f"{flag} {scale}: must be a positive pixel scale in arcsec")
-        if self.source.labels is None:
-            raise ConfigError("the source needs a label table (--source-labels): the classifier learns from it")
+        if self.source.labels is None and self.source.votes is None:
+            raise ConfigError("the source needs a label table (--source-labels), or Galaxy Zoo votes (--source-votes) "
+                              "to take its classes from: the classifier learns from them")
         for flag, path in (("--source", self.source.cutouts), ("--target", self.target.cutouts),
-                           ("--source-labels", self.source.labels), ("--target-labels", self.target.labels)):
+                           ("--source-labels", self.source.labels), ("--target-labels", self.target.labels),
+                           ("--source-votes", self.source.votes), ("--target-votes", self.target.votes)):
             if path is not None and not Path(path).expanduser().exists():
                 raise ConfigError(f"{flag} {path}: does not exist")
         for name in self.unknown_classes:
@@ -143,25 +150,47 @@ class _Problems:
                             f"import the rest and list what was left out in {SKIPPED} ({stage})")
 
 
-def _read_labels(spec: ImportSpec) -> tuple[pd.Series, pd.Series | None, dict | None]:
+def _read_votes(spec: ImportSpec) -> dict[str, pd.DataFrame | None]:
+    """Each domain's vote table (id -> GZ_DECALS.columns counts), or None; every table-level check happens here."""
+    return {d: read_vote_table(getattr(spec, d).votes, spec.id_column, GZ_DECALS) if getattr(spec, d).votes else None
+            for d in ("source", "target")}
+
+
+def labels_from_votes(votes: pd.DataFrame, path: str) -> pd.Series:
+    """id -> the first question's most voted answer (smooth, featured-or-disk or artifact; ties go to the first)."""
+    q, s = GZ_DECALS.questions[0], GZ_DECALS.slices[0]
+    counts = votes.iloc[:, s].to_numpy()
+    none = counts.sum(1) == 0
+    if none.any():
+        raise DataError(f"{path}: {int(none.sum())} row(s) have no {q.name} votes (e.g. id "
+                        f"{votes.index[none.argmax()]!r}), so no class can be taken from them; drop those rows or "
+                        "give the classes with --source-labels")
+    return pd.Series(np.asarray(q.answers, dtype=object)[counts.argmax(1)], index=votes.index, name=q.name)
+
+
+def _read_labels(spec: ImportSpec, votes: dict | None = None) -> tuple[pd.Series, pd.Series | None, dict | None]:
     cmap = parse_class_map(spec.class_map)
-    src = read_class_labels(spec.source.labels, spec.id_column, spec.label_column)
+    if spec.source.labels is None:  # classes from the source's votes (ImportSpec.check: it has votes)
+        src = labels_from_votes(votes["source"], spec.source.votes)
+    else:
+        src = read_class_labels(spec.source.labels, spec.id_column, spec.label_column)
     tgt = read_class_labels(spec.target.labels, spec.id_column, spec.label_column) if spec.target.labels else None
     for domain, table in (("source", src), ("target", tgt)):
         if table is None:
             continue
+        where = getattr(spec, domain).labels or getattr(spec, domain).votes
         unmapped = sorted(set(table.unique()) - set(cmap)) if cmap is not None else []
         if unmapped:
-            raise DataError(f"{getattr(spec, domain).labels}: label values {unmapped[:10]} are not in --class-map; "
+            raise DataError(f"{where}: label values {unmapped[:10]} are not in --class-map; "
                             "map each to a class name, or to nothing to drop those rows (e.g. 'X=')")
         if cmap is None:
             bad = sorted(v for v in table.unique() if not CLASS_NAME.fullmatch(v))
             if bad:
-                raise DataError(f"{getattr(spec, domain).labels}: label values {bad[:10]} are not usable class names; "
+                raise DataError(f"{where}: label values {bad[:10]} are not usable class names; "
                                 "map them with --class-map (e.g. '0=elliptical,1=spiral')")
     known = {cmap[v] if cmap is not None else v for v in src.unique()} - {None}
     if not known:
-        raise DataError(f"{spec.source.labels}: --class-map drops every source label value; keep at least one class")
+        raise DataError(f"{spec.source.labels or spec.source.votes}: --class-map drops every source label value; keep at least one class")
     clash = sorted(set(spec.unknown_classes) & known)
     if clash:
         raise ConfigError(f"--unknown-classes {clash}: these are labelled in the source, so they are known classes")
@@ -393,8 +422,10 @@ class _Copier:
     a row whose label the class map drops is left out without being bad."""
 
     def __init__(self, spec: ImportSpec, grid: Grid, labels: dict, cmap: dict | None, surveys: dict,
-                 problems: _Problems, pixels: np.ndarray):
+                 problems: _Problems, pixels: np.ndarray, votes: dict | None = None):
         self.spec, self.grid, self.labels, self.cmap, self.surveys = spec, grid, labels, cmap, surveys
+        self.votes = votes or {"source": None, "target": None}
+        self.read_ids: dict[str, set] = {"source": set(), "target": set()}  # every id read, kept or not
         self.problems, self.pixels = problems, pixels
         self.rows: list[dict] = []
         self.seen: dict[str, set] = {"source": set(), "target": set()}
@@ -438,6 +469,7 @@ class _Copier:
                                              self.surveys[g.domain], g.source.pixel_arcsec)
         table = self.labels[g.domain]
         keep = np.zeros(len(raw), bool)
+        self.read_ids[g.domain].update(raw.ids)
         for i, gid in enumerate(raw.ids):
             reason = self._bad(g.domain, gid, raw.flux[i], table, raw.source_index[i])
             if reason:
@@ -460,8 +492,12 @@ class _Copier:
                    "survey has no data)"
         if gid in self.seen[domain]:
             return f"id {gid!r} appears twice in the {domain} cutouts; ids join cutouts to labels: make them unique"
+        dom = getattr(self.spec, domain)
         if table is not None and gid not in table.index:
-            return f"id {gid!r} has no row in the {domain} label table {getattr(self.spec, domain).labels}"
+            where = f"label table {dom.labels}" if dom.labels else f"vote table {dom.votes}"
+            return f"id {gid!r} has no row in the {domain} {where}"
+        if self.votes[domain] is not None and gid not in self.votes[domain].index:
+            return f"id {gid!r} has no row in the {domain} vote table {dom.votes}"
         return None
 
 
@@ -478,7 +514,8 @@ def _import(spec: ImportSpec, out: str | Path, progress: bool, pool) -> ImportRe
         raise DataError(f"{out} already exists; choose another --out (nothing was changed)")
     warnings: list[str] = []
     problems = _Problems(spec.skip_bad)
-    src_labels, tgt_labels, cmap = _read_labels(spec)
+    votes = _read_votes(spec)
+    src_labels, tgt_labels, cmap = _read_labels(spec, votes)
     surveys = {d: _survey(getattr(spec, d), d) for d in ("source", "target")}
 
     # 2. pre-scan: metadata of every file
@@ -516,9 +553,9 @@ def _import(spec: ImportSpec, out: str | Path, progress: bool, pool) -> ImportRe
         shape = (len(grid.bands), grid.stamp_px, grid.stamp_px)
         pixels = np.lib.format.open_memmap(tmp / PIXELS, mode="w+", dtype=np.float32, shape=(max(total, 1), *shape))
         labels = {"source": src_labels, "target": tgt_labels}
-        copier = _Copier(spec, grid, labels, cmap, surveys, problems, pixels)
+        copier = _Copier(spec, grid, labels, cmap, surveys, problems, pixels, votes)
         rows = copier.run(kept_groups, out.name, progress, pool, spec.workers)
-        warnings += copier.warnings
+        warnings += copier.warnings + _unmatched_votes(spec, votes, copier.read_ids)
         pixels.flush()
         del pixels
         copy_seconds = time.perf_counter() - t1
@@ -534,6 +571,7 @@ def _import(spec: ImportSpec, out: str | Path, progress: bool, pool) -> ImportRe
         sky = {d: _measured_sky(pix, cat, d) for d in ("source", "target")}
         del pix
         cat["label_value"] = [None if pd.isna(v) else str(v) for v in cat["label_value"]]
+        _add_votes(cat, votes)
         pq.write_table(pa.Table.from_pandas(cat, preserve_index=False), tmp / CATALOGUE)
         counts = {f"{d}/{s}": int(((cat["domain"] == d) & (cat["split"] == s)).sum())
                   for d, s in (("source", "train"), ("source", "val"), ("source", "test"), ("target", "train"), ("target", "test"))}
@@ -543,7 +581,8 @@ def _import(spec: ImportSpec, out: str | Path, progress: bool, pool) -> ImportRe
                             "change --source-split / --target-test-frac")
         if problems.rows:
             pd.DataFrame(problems.rows).to_csv(tmp / SKIPPED, index=False)
-        manifest = _manifest(spec, grid, task, counts, sky, surveys, tmp, tgt_labels is not None, len(problems.rows))
+        manifest = _manifest(spec, grid, task, counts, sky, surveys, tmp, tgt_labels is not None, len(problems.rows),
+                             [d for d in ("source", "target") if votes[d] is not None])
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
         os.replace(tmp, out)
     except BaseException:
@@ -552,6 +591,31 @@ def _import(spec: ImportSpec, out: str | Path, progress: bool, pool) -> ImportRe
     for w in warnings:
         log.info(w)  # the caller shows result.warnings (the CLI prints them once)
     return ImportResult(out, counts, len(problems.rows), prescan_seconds, files_scanned, copy_seconds, warnings)
+
+
+def _unmatched_votes(spec: ImportSpec, votes: dict, read_ids: dict) -> list[str]:
+    """Warnings for vote rows that match no cutout: a Galaxy Zoo catalogue usually covers more galaxies than one
+    has cutouts of (and one table may serve both domains), so they are left out, not an error."""
+    out = []
+    for d in ("source", "target"):
+        if votes[d] is None:
+            continue
+        extra = votes[d].index[~votes[d].index.isin(list(read_ids[d]))]
+        if len(extra):
+            out.append(f"{d} vote table {getattr(spec, d).votes}: {len(extra)} of {len(votes[d])} row(s) match no "
+                       f"{d} cutout (e.g. ids {extra[:3].tolist()}) and were not imported")
+    return out
+
+
+def _add_votes(cat: pd.DataFrame, votes: dict) -> None:
+    """The vote-count columns (GZ_DECALS.columns, int32): each row's votes, 0 in a domain without a vote table."""
+    counts = np.zeros((len(cat), GZ_DECALS.num_answers), dtype=np.int32)
+    for d in ("source", "target"):
+        if votes[d] is not None:
+            rows = (cat["domain"] == d).to_numpy()
+            counts[rows] = votes[d].loc[cat.loc[rows, "id"].to_numpy()].to_numpy(np.int32)
+    for i, col in enumerate(GZ_DECALS.columns):
+        cat[col] = counts[:, i]
 
 
 def _survey_names(spec: ImportSpec, surveys: dict) -> dict[str, str]:
@@ -626,7 +690,7 @@ def _measured_sky(pix: np.ndarray, cat: pd.DataFrame, domain: str) -> list[float
     return [float(s) for s in sigma]
 
 
-def _manifest(spec, grid, task, counts, sky, surveys, folder, target_labelled, skipped) -> dict:
+def _manifest(spec, grid, task, counts, sky, surveys, folder, target_labelled, skipped, vote_domains=()) -> dict:
     config = json.loads(json.dumps(asdict(spec), default=str))
     blob = json.dumps({**config, "generator_version": GENERATOR_VERSION}, sort_keys=True)
     domains = {}
@@ -635,10 +699,11 @@ def _manifest(spec, grid, task, counts, sky, surveys, folder, target_labelled, s
         s, dom = surveys[d], getattr(spec, d)
         domains[d] = {"name": names[d], "pixel_arcsec": grid.pixel_arcsec,
                       "sky_sigma_nmgy": sky[d], "inputs": str(Path(dom.cutouts).resolve()),
-                      "labels": None if dom.labels is None else str(Path(dom.labels).resolve())}
+                      "labels": None if dom.labels is None else str(Path(dom.labels).resolve()),
+                      "votes": None if dom.votes is None else str(Path(dom.votes).resolve())}
         if s is not None:
             domains[d]["definition"] = s.to_dict()
-    return {
+    manifest = {
         "generator_version": GENERATOR_VERSION,
         "origin": "imported",
         "config": config,
@@ -653,3 +718,9 @@ def _manifest(spec, grid, task, counts, sky, surveys, folder, target_labelled, s
         "files": {name: (folder / name).stat().st_size for name in (CATALOGUE, PIXELS)},
         "fingerprint": _sha256_files(folder),
     }
+    if vote_domains:
+        # Source votes are a label the vote head learns from; target votes, like --target-labels, only evaluate
+        # (training reads source/train votes only): "target": "eval" says so.
+        manifest["votes"] = {"tree": GZ_DECALS.to_dict(), "domains": list(vote_domains),
+                             **({"target": "eval"} if "target" in vote_domains else {})}
+    return manifest

@@ -27,13 +27,14 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from ..errors import DataError
+from ..votes import GZ_DECALS
 from .surveys import SURVEYS, Survey, get_survey
 from .tasks import get_task
 
 __all__ = ["SIZES", "DataSpec", "GENERATOR_VERSION", "generate", "ensure_dataset", "read_manifest", "verify",
            "UNLABELLED", "TARGET_LABELS", "has_target_labels", "mend_advice"]
 
-GENERATOR_VERSION = "1.3"
+GENERATOR_VERSION = "1.4"  # 1.4: simulated Galaxy Zoo DECaLS vote counts (vote_sim)
 CATALOGUE, PIXELS, MANIFEST = "catalogue.parquet", "pixels.npy", "manifest.json"
 
 # A catalogue row without a class label (an unlabelled target survey) has label = train_label = UNLABELLED.
@@ -175,6 +176,7 @@ def generate(spec: DataSpec, out: Path, batch: int = 128, progress: bool = True)
     """Render a data set into `out` (written to a temporary folder first, then renamed into place)."""
     from .population import draw_population  # the renderer imports torch: only when drawing
     from .render import render
+    from .vote_sim import simulate_votes
 
     spec.check()
     out = Path(out)
@@ -200,7 +202,7 @@ def generate(spec: DataSpec, out: Path, batch: int = 128, progress: bool = True)
         columns: dict[str, list] = {}
         row = 0
         bar = tqdm(total=total, desc=f"rendering {spec.folder_name()}", unit="stamp", disable=not progress)
-        for domain, survey, split, n in plan:
+        for part_index, (domain, survey, split, n) in enumerate(plan):
             classes = _sample_classes(rng, task.priors(domain), n)
             params = draw_population(rng, classes, survey, size.stamp_px * survey.pixel_arcsec)
             params["seed"] = rng.integers(0, 2**62, n)
@@ -234,6 +236,11 @@ def generate(spec: DataSpec, out: Path, batch: int = 128, progress: bool = True)
             for key in ("redshift", "r_mag", "abs_mag_r", "hlr_arcsec", "sersic_n", "axis_ratio", "pa_deg", "bulge_frac", "seed"):
                 rec[key] = params[key]
             rec["artifact_kind"] = np.where(np.asarray(classes) == "artifact", params["artifact_kind"], "")
+            # Volunteer votes draw from a stream of their own, so every pixel and column above is what it was
+            # before votes existed (and a change to the vote model changes only the vote columns).
+            votes = simulate_votes(params, survey, np.random.default_rng([spec.seed, 11, part_index]))
+            for c_i, col in enumerate(GZ_DECALS.columns):
+                rec[col] = votes[:, c_i].astype(np.int32)
             for k, v in rec.items():
                 columns.setdefault(k, []).extend(list(v))
             row += n
@@ -257,6 +264,7 @@ def generate(spec: DataSpec, out: Path, batch: int = 128, progress: bool = True)
             "counts": {f"{d}/{sp}": n for d, _, sp, n in plan},
             "origin": "generated",
             "target_labels": "simulated",
+            "votes": {"tree": GZ_DECALS.to_dict(), "domains": ["source", "target"]},
             "files": {name: (tmp / name).stat().st_size for name in (CATALOGUE, PIXELS)},
             "fingerprint": _sha256_files(tmp),
         }
