@@ -182,6 +182,10 @@ class SweepConfig(_Strict):
         if self.run.train.device == "cuda" and self.resources.gpus_per_trial == 0:
             raise ValueError("run.train.device: 'cuda' needs resources.gpus_per_trial > 0 (Ray hides GPUs from "
                              "trials that did not ask for one); or use device 'auto'")
+        votes = [m for m in self.objective.metrics if "/votes/" in m]
+        if votes and not self.run.model.vote_head:
+            raise ValueError(f"objective.metric: {votes[0]!r} scores the vote head, which this sweep does not train; "
+                             "set run.model.vote_head: true or choose another metric")
         if self.search.space is not None and self.search.space != self.run.method.name:
             raise ValueError(f"search.space: {self.search.space!r} searches another method than run.method.name="
                              f"{self.run.method.name!r}; make them equal (or drop search.space)")

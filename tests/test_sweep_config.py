@@ -70,6 +70,7 @@ def test_oracle_objective_is_marked():
     (_sweep(scheduler={"grace_period": 100000}), "scheduler.grace_period"),
     (_sweep(scheduler={"reduction_factor": 1}), "scheduler.reduction_factor"),
     (_sweep(search={"space": "adabn"}), "search.space"),
+    (_sweep(objective={"metric": "source_val/votes/nll"}), "objective.metric.*set run.model.vote_head: true"),
     (_sweep(search={"overrides": {"method.params.c_rho": {"low": 0.5, "high": 2}}}), "search.overrides.method.params.c_rho"),
     (_sweep(baselines=["dann"]), "baselines.*not a method"),
     (_sweep(name="my sweep"), "name"),
