@@ -16,10 +16,14 @@ method also runs on a class-labelled data set.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .errors import DataError
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["Question", "VoteTree", "GZ_DECALS", "TREES", "class_tree", "tree_from_dict", "dirichlet_multinomial_nll",
            "alpha_from_cosine", "expected_fractions", "vote_fractions", "dirichlet_entropy", "ALPHA_MIN", "ALPHA_RANGE"]
@@ -123,7 +127,7 @@ GZ_DECALS = VoteTree("gz_decals", (
 TREES: dict[str, VoteTree] = {t.name: t for t in (GZ_DECALS,)}
 
 
-def dirichlet_multinomial_nll(alpha: "torch.Tensor", counts: "torch.Tensor", tree: VoteTree) -> "torch.Tensor":
+def dirichlet_multinomial_nll(alpha: torch.Tensor, counts: torch.Tensor, tree: VoteTree) -> torch.Tensor:
     """Per-galaxy negative log-likelihood (N,) of vote counts (N, A) under Dirichlet-multinomials with
     concentrations alpha (N, A), summed over the tree's questions.
 
@@ -144,7 +148,7 @@ def dirichlet_multinomial_nll(alpha: "torch.Tensor", counts: "torch.Tensor", tre
     return nll
 
 
-def alpha_from_cosine(cosine_logits: "torch.Tensor") -> "torch.Tensor":
+def alpha_from_cosine(cosine_logits: torch.Tensor) -> torch.Tensor:
     """Dirichlet concentrations from the answer head's logits (cosine similarity / temperature)."""
     import torch
 

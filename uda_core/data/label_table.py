@@ -54,6 +54,19 @@ def _read_columns(path: Path, columns: list[str] | None = None, select=None,
         raise DataError(f"{path}: cannot be read as a label table ({type(e).__name__}: {e}); re-write it") from None
 
 
+_EMPTY = ["", "nan", "None"]  # what an empty cell reads as once a table's column is made text
+
+
+def _check_rows(path: Path, ids: pd.Series, empty: pd.Series, what: str, id_column: str, one_per: str) -> None:
+    """Every row has its id and value (`empty` marks those that do not), and no id repeats."""
+    if empty.any():
+        raise DataError(f"{path}: {int(empty.sum())} row(s) with an empty {what} (first at data row "
+                        f"{int(empty.to_numpy().argmax()) + 1}); drop them or fill them in")
+    dup = ids[ids.duplicated()]
+    if len(dup):
+        raise DataError(f"{path}: {len(dup)} duplicate id(s) in {id_column!r}, e.g. {dup.iloc[:3].tolist()}; {one_per}")
+
+
 def read_class_labels(path: str | Path, id_column: str, label_column: str) -> pd.Series:
     """id (str) -> label value (str), one per id; a missing file, column, empty value or duplicate id is an error."""
     path = Path(path).expanduser()
@@ -62,14 +75,8 @@ def read_class_labels(path: str | Path, id_column: str, label_column: str) -> pd
                         f"{label_column!r})")
     table = _read_columns(path, [id_column, label_column])
     ids, values = table[id_column].astype(str).str.strip(), table[label_column].astype(str).str.strip()
-    empty = ids.eq("") | values.isin(["", "nan", "None"])
-    if empty.any():
-        raise DataError(f"{path}: {int(empty.sum())} row(s) with an empty {id_column!r} or {label_column!r} (first at "
-                        f"data row {int(empty.to_numpy().argmax()) + 1}); drop them or fill them in")
-    dup = ids[ids.duplicated()]
-    if len(dup):
-        raise DataError(f"{path}: {len(dup)} duplicate id(s) in {id_column!r}, e.g. {dup.iloc[:3].tolist()}; "
-                        "one label per galaxy")
+    _check_rows(path, ids, ids.eq("") | values.isin(_EMPTY), f"{id_column!r} or {label_column!r}", id_column,
+                "one label per galaxy")
     return pd.Series(values.to_numpy(), index=ids.to_numpy(), name=label_column)
 
 
@@ -122,14 +129,7 @@ def read_vote_table(path: str | Path, id_column: str, tree: VoteTree = GZ_DECALS
     table = _read_columns(path, select=select, flags="--id-column")
     columns, totals = found["columns"], found["totals"]
     ids = table[id_column].astype(str).str.strip()
-    empty = ids.isin(["", "nan", "None"])
-    if empty.any():
-        raise DataError(f"{path}: {int(empty.sum())} row(s) with an empty {id_column!r} (first at data row "
-                        f"{int(empty.to_numpy().argmax()) + 1}); drop them or fill them in")
-    dup = ids[ids.duplicated()]
-    if len(dup):
-        raise DataError(f"{path}: {len(dup)} duplicate id(s) in {id_column!r}, e.g. {dup.iloc[:3].tolist()}; "
-                        "one row of votes per galaxy")
+    _check_rows(path, ids, ids.isin(_EMPTY), repr(id_column), id_column, "one row of votes per galaxy")
 
     def counts(column: str) -> np.ndarray:
         raw = table[column]
