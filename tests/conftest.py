@@ -25,8 +25,8 @@ def tiny_folder(data_root) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_unlabelled_folder(data_root, tiny_folder) -> Path:
-    """The tiny data set as a real unlabelled target survey: target rows have label = train_label = -1 and the
-    manifest says target_labels "none" (files and fingerprint recomputed, so the folder verifies)."""
+    """The tiny data set as a real unlabelled target survey: target rows have label = train_label = -1 and no
+    votes, and the manifest says target_labels "none" (files and fingerprint recomputed, so the folder verifies)."""
     import json
     import shutil
 
@@ -40,9 +40,13 @@ def tiny_unlabelled_folder(data_root, tiny_folder) -> Path:
     cat = pq.read_table(folder / CATALOGUE).to_pandas()
     target = cat["domain"] == "target"
     cat.loc[target, ["label", "train_label"]] = UNLABELLED
+    from uda_core.votes import GZ_DECALS
+
+    cat.loc[target, GZ_DECALS.columns] = 0  # nor any Galaxy Zoo votes
     pq.write_table(pa.Table.from_pandas(cat, preserve_index=False), folder / CATALOGUE)
     manifest = json.loads((folder / MANIFEST).read_text())
     manifest["target_labels"] = "none"
+    manifest["votes"]["domains"] = ["source"]
     manifest["files"] = {name: (folder / name).stat().st_size for name in manifest["files"]}
     manifest["fingerprint"] = _sha256_files(folder, tuple(manifest["files"]))
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))

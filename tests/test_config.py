@@ -30,6 +30,9 @@ ROOT = Path(__file__).resolve().parents[1]
         ({"eval": {"reject_score": "energy", "reject_threshold": "rho"}}, "reject_score: entropy"),
         ({"data": {"label_noise": 0.7}}, "data.label_noise"),
         ({"eval": {"select_by": "oracle/target_test/h_score"}}, "eval.select_by"),
+        ({"eval": {"select_by": "source_val/votes/nll", "select_mode": "min"}}, "set model.vote_head: true"),
+        ({"model": {"vote_head": True}, "eval": {"select_by": "source_val/votes/nll"}}, "set select_mode: min"),
+        ({"method": {"name": "sphkmeans", "params": {"warmup_frac": 0.0}}}, "params.warmup_frac"),
     ],
 )
 def test_bad_values_name_the_key(raw, key):

@@ -187,3 +187,21 @@ def test_dihedral_views_are_the_eight_symmetries():
     assert len({tuple(v.flatten().tolist()) for v in views}) == 8
     assert torch.equal(views[0], x) and torch.equal(views[4], x.flip(3))
     assert torch.equal(dihedral(views[1], 3), x)  # four quarter turns close the group
+
+
+def test_a_checkpoint_written_before_a_new_config_key_still_resumes(tiny_config, tmp_path):
+    """A key added since (model.vote_head) compares as its default; a real change is still refused."""
+    import json
+
+    from uda_core.errors import ConfigError
+    from uda_core.train import _check_resumable
+
+    cfg = tiny_config()
+    raw = json.loads(cfg.model_dump_json())
+    del raw["model"]["vote_head"], raw["train"]["vote_weight"]
+    (tmp_path / "config.json").write_text(json.dumps(raw))
+    _check_resumable(cfg, tmp_path)
+    raw["model"]["width"] = 24
+    (tmp_path / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(ConfigError, match="model.width: 24 -> 8"):
+        _check_resumable(cfg, tmp_path)

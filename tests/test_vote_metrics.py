@@ -222,14 +222,20 @@ def test_evaluate_scores_votes(tiny_config, tiny):
     assert js["votes"][N.VOTES_SOURCE]["questions"][0]["question"] == "smooth-or-featured"
 
 
-@pytest.mark.parametrize("case", ["no_target_votes", "unlabelled_target"])
-def test_evaluate_without_target_votes_or_labels_has_no_oracle_votes(tiny_config, tiny, case):
+def test_evaluate_without_target_votes_has_no_oracle_votes(tiny_config, tiny):
     cfg = tiny_config(model={"vote_head": True}, eval=FAST_EVAL)
-    splits = SOURCE if case == "no_target_votes" else SOURCE + ("target/test",)
-    ev = _evaluate(cfg, _with_votes(tiny, splits, labels=case != "unlabelled_target"))
+    ev = _evaluate(cfg, _with_votes(tiny, SOURCE))
     assert f"{N.SOURCE_TEST_VOTES}/mean_acc50" in ev.metrics
     assert not [k for k in ev.metrics if k.startswith(N.ORACLE_PREFIX) and "votes" in k]
     assert set(ev.votes) == {N.VOTES_SOURCE} and N.VOTES_ORACLE not in ev.to_json()["votes"]
+
+
+def test_target_votes_without_class_labels_are_scored_as_oracle(tiny_config, tiny):
+    """`data import --target-votes` without --target-labels: the votes are evaluation labels of their own."""
+    cfg = tiny_config(model={"vote_head": True}, eval=FAST_EVAL)
+    ev = _evaluate(cfg, _with_votes(tiny, SOURCE + ("target/test",), labels=False))
+    assert f"{N.ORACLE_TARGET_TEST_VOTES}/mean_acc50" in ev.metrics
+    assert "oracle/target_test/acc_shared" not in ev.metrics  # no class labels: no class oracle
 
 
 def test_no_vote_head_no_vote_keys(tiny_config, tiny):

@@ -145,3 +145,19 @@ def test_sphkmeans_adapts_with_the_classifier_frozen(tiny_config, tiny_folder, t
     method = states[1]["method"]
     assert int(method["rounds"]) == 3  # steps 3, 4 and 5 re-clustered
     assert method["labels"].shape[1] == 10 and (method["labels"] >= 0).any()
+
+
+@pytest.mark.parametrize("votes, message", [
+    ({"tree": {"name": "x"}, "domains": ["source"]}, "manifest.json: votes: vote tree: cannot read"),
+    ({"tree": GZ_DECALS.to_dict(), "domains": "source"}, "manifest.json: votes: domains must be a list"),
+    ({"tree": GZ_DECALS.to_dict(), "domains": ["source"]}, "vote counts must be numbers"),
+])
+def test_a_bad_vote_manifest_or_column_is_one_clear_error(votes, message, tmp_path):
+    import pandas as pd
+
+    from uda_core.data.dataset import vote_setup
+    from uda_core.errors import DataError
+
+    cat = pd.DataFrame({"domain": ["source"], **{c: ["many"] for c in GZ_DECALS.columns}})
+    with pytest.raises(DataError, match=message):
+        vote_setup({"votes": votes}, cat, tmp_path)

@@ -164,6 +164,15 @@ class RunConfig(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
+    @model_validator(mode="after")
+    def _vote_selection(self) -> "RunConfig":
+        by = self.eval.select_by
+        if "/votes/" in by and not self.model.vote_head:
+            raise ValueError(f"eval.select_by: {by!r} scores the vote head; set model.vote_head: true")
+        if by.endswith("/votes/nll") and self.eval.select_mode != "min":
+            raise ValueError(f"eval.select_mode: {by!r} is a loss (lower is better); set select_mode: min")
+        return self
+
 
 def _format(e: ValidationError, prefix: str = "") -> str:
     lines = []

@@ -253,7 +253,7 @@ def _vote_alpha(model: UdaNet, f: np.ndarray, batch_size: int = 4096) -> np.ndar
 
 def _vote_metrics(model: UdaNet, o: _Outputs, data: UdaData) -> tuple[dict[str, float], dict[str, dict]]:
     """The vote head's scores: the Dirichlet-multinomial NLL on source/val (selectable), per-question accuracies
-    on source/test and, with target votes and labels, under oracle/ on target/test; plus their tables."""
+    on source/test and, where the target has votes, under oracle/ on target/test; plus their tables."""
     out: dict[str, float] = {}
     tables: dict[str, dict] = {}
     if model.answer_prototypes is None:
@@ -263,9 +263,10 @@ def _vote_metrics(model: UdaNet, o: _Outputs, data: UdaData) -> tuple[dict[str, 
     if val is not None and len(val):
         alpha = torch.from_numpy(_vote_alpha(model, o.f_val))
         out[N.SOURCE_VAL_VOTE_NLL] = float(dirichlet_multinomial_nll(alpha, val, tree).mean())
-    parts = [("source/test", o.f_stest, N.SOURCE_TEST_VOTES, N.VOTES_SOURCE)]
-    if data.has_target_labels:  # target votes are target labels: oracle only
-        parts.append(("target/test", o.f_te, N.ORACLE_TARGET_TEST_VOTES, N.VOTES_ORACLE))
+    # Target votes (simulated, or imported with --target-votes, with or without class labels) are target labels:
+    # scored under oracle/ only. An unlabelled target has none (Split.votes is None).
+    parts = [("source/test", o.f_stest, N.SOURCE_TEST_VOTES, N.VOTES_SOURCE),
+             ("target/test", o.f_te, N.ORACLE_TARGET_TEST_VOTES, N.VOTES_ORACLE)]
     for split, f, group, key in parts:
         counts = data[split].votes
         if counts is None or not len(counts):

@@ -352,7 +352,12 @@ def train(
 
 def _check_resumable(cfg: RunConfig, checkpoint: Path) -> None:
     """A checkpoint only fits the data, model and method it was trained with; say which keys changed."""
-    saved = json.loads((checkpoint / "config.json").read_text())
+    # Through the schema first, so a key added since the checkpoint was written compares as its default.
+    try:
+        saved = json.loads(RunConfig.model_validate_json((checkpoint / "config.json").read_text()).model_dump_json())
+    except ValueError as e:  # pydantic's ValidationError: a key this version no longer has, or a damaged file
+        raise ConfigError(f"cannot resume from {checkpoint}: its config.json does not fit this version "
+                          f"({str(e).splitlines()[0]}); start a new run in another directory") from None
     now = json.loads(cfg.model_dump_json())
     changed = [
         f"{section}.{k}: {saved[section].get(k)!r} -> {v!r}"

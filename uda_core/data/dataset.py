@@ -102,15 +102,24 @@ def vote_setup(manifest: dict, cat: pd.DataFrame, folder: Path) -> tuple[VoteTre
     raw = manifest.get("votes")
     if not raw:
         return None, []
-    tree = tree_from_dict(raw.get("tree", {}))
-    domains = list(raw.get("domains", []))
+    try:
+        tree = tree_from_dict(raw["tree"])
+        domains = raw["domains"]
+        if not isinstance(domains, list) or not set(domains) <= {"source", "target"}:
+            raise DataError(f"domains must be a list of 'source' and 'target', got {domains!r}")
+    except (DataError, KeyError, TypeError) as e:
+        raise DataError(f"{folder / MANIFEST}: votes: {e}; {mend_advice(folder, manifest)}") from None
     missing = [c for c in tree.columns if c not in cat.columns]
     if missing:
         raise DataError(f"{folder / CATALOGUE}: the manifest's vote tree {tree.name} needs columns {missing[:5]}"
                         f"{'...' if len(missing) > 5 else ''}; {mend_advice(folder, manifest)}")
-    counts = cat.loc[cat["domain"].isin(domains), tree.columns].to_numpy(dtype=np.float64)
+    try:
+        counts = cat.loc[cat["domain"].isin(domains), tree.columns].to_numpy(dtype=np.float64)
+    except (TypeError, ValueError):
+        counts = np.array([np.nan])  # a text column: refused below
     if not np.isfinite(counts).all() or (counts < 0).any():
-        raise DataError(f"{folder / CATALOGUE}: vote counts must be finite and >= 0; {mend_advice(folder, manifest)}")
+        raise DataError(f"{folder / CATALOGUE}: vote counts must be numbers, finite and >= 0; "
+                        f"{mend_advice(folder, manifest)}")
     return tree, domains
 
 

@@ -35,7 +35,8 @@ __all__ = ["SphKMeans", "SphKMeansParams", "spherical_kmeans", "pseudo_labels"]
 
 class SphKMeansParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    warmup_frac: float = Field(0.5, ge=0.0, lt=1.0)  # share of the steps spent training the source model
+    # Share of the steps spent training the source model; > 0, or K-means would start from random prototypes.
+    warmup_frac: float = Field(0.5, gt=0.0, lt=1.0)
     clusters_per_answer: int = Field(1, ge=1, le=10)
     confidence_frac: float = Field(0.1, gt=0.0, le=1.0)  # Ye et al.: 0.1
     threshold_start: float = Field(0.9, ge=-1.0, le=1.0)  # cosine similarity; Ye et al.: 0.9
@@ -61,7 +62,9 @@ def spherical_kmeans(x: torch.Tensor, init: torch.Tensor, owner: torch.Tensor, t
     groups = [torch.nonzero((owner >= s.start) & (owner < s.stop)).flatten() for s in tree.slices]
     for _ in range(iters):
         assign = torch.stack([g[(x @ c[g].t()).argmax(1)] for g in groups], dim=1)
-        sums = torch.zeros_like(c).index_add_(0, assign.flatten(), x.repeat_interleave(len(groups), dim=0))
+        sums = torch.zeros_like(c)
+        for q in range(assign.shape[1]):  # one question at a time: no (N, Q, D) copy of the features
+            sums.index_add_(0, assign[:, q], x)
         counts = torch.bincount(assign.flatten(), minlength=len(c))
         new = torch.where(counts[:, None] > 0, F.normalize(sums, dim=1), c)
         shift = ((new - c) ** 2).sum()
@@ -80,7 +83,7 @@ def pseudo_labels(x: torch.Tensor, centroids: torch.Tensor, assign: torch.Tensor
     Kept: the `confidence_frac` most similar members of each cluster, above `threshold`; with `tree_filter`, only
     where the parent question is labelled with the answer that leads to this one.
     """
-    sim = (x[:, None, :] * centroids[assign]).sum(-1)  # (N, Q) to the own centroid
+    sim = (x @ centroids.t()).gather(1, assign)  # (N, Q): each galaxy's similarity to its own centroids
     keep = sim > threshold
     flat_assign, flat_sim = assign.flatten(), sim.flatten()
     confident = torch.zeros_like(flat_sim, dtype=torch.bool)
@@ -105,6 +108,7 @@ class SphKMeans(Method):
     name = "sphkmeans"
     Params = SphKMeansParams
     uses_target = True
+    needs_domain_bn = True  # target statistics are re-estimated (AdaBN) before each clustering
 
     def __init__(self, params: SphKMeansParams, model, num_known: int, n_target: int, **kw):
         super().__init__(params, model, num_known, n_target, **kw)
@@ -168,7 +172,8 @@ class SphKMeans(Method):
             return out
         _, feats_t = self.model(batch.xt, TARGET)
         labels = self.labels[batch.it]
-        logits = feats_t.float() @ self._prototypes().t() / self.params.tau
+        with torch.autocast(feats_t.device.type, enabled=False):  # fp32 logits up to 1/tau, as the class head's
+            logits = feats_t.float() @ self._prototypes().t() / self.params.tau
         loss = feats_t.new_zeros((), dtype=torch.float32)
         for q, s in enumerate(self.tree.slices):
             ok = labels[:, q] >= 0
@@ -179,8 +184,8 @@ class SphKMeans(Method):
 
     def weights(self) -> dict[str, float]:
         w = super().weights()
-        if self.adapting:
-            w = {k: v * self.params.source_weight for k, v in w.items()}
+        if self.adapting:  # the source losses only; labelled target stamps (few-shot) keep their weight
+            w.update({k: w[k] * self.params.source_weight for k in ("source_ce", "votes")})
         return {**w, "proto_ce": 1.0}
 
     def state_dict(self) -> dict[str, torch.Tensor]:
