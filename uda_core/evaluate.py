@@ -8,7 +8,7 @@ oracle numbers may be reported, never used to select a model; without labels the
 
 With a vote head (model.vote_head) also the Galaxy Zoo vote scores (uda_core.evaluation.vote_metrics): the
 Dirichlet-multinomial NLL on source/val (`source_val/votes/nll`, selectable), per-question accuracies on
-source/test (`source_test/votes/...`) and, when the target has labels and votes, on target/test under
+source/test (`source_test/votes/...`) and, when the target has votes, on target/test under
 `oracle/target_test/votes/...`; their tables and confusion matrices go to `Evaluation.votes`.
 """
 
@@ -33,7 +33,7 @@ from .methods import Method
 from .models import SOURCE, TARGET, UdaNet, reestimate_bn
 from .votes import alpha_from_cosine, dirichlet_multinomial_nll
 
-__all__ = ["Evaluation", "evaluate", "predict", "dihedral", "entropy_rho", "rejection_threshold", "OBJECTIVES", "is_oracle"]
+__all__ = ["Evaluation", "evaluate", "predict", "vote_alpha", "dihedral", "entropy_rho", "rejection_threshold", "OBJECTIVES", "is_oracle"]
 
 # Metrics a sweep may optimise, with the direction that is better. Those under oracle/ need target labels: a real
 # survey has none, so they serve benchmarks on simulated pairs and must be marked wherever they are used.
@@ -62,7 +62,7 @@ class Evaluation:
     # Features for pictures (not serialised); "oracle_target_unknown" (only with target labels) colours target
     # stamps by their true labels.
     embedding: dict[str, np.ndarray] = field(default_factory=dict)
-    # Vote head only: per split (N.VOTES_SOURCE, and N.VOTES_ORACLE with target votes and labels) the per-question
+    # Vote head only: per split (N.VOTES_SOURCE, and N.VOTES_ORACLE with target votes) the per-question
     # tables and confusion matrices of `VoteReport.to_json()` (uda_core.evaluation.vote_metrics).
     votes: dict[str, dict] = field(default_factory=dict)
 
@@ -71,7 +71,7 @@ class Evaluation:
         out = {"step": self.step, "metrics": clean, "confusion": self.confusion}
         if self.acc_by_mag:  # empty without target labels: no oracle key at all
             out[N.ORACLE_ACC_BY_MAG] = self.acc_by_mag
-        if self.votes:  # only with a vote head; the oracle split only with target votes and labels
+        if self.votes:  # only with a vote head; the oracle split only with target votes
             out["votes"] = self.votes
         return out
 
@@ -243,8 +243,9 @@ def _accuracy_by_magnitude(o: _Outputs, data: UdaData) -> list[dict]:
 
 
 @torch.no_grad()
-def _vote_alpha(model: UdaNet, f: np.ndarray, batch_size: int = 4096) -> np.ndarray:
-    """Dirichlet concentrations (N, A) of the vote head on normalised features f (N, D)."""
+def vote_alpha(model: UdaNet, f: np.ndarray, batch_size: int = 4096) -> np.ndarray:
+    """Dirichlet concentrations (N, A), float64, of the vote head on normalised features f (N, D); the head itself
+    runs in fp32. Shared by evaluation and the exported Classifier."""
     device = model.answer_prototypes.device
     parts = [alpha_from_cosine(model.answer_logits(torch.from_numpy(f[lo : lo + batch_size]).to(device))).cpu()
              for lo in range(0, len(f), batch_size)]
@@ -261,7 +262,7 @@ def _vote_metrics(model: UdaNet, o: _Outputs, data: UdaData) -> tuple[dict[str, 
     tree = model.vote_tree
     val = data["source/val"].votes
     if val is not None and len(val):
-        alpha = torch.from_numpy(_vote_alpha(model, o.f_val))
+        alpha = torch.from_numpy(vote_alpha(model, o.f_val))
         out[N.SOURCE_VAL_VOTE_NLL] = float(dirichlet_multinomial_nll(alpha, val, tree).mean())
     # Target votes (simulated, or imported with --target-votes, with or without class labels) are target labels:
     # scored under oracle/ only. An unlabelled target has none (Split.votes is None).
@@ -271,7 +272,7 @@ def _vote_metrics(model: UdaNet, o: _Outputs, data: UdaData) -> tuple[dict[str, 
         counts = data[split].votes
         if counts is None or not len(counts):
             continue
-        rep = vote_report(counts.numpy(), tree, alpha=_vote_alpha(model, f))
+        rep = vote_report(counts.numpy(), tree, alpha=vote_alpha(model, f))
         out.update(rep.metrics(group))
         tables[key] = rep.to_json()
     return out, tables

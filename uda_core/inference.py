@@ -26,11 +26,11 @@ import torch
 from .config import RunConfig
 from .data.dataset import UdaData, preprocess
 from .errors import DataError
-from .evaluate import Evaluation, dihedral, evaluate, predict, rejection_threshold
+from .evaluate import Evaluation, dihedral, evaluate, predict, rejection_threshold, vote_alpha
 from .evaluation import metrics as M
 from .methods import get_method
 from .models import SOURCE, TARGET, UdaNet, build_model
-from .votes import VoteTree, alpha_from_cosine, dirichlet_entropy, expected_fractions, tree_from_dict
+from .votes import VoteTree, dirichlet_entropy, expected_fractions, tree_from_dict
 
 __all__ = ["Classifier", "export_classifier", "evaluate_classifier", "vote_columns", "WEIGHTS", "CONFIG", "FORMAT"]
 
@@ -196,7 +196,7 @@ class Classifier:
         }
         tree = self.vote_tree
         if tree is not None:
-            a_views = np.stack([self._alpha(f) for _, f in per_view])  # (V, N, A), float64
+            a_views = np.stack([vote_alpha(self.model, f) for _, f in per_view])  # (V, N, A), float64
             alpha = a_views.mean(0)
             frac_views = np.stack([expected_fractions(a, tree) for a in a_views])  # (V, N, A)
             var = frac_views.var(0)
@@ -207,12 +207,6 @@ class Classifier:
                 "vote_fraction_std": np.stack([np.sqrt(var[:, s].mean(1)) for s in tree.slices], 1).astype(np.float32),
             })
         return out
-
-    @torch.no_grad()
-    def _alpha(self, feats: np.ndarray) -> np.ndarray:
-        """Dirichlet concentrations (N, A) of normalised features, in float64 (the head itself runs in fp32)."""
-        f = torch.from_numpy(feats).to(self.device)
-        return alpha_from_cosine(self.model.answer_logits(f)).cpu().double().numpy()
 
 
 def vote_columns(out: dict[str, np.ndarray], tree: VoteTree | None) -> dict[str, np.ndarray]:
