@@ -105,16 +105,23 @@ def _print_summary(summary) -> None:
 
     from .config import parse_sweep
     from .run import SWEEP_FILE
+    from .names import runs_url
     from .summary import format_table
 
     sweep = parse_sweep(yaml.safe_load((summary.path / SWEEP_FILE).read_text()), str(summary.path / SWEEP_FILE))
     print(format_table(summary.trials, sweep))
     if summary.best:
         b = summary.best
-        print(f"best trial {b['trial_id']} at step {b['best_step']}: "
+        print(f"best trial {b['trial_id']} ({b.get('mlflow_run_name') or 'no MLflow run'}) at step {b['best_step']}: "
               + ", ".join(f"{m} = {b[f'best/{m}']:.4f}" for m in sweep.objective.metrics))
-    print(f"MLflow: experiment {sweep.tracking.experiment or sweep.name}, parent run {summary.parent_run_id} "
-          f"(mlflow ui --backend-store-uri {summary.tracking_uri})")
+    elif any(r["kind"] == "search" for r in summary.trials):
+        print(f"no search trial has a best checkpoint: none passed the guard source_val/acc >= "
+              f"{sweep.objective.min_source_val_acc} with a finite {sweep.objective.metrics[0]}; nothing can be promoted "
+              "(lower objective.min_source_val_acc, or train longer)")
+    print(f"MLflow: experiment {sweep.tracking.experiment or sweep.name}, parent run {summary.parent_run_id}; "
+          + ("" if summary.tracking_uri.startswith(("http://", "https://"))
+             else f"run `mlflow ui --backend-store-uri {summary.tracking_uri}`, then ")
+          + f"open {runs_url(summary.tracking_uri, summary.experiment_id)}")
     if not summary.finished:
         print(f"the sweep did not finish; continue it with: uda-sweep resume {sweep.name}")
 

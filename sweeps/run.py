@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -147,8 +146,12 @@ def run_sweep(sweep_file: str | Path, *, address: str | None = None, workdir: Pa
         dicts={"search_space.json": space.describe(), "data_manifest.json": data_manifest},
     )
     state = {"name": sweep.name, "tracking_uri": uri, "experiment_id": experiment_id, "parent_run_id": parent.run_id,
-             "study_name": f"{sweep.name}-{int(time.time())}", "address": address, "workdir": str(workdir),
+             "study_name": sweep.name, "address": address, "workdir": str(workdir),
              "path": str(exp_dir)}
+    parent.set_tags({"optuna_study": state["study_name"], "optuna_journal": str(exp_dir / STUDY_FILE)})
+    from .notes import sweep_note
+
+    parent.set_note(sweep_note(sweep, state))
     _write_json(exp_dir / STATE_FILE, state)
     return _fit(sweep, exp_dir, state, address, trainable, progress, restore=False)
 
@@ -207,6 +210,14 @@ def _data_manifest(sweep: SweepConfig) -> dict:
         return {}
 
 
+def _study_links(sweep: SweepConfig, state: dict) -> dict:
+    """What optuna-dashboard shows of the study: where its trials live in MLflow (each trial's run name and Ray
+    id are user attributes of the trial)."""
+    return {"sweep": sweep.name, "mlflow_tracking_uri": state["tracking_uri"],
+            "mlflow_experiment_id": state["experiment_id"], "mlflow_parent_run_id": state["parent_run_id"],
+            "objective_at": "each trial's best checkpoint (best/<metric>), steps are training steps"}
+
+
 def _trial_name(trial) -> str:
     return f"trial_{trial.trial_id}"  # Tune's default folder name spells out every parameter
 
@@ -227,11 +238,10 @@ def _fit_locked(sweep: SweepConfig, exp_dir: Path, state: dict, address: str | N
     import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-    from ray.tune.search.optuna import OptunaSearch
 
     from search_spaces import get_space
 
-    from .searcher import BaselinesFirst
+    from .searcher import BaselinesFirst, SweepOptunaSearch
     from .trainable import TrialContext, run_trial
 
     # Baseline trials report no objective (the searcher must not see them), so Tune's check that every result
@@ -259,7 +269,7 @@ def _fit_locked(sweep: SweepConfig, exp_dir: Path, state: dict, address: str | N
         sweep_name=sweep.name, base=base, objective_metrics=tuple(obj.metrics), objective_modes=tuple(modes),
         min_source_val_acc=obj.min_source_val_acc, tracking_uri=state["tracking_uri"],
         experiment_id=state["experiment_id"], parent_run_id=state["parent_run_id"],
-        threads=sweep.resources.cpus_per_trial, embedding=sweep.tracking.embedding,
+        threads=sweep.resources.cpus_per_trial, embedding=sweep.tracking.embedding, study_name=state["study_name"],
     )
     fn = tune.with_resources(tune.with_parameters(trainable or run_trial, ctx=ctx),
                              {"cpu": sweep.resources.cpus_per_trial, "gpu": sweep.resources.gpus_per_trial})
@@ -275,9 +285,11 @@ def _fit_locked(sweep: SweepConfig, exp_dir: Path, state: dict, address: str | N
         else:
             sampler = optuna.samplers.RandomSampler(seed=sweep.search.seed)
         points = [space.default_point(base)] if sweep.search.seed_with_defaults else None
-        searcher = OptunaSearch(space=space, metric=metrics if len(metrics) > 1 else metrics[0],
-                                mode=modes if len(modes) > 1 else modes[0], points_to_evaluate=points,
-                                sampler=sampler, study_name=state["study_name"], storage=study_storage(exp_dir))
+        searcher = SweepOptunaSearch(
+            space=space, metric=metrics if len(metrics) > 1 else metrics[0], mode=modes if len(modes) > 1 else modes[0],
+            points_to_evaluate=points, sampler=sampler, study_name=state["study_name"], storage=study_storage(exp_dir),
+            max_step=sweep.run.train.steps, method=sweep.run.method.name, metric_names=metrics,
+            study_attrs=_study_links(sweep, state))
         if sweep.scheduler.type == "asha":
             scheduler = ASHAScheduler(time_attr="step", metric=metrics[0], mode=modes[0], max_t=sweep.run.train.steps,
                                       grace_period=sweep.grace_period, reduction_factor=sweep.scheduler.reduction_factor)

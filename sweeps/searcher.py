@@ -1,14 +1,85 @@
-"""A Ray Tune searcher wrapper that hands out the baseline trials first, then delegates to the real searcher.
+"""The sweep's searchers: Optuna as its users see it in optuna-dashboard, and the baselines handed out first.
 
-Baselines (source_only, AdaBN with their defaults) run in the same sweep, on the same data and budget, so the
-sweep's result can be read against them; they are never shown to Optuna, so they cannot bias the search.
+`SweepOptunaSearch` is Ray's OptunaSearch with the study told what the sweep knows: intermediate values at
+training steps (Ray's own counter is the report number), the last report included, trials that ASHA stopped
+before the full budget marked PRUNED (their value is their last report, and TPE ranks them below finished trials,
+later stops above earlier ones), the objective's name, and on each trial the Ray trial id and MLflow run name.
+
+`BaselinesFirst` hands out the baseline trials (source_only, AdaBN with their defaults) first, then delegates:
+they run in the same sweep, on the same data and budget, so the result can be read against them; they are never
+shown to Optuna, so they cannot bias the search.
 """
 
 from __future__ import annotations
 
-from ray.tune.search import Searcher
+import math
+import warnings
 
-__all__ = ["BaselinesFirst"]
+from optuna.exceptions import ExperimentalWarning
+from optuna.trial import TrialState
+from ray.tune.search import Searcher
+from ray.tune.search.optuna import OptunaSearch
+
+from .names import OPTUNA_TRIAL, search_run_name
+
+__all__ = ["BaselinesFirst", "SweepOptunaSearch"]
+
+
+class SweepOptunaSearch(OptunaSearch):
+    def __init__(self, *args, max_step: int, method: str, metric_names: list[str] | None = None,
+                 study_attrs: dict | None = None, step_key: str = "step", **kwargs):
+        self._max_step, self._method, self._step_key = max_step, method, step_key
+        self._metric_names, self._study_attrs = metric_names, dict(study_attrs or {})
+        self._reported_step: dict[str, int] = {}
+        super().__init__(*args, **kwargs)
+
+    def _setup_study(self, mode):
+        super()._setup_study(mode)
+        if self._metric_names:
+            with warnings.catch_warnings():  # experimental since Optuna 3.2, stable in use
+                warnings.simplefilter("ignore", ExperimentalWarning)
+                self._ot_study.set_metric_names(list(self._metric_names))
+        for key, value in self._study_attrs.items():
+            self._ot_study.set_user_attr(key, value)
+
+    def suggest(self, trial_id: str):
+        config = super().suggest(trial_id)
+        if config is None:
+            return None
+        trial = self._ot_trials[trial_id]
+        trial.set_user_attr("ray_trial_id", trial_id)
+        trial.set_user_attr("mlflow_run_name", search_run_name(trial.number, self._method))
+        return {**config, OPTUNA_TRIAL: trial.number}
+
+    def _multi_objective(self) -> bool:
+        return isinstance(self.metric, list)
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if self._multi_objective() or trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return  # Optuna keeps no intermediate values for several objectives
+        value, step = result.get(self.metric), result.get(self._step_key)
+        if value is None or step is None or not math.isfinite(value):
+            return  # -inf: no checkpoint has passed the source-accuracy guard yet
+        if step <= self._reported_step.get(trial_id, -1):
+            return  # Tune repeats the last result in on_trial_complete
+        self._ot_trials[trial_id].report(float(value), int(step))
+        self._reported_step[trial_id] = int(step)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return super().on_trial_complete(trial_id, result=result, error=error)
+        if result and not error:
+            self.on_trial_result(trial_id, result)  # Tune gives the last report only here
+        step = (result or {}).get(self._step_key)
+        stopped_early = bool(result) and not error and step is not None and step < self._max_step
+        if not stopped_early:
+            return super().on_trial_complete(trial_id, result=result, error=error)
+        trial = self._ot_trials[trial_id]
+        trial.set_user_attr("stopped_at_step", int(step))
+        if self._multi_objective():  # a PRUNED trial holds no values: keep the partial ones, marked above
+            return super().on_trial_complete(trial_id, result=result, error=error)
+        self._ot_study.tell(trial, state=TrialState.PRUNED)  # its value: the last intermediate one
+        self._completed_trials.add(trial_id)
 
 
 class BaselinesFirst(Searcher):

@@ -15,6 +15,7 @@ from uda_core.errors import UdaError
 from uda_core.evaluation import names as N
 
 from .config import SweepConfig, has_labelled_target
+from .names import OPTUNA_TRIAL, trial_params
 
 __all__ = ["trial_rows", "best_row", "summarise", "format_table", "REPORTED", "reported_metrics"]
 
@@ -58,7 +59,8 @@ def trial_rows(exp_dir: Path, sweep: SweepConfig, analysis=None) -> list[dict]:
         last = trial.last_result or {}
         row = {"trial_id": trial.trial_id, "status": trial.status, "kind": kind,
                "method": cfg.get("baseline", sweep.run.method.name), "step": last.get("step", 0),
-               "best_step": last.get(f"{prefix}best_step", -1), "params": {k: v for k, v in cfg.items() if k != "baseline"},
+               "best_step": last.get(f"{prefix}best_step", -1), "params": trial_params(cfg),
+               "optuna_trial": cfg.get(OPTUNA_TRIAL),
                "path": str(trial.path) if trial.path else None}
         for m in sweep.objective.metrics:
             v = last.get(f"{prefix}best/{m}")
@@ -120,11 +122,11 @@ def format_table(rows: list[dict], sweep: SweepConfig, max_params: int = 4) -> s
     reported = reported_metrics(labelled)
     titles = {N.SOURCE_VAL_ACC: "src val acc", N.ORACLE_ACC: "oracle tgt acc", N.ORACLE_H: "oracle H"}
     keys = sorted({k for r in rows for k in r["params"]})[:max_params]
-    head = ["trial", "status", "kind", "steps"] + [f"{oracle}best {m}" for m in metrics] + \
+    head = ["trial", "optuna #", "status", "kind", "steps"] + [f"{oracle}best {m}" for m in metrics] + \
            [titles[m] for m in reported] + [k.split(".")[-1] for k in keys]
     lines = []
     for r in rows:
-        cells = [r["trial_id"], r["status"], r["method"] if r["kind"] == "baseline" else "search",
+        cells = [r["trial_id"], _fmt(r.get("optuna_trial")), r["status"], r["method"] if r["kind"] == "baseline" else "search",
                  f"{r['step']}/{sweep.run.train.steps}"]
         cells += [_fmt(r.get(f"best/{m}")) for m in metrics]
         cells += [_fmt(r.get(f"at_best/{m}")) for m in reported]
@@ -154,7 +156,7 @@ def _fmt(v) -> str:
 def summarise(sweep: SweepConfig, exp_dir: Path, state: dict, parent):
     """Close stale child runs and write the sweep's summary to the parent run; returns a SweepSummary."""
     from .run import SweepSummary
-    from .tracking import close_stale_runs
+    from .tracking import child_runs, close_stale_runs
 
     analysis = _analysis(exp_dir)  # read once: the trial table and the selection analysis both use it
     labelled = _labelled(sweep)
@@ -163,6 +165,11 @@ def summarise(sweep: SweepConfig, exp_dir: Path, state: dict, parent):
                               {r["trial_id"]: r["status"] for r in rows})
     if closed:
         log.info("closed %d stale MLflow runs: %s", len(closed), closed)
+    runs = {c.data.tags.get("trial_id"): c for c in child_runs(state["tracking_uri"], state["experiment_id"], state["parent_run_id"])
+            if not c.data.tags.get("orphan")}
+    for r in rows:  # the links between Ray's trial, Optuna's trial number and the MLflow run, also in trials.csv
+        run = runs.get(r["trial_id"])
+        r["mlflow_run_id"], r["mlflow_run_name"] = (run.info.run_id, run.info.run_name) if run else (None, None)
     finished = len(rows) == sweep.search.num_trials + len(sweep.baselines) and all(
         r["status"] in ("TERMINATED", "ERROR") for r in rows)
     best = best_row(rows, sweep)
@@ -196,6 +203,9 @@ def summarise(sweep: SweepConfig, exp_dir: Path, state: dict, parent):
             log_finalists(sweep, exp_dir, state, rows)
         except Exception as e:  # a failed model upload must not hide the sweep's results
             log.warning("logging finalist models failed: %s", e)
+    from .notes import sweep_note
+
+    parent.set_note(sweep_note(sweep, state, rows, best, labelled))
     parent.finish("FINISHED" if finished else "KILLED")
     return SweepSummary(sweep.name, exp_dir, state["parent_run_id"], state["experiment_id"], state["tracking_uri"],
                         rows, best, finished)
@@ -227,7 +237,8 @@ def _log_study_plots(sweep: SweepConfig, exp_dir: Path, state: dict, parent) -> 
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 ax = make()
             fig = ax.figure if hasattr(ax, "figure") else ax[0].figure
-            fig.set_size_inches(8, 5)
+            fig.set_size_inches(9, 5)
+            fig.tight_layout()  # long parameter names would be cut off at the left edge
             parent.log_figure(fig, file)
             plt.close(fig)
         except Exception as e:  # importance needs variance across trials; a plot is never worth failing a sweep

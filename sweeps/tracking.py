@@ -24,6 +24,11 @@ __all__ = ["default_tracking_uri", "open_experiment", "SweepRun", "TrialRun", "c
 
 log = logging.getLogger(__name__)
 
+NOTE = "mlflow.note.content"  # the markdown description MLflow shows on a run's or experiment's page
+MAX_NOTE = 5000  # MLflow's tag value limit on some stores
+# MLflow 3 opens an experiment in its GenAI view (traces) unless the experiment says it is model training.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
 # Ray Tune trial status -> MLflow run status, for runs a killed process left RUNNING.
 TUNE_TO_MLFLOW = {"TERMINATED": "FINISHED", "ERROR": "FAILED"}
 
@@ -67,11 +72,16 @@ def open_experiment(uri: str, name: str, artifact_root: Path | None) -> str:
         if exp.lifecycle_stage == "deleted":
             raise RuntimeError(f"MLflow experiment {name!r} is deleted; restore it (`mlflow experiments restore`) "
                                "or give the sweep another tracking.experiment")
+        if "mlflow.experimentKind" not in exp.tags:
+            client.set_experiment_tag(exp.experiment_id, *next(iter(EXPERIMENT_KIND.items())))
         return exp.experiment_id
     location = None
     if artifact_root is not None and not uri.startswith(("http://", "https://")):
         location = Path(artifact_root).resolve().as_uri()
-    return client.create_experiment(name, artifact_location=location)
+    note = {NOTE: "Hyperparameter sweeps of `uda-sweep`: each parent run `sweep <name>` is one sweep; its child runs "
+                  "are the trials (`trial N · method` is Optuna's trial N) and the baselines (`baseline · method`). "
+                  "The parent run's description names the best trial and the pictures to look at."}
+    return client.create_experiment(name, artifact_location=location, tags={**EXPERIMENT_KIND, **note})
 
 
 class SweepRun:
@@ -97,7 +107,7 @@ class SweepRun:
         _log_metrics(self.client, self.run_id, {k: v for k, v in metrics.items() if v is not None and math.isfinite(v)}, 0)
 
     def log_figure(self, fig, name: str) -> None:
-        self.client.log_figure(self.run_id, fig, name)
+        self.client.log_figure(self.run_id, fig, name, save_kwargs={"bbox_inches": "tight"})  # no label cut off
 
     def log_table(self, df, name: str) -> None:
         # Written as text, not mlflow.log_table: that appends to an existing table, so a resumed sweep's
@@ -108,6 +118,10 @@ class SweepRun:
     def set_tags(self, tags: dict[str, Any]) -> None:
         for k, v in tags.items():
             self.client.set_tag(self.run_id, k, str(v))
+
+    def set_note(self, markdown: str) -> None:
+        """The run's description: the first thing the MLflow UI shows on its page."""
+        self.client.set_tag(self.run_id, NOTE, markdown[:MAX_NOTE])
 
     def finish(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status)

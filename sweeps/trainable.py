@@ -28,6 +28,7 @@ from uda_core.methods import get_method
 from uda_core.train import TrainingDiverged, train
 
 from .objective import ObjectiveTracker
+from .names import OPTUNA_TRIAL, baseline_run_name, search_run_name, trial_params
 from .tracking import TrialRun
 
 __all__ = ["TrialContext", "run_trial", "trial_run_config"]
@@ -48,6 +49,7 @@ class TrialContext:
     parent_run_id: str
     threads: int
     embedding: str  # "tsne", "pca" or "none"
+    study_name: str = ""
 
 
 def trial_run_config(base: dict, config: dict):
@@ -57,7 +59,7 @@ def trial_run_config(base: dict, config: dict):
         raw = apply_params(base, {"method.name": name, "method.params": {},
                                   "model.domain_bn": get_method(name).needs_domain_bn})
     else:
-        raw = apply_params(base, config)
+        raw = apply_params(base, trial_params(config))
     return build_config(raw, source="trial config")
 
 
@@ -74,9 +76,13 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
     if not baseline:
         cfg.eval.select_by, cfg.eval.select_mode = _core_selection(ctx)
     tags = {"sweep": ctx.sweep_name, "method": cfg.method.name, "kind": "baseline" if baseline else "search",
-            "objective": ",".join(ctx.objective_metrics),
+            "objective": ",".join(ctx.objective_metrics), "ray_trial_name": trial_name,
             "objective_is_oracle": str(any(N.is_oracle(m) for m in ctx.objective_metrics)).lower()}
-    run = TrialRun(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id, trial_id, trial_name, config, tags)
+    if OPTUNA_TRIAL in config:  # the links optuna-dashboard's "Trial N" and this run share
+        tags.update({"optuna_trial": config[OPTUNA_TRIAL], "optuna_study": ctx.study_name})
+    run_name = baseline_run_name(baseline) if baseline else search_run_name(config.get(OPTUNA_TRIAL, trial_id), cfg.method.name)
+    run = TrialRun(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id, trial_id, run_name,
+                   config if baseline else trial_params(config), tags)
     run.set_tags({"ray.node_id": ray.get_runtime_context().get_node_id()})  # where this attempt runs
 
     checkpoint = tune.get_checkpoint()
@@ -95,11 +101,12 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
                 def report(ev: Evaluation, checkpoint_dir: Path) -> None:
                     last_step[0] = ev.step
                     values, is_best = tracker.update(ev.step, ev.metrics)
-                    if baseline:  # baselines are compared, never searched: keep them out of the searcher's metric
-                        values = {f"baseline_{k}": v for k, v in values.items()}
                     (checkpoint_dir / OBJECTIVE_STATE).write_text(json.dumps({**tracker.state(), "step": ev.step}))
+                    # MLflow: one objective name for baselines and search trials, so they share a column.
                     run.log_evaluation(ev.step, {**ev.metrics, **_finite(values)}, _evaluation_files(ev),
                                        _best_files(ev, ctx.embedding) if is_best else {})
+                    if baseline:  # Tune: baselines are compared, never searched; keep them out of the searcher's metric
+                        values = {f"baseline_{k}": v for k, v in values.items()}
                     tune.report({**_finite(ev.metrics), **values, "step": ev.step},
                                 checkpoint=tune.Checkpoint.from_directory(str(checkpoint_dir)))
 

@@ -215,3 +215,28 @@ def test_plots_write_valid_pngs(tmp_path):
     p4 = plot_accuracy_by_bin(bins, tmp_path / "acc.png", "r magnitude")
     for p in (p1, p2, p3, p4):
         _assert_png(p)
+
+
+def test_plot_confusion_leaves_out_empty_rows(tmp_path):
+    import copy
+
+    import matplotlib.pyplot as plt
+
+    from uda_core.evaluation.plots import _confusion_figure
+
+    names = ["elliptical", "spiral", "merger", "ring", "lens"]
+    # target split of a universal task: no sample of the source-private "merger", none of "ring" either
+    conf = confusion([0, 0, 1, 4, 4], [0, 2, 1, 0, 2], [False, False, False, True, False], K=4, class_names=names)
+    before = copy.deepcopy(conf)
+    fig = _confusion_figure(conf, "target_test")
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["elliptical (n=2)", "spiral (n=1)", "lens (n=2)"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["elliptical", "spiral", "merger", "ring", "unknown"]
+    assert any("no samples" in t.get_text() and "merger, ring" in t.get_text() for t in ax.texts)
+    plt.close(fig)
+    assert conf == before  # the logged JSON is not touched
+    empty = confusion(np.zeros(0), np.zeros(0), np.zeros(0), K=4, class_names=names)
+    fig = _confusion_figure(empty, "nothing")
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == []
+    plt.close(fig)
+    _assert_png(plot_confusion(empty, tmp_path / "empty.png"))

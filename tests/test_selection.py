@@ -112,3 +112,14 @@ def test_summary_over_sweeps_records_round_trip(tmp_path):
     plot_selection(summary).savefig(tmp_path / "s.png")
     plot_criteria_vs_oracle(one[one.seed == 0]).savefig(tmp_path / "c.png")
     assert (tmp_path / "s.png").stat().st_size > 10_000 and (tmp_path / "c.png").stat().st_size > 10_000
+
+
+def test_criteria_vs_oracle_text_is_large():
+    import matplotlib.pyplot as plt
+
+    fig = plot_criteria_vs_oracle(_sweep(np.random.default_rng(0), trials=6, ckpts=4))
+    ax = fig.axes[0]
+    assert ax.title.get_fontsize() >= 12 and ax.xaxis.label.get_fontsize() >= 11
+    assert min(t.get_fontsize() for t in ax.get_xticklabels()) >= 10 and fig.get_suptitle()
+    assert fig.get_size_inches()[0] <= 14  # shown ~900 px wide: fewer inches, larger text
+    plt.close(fig)

@@ -9,7 +9,7 @@ import pytest
 from ray.tune.search import Searcher
 
 from sweeps.objective import ObjectiveTracker
-from sweeps.searcher import BaselinesFirst
+from sweeps.searcher import BaselinesFirst, SweepOptunaSearch
 from sweeps.trainable import trial_run_config
 from uda_core.config import RunConfig
 
@@ -62,6 +62,36 @@ def test_baselines_first_then_searcher_and_kept_out_of_it():
     assert restored.suggest("d") == {"x": 1} and restored.baseline_trials == {"a": "source_only", "b": "adabn"}
 
 
+def test_optuna_study_speaks_in_training_steps_and_marks_asha_stops_pruned(tmp_path):
+    import optuna
+
+    from sweeps.run import study_storage
+
+    def space(trial):
+        trial.suggest_float("optim.lr", 1e-4, 1e-2, log=True)
+
+    search = SweepOptunaSearch(space=space, metric="best/m", mode="max", storage=study_storage(tmp_path),
+                               study_name="s", max_step=6, method="dance", metric_names=["best/m"],
+                               study_attrs={"mlflow_experiment_id": "7"})
+    full, stopped, broken = (search.suggest(t) for t in ("ray_a", "ray_b", "ray_c"))
+    assert [c["optuna_trial"] for c in (full, stopped, broken)] == [0, 1, 2] and "optim.lr" in full
+    # Ray's own counter (training_iteration) must not be the step; -inf (guard not passed yet) is no value
+    search.on_trial_result("ray_a", {"best/m": -math.inf, "step": 2, "training_iteration": 1})
+    search.on_trial_result("ray_a", {"best/m": 0.4, "step": 4, "training_iteration": 2})
+    search.on_trial_complete("ray_a", {"best/m": 0.5, "step": 6, "training_iteration": 3})  # the last report
+    search.on_trial_result("ray_b", {"best/m": 0.3, "step": 2, "training_iteration": 1})
+    search.on_trial_complete("ray_b", {"best/m": 0.35, "step": 4, "training_iteration": 2})  # ASHA stopped it
+    search.on_trial_complete("ray_c", None, error=True)
+    study = optuna.load_study(study_name="s", storage=study_storage(tmp_path))
+    a, b, c = sorted(study.trials, key=lambda t: t.number)
+    assert a.state == optuna.trial.TrialState.COMPLETE and a.value == 0.5 and a.intermediate_values == {4: 0.4, 6: 0.5}
+    assert b.state == optuna.trial.TrialState.PRUNED and b.value == 0.35 and b.intermediate_values == {2: 0.3, 4: 0.35}
+    assert b.user_attrs["stopped_at_step"] == 4 and "stopped_at_step" not in a.user_attrs
+    assert c.state == optuna.trial.TrialState.FAIL
+    assert a.user_attrs == {"ray_trial_id": "ray_a", "mlflow_run_name": "trial 0 · dance"}
+    assert study.metric_names == ["best/m"] and study.user_attrs == {"mlflow_experiment_id": "7"}
+
+
 def test_trial_config_from_parameters_and_baselines():
     base = RunConfig(method={"name": "dance"}, model={"domain_bn": True}).model_dump()
     cfg = trial_run_config(base, {"optim.lr": 0.01, "method.params.eta_nc": 0.2})
@@ -69,6 +99,7 @@ def test_trial_config_from_parameters_and_baselines():
     so = trial_run_config(base, {"baseline": "source_only"})
     assert so.method.name == "source_only" and so.method.params == {} and not so.model.domain_bn
     assert trial_run_config(base, {"baseline": "adabn"}).model.domain_bn
+    assert trial_run_config(base, {"optim.lr": 0.01, "optuna_trial": 4}).optim.lr == 0.01  # the number is no parameter
 
 
 def test_tracking_uri_local_default_and_cluster_rule(tmp_path):

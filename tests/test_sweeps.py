@@ -77,11 +77,47 @@ def test_study_seeded_with_defaults_and_persisted(finished):
     summary, work, _ = finished
     storage = study_storage(summary.path)
     (study_summary,) = optuna.get_all_study_summaries(storage)
-    assert study_summary.study_name.startswith("nest-")
+    assert study_summary.study_name == "nest"  # the sweep's name: one study per sweep folder
     study = optuna.load_study(study_name=study_summary.study_name, storage=storage)
     assert len(study.trials) == 3  # the baseline never reached Optuna
     first = min(study.trials, key=lambda t: t.number)
     assert first.params["method.params.eta_nc"] == 0.05 and first.params["optim.lr"] == 0.002
+
+
+def test_mlflow_and_optuna_show_the_same_trials_linked_and_named(finished):
+    """What the two UIs display, read back through their own client APIs."""
+    summary, _, _ = finished
+    client = MlflowClient(summary.tracking_uri)
+    runs = {c.data.tags["trial_id"]: c for c in child_runs(summary.tracking_uri, summary.experiment_id, summary.parent_run_id)}
+    study = optuna.load_study(study_name="nest", storage=study_storage(summary.path))
+    assert study.metric_names == ["best/label_free/im"]  # not "Objective 0"
+    assert study.user_attrs["mlflow_parent_run_id"] == summary.parent_run_id
+    by_ray_id = {t.user_attrs["ray_trial_id"]: t for t in study.trials}
+    assert set(by_ray_id) == {r["trial_id"] for r in summary.trials if r["kind"] == "search"}
+    for row in summary.trials:
+        run = runs[row["trial_id"]]
+        # one objective name for baselines and search trials: they share the runs table's column
+        assert "best/label_free/im" in run.data.metrics and not any(k.startswith("baseline_") for k in run.data.metrics)
+        assert row["mlflow_run_id"] == run.info.run_id and row["mlflow_run_name"] == run.info.run_name
+        if row["kind"] == "baseline":
+            assert run.info.run_name == f"baseline · {row['method']}" and "optuna_trial" not in run.data.tags
+            continue
+        trial = by_ray_id[row["trial_id"]]
+        assert run.info.run_name == f"trial {trial.number} · dance" == trial.user_attrs["mlflow_run_name"]
+        assert run.data.tags["optuna_trial"] == str(trial.number) == str(row["optuna_trial"])
+        assert "optuna_trial" not in run.data.params  # the number is a link, not a searched parameter
+        # Optuna's steps are training steps, the last report included; ASHA's early stops are PRUNED
+        assert set(trial.intermediate_values) <= {EVERY, 2 * EVERY, STEPS} and max(trial.intermediate_values) == row["step"]
+        stopped = row["step"] < STEPS
+        assert trial.state == (optuna.trial.TrialState.PRUNED if stopped else optuna.trial.TrialState.COMPLETE)
+        assert (run.data.tags.get("stopped_early") == "true") == stopped
+    exp = client.get_experiment(summary.experiment_id)
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # lands on runs, not GenAI traces
+    note = client.get_run(summary.parent_run_id).data.tags["mlflow.note.content"]
+    best = summary.best
+    assert f"runs/{best['mlflow_run_id']}" in note and best["mlflow_run_name"] in note and "baseline · source_only" in note
+    csv = client.download_artifacts(summary.parent_run_id, "trials.csv")
+    assert {"optuna_trial", "mlflow_run_id", "mlflow_run_name"} <= set(Path(csv).read_text().splitlines()[0].split(","))
 
 
 def test_best_trial_and_finalist_model(finished):

@@ -1,6 +1,7 @@
 """Figures for evaluation reports (PNG, matplotlib Agg backend)."""
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -27,26 +28,50 @@ def _save(fig: Any, path: str | Path) -> Path:
 def plot_confusion(conf: dict, path: str | Path, title: str = "") -> Path:
     """Heat map of a ``confusion()`` dict: colours = row fractions, text = raw counts.
 
-    conf["matrix"]: (R, C) counts, conf["rows"]: R names, conf["cols"]: C names.
+    conf["matrix"]: (R, C) counts, conf["rows"]: R names, conf["cols"]: C names. Rows without a sample in this
+    split (a source-private class on the target, a target-private one on the source) are left out and named
+    under the title; every predicted column is kept.
     """
-    counts = np.asarray(conf["matrix"], dtype=np.int64)
+    return _save(_confusion_figure(conf, title), path)
+
+
+def _confusion_figure(conf: dict, title: str = "") -> Any:
+    """The figure of `plot_confusion` (not saved, not closed)."""
+    counts = np.asarray(conf["matrix"], dtype=np.int64).reshape(len(conf["rows"]), len(conf["cols"]))
     rows, cols = list(conf["rows"]), list(conf["cols"])
-    totals = counts.sum(axis=1, keepdims=True)
-    # rows without samples stay 0 instead of 0/0
-    frac = np.divide(counts, totals, out=np.zeros(counts.shape, float), where=totals > 0)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.9 * len(cols), 0.8 + 0.7 * len(rows)))
-    im = ax.imshow(frac, cmap="Blues", vmin=0.0, vmax=1.0, aspect="auto")
+    totals = counts.sum(axis=1)
+    keep = totals > 0
+    empty = [r for r, k in zip(rows, keep) if not k]
+    counts, totals = counts[keep], totals[keep]
+    rows = [r for r, k in zip(rows, keep) if k]
+    frac = counts / totals[:, None] if rows else counts.astype(float)
+    width = 1.0 + 0.9 * len(cols)
+    fig, ax = plt.subplots(figsize=(width, 0.8 + 0.7 * max(len(rows), 1)))
+    if rows:
+        im = ax.imshow(frac, cmap="Blues", vmin=0.0, vmax=1.0, aspect="auto")
+    else:  # nothing to draw: an empty frame with the predicted columns, and why it is empty
+        ax.set_xlim(-0.5, len(cols) - 0.5)
+        ax.set_ylim(-0.5, 0.5)
+        ax.text((len(cols) - 1) / 2, 0, "no samples in this split", ha="center", va="center", color="0.4")
     for i in range(counts.shape[0]):
         for j in range(counts.shape[1]):
             ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=8,
                     color="white" if frac[i, j] > 0.5 else "black")
     ax.set_xticks(range(len(cols)), cols, rotation=45, ha="right")
-    ax.set_yticks(range(len(rows)), [f"{r} (n={t})" for r, t in zip(rows, totals.ravel())])
+    ax.set_yticks(range(len(rows)), [f"{r} (n={t})" for r, t in zip(rows, totals)])
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(title)
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="row fraction")
-    return _save(fig, path)
+    if empty and rows:
+        # small grey line between the title and the matrix, wrapped to the figure's width
+        note = textwrap.fill("no samples (rows left out): " + ", ".join(empty), width=max(30, int(width * 13)))
+        ax.annotate(note, xy=(0.5, 1.0), xycoords="axes fraction", xytext=(0, 4), textcoords="offset points",
+                    ha="center", va="bottom", fontsize=8, color="0.35")
+        ax.set_title(title, pad=8 + 11 * (note.count("\n") + 1))
+    else:
+        ax.set_title(title)
+    if rows:
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="row fraction")
+    return fig
 
 
 def _subsample(x: np.ndarray, max_points: int, rng: np.random.Generator) -> np.ndarray:

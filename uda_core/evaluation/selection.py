@@ -17,6 +17,7 @@ causes: with a few hundred test stamps the oracle-best checkpoint is partly the 
 from __future__ import annotations
 
 import json
+import textwrap
 from pathlib import Path
 from typing import Iterable
 
@@ -190,29 +191,37 @@ def plot_selection(summary: pd.DataFrame):
 def plot_criteria_vs_oracle(df: pd.DataFrame, oracle: str = ORACLE["h"], trial_col: str = "trial",
                             guard: tuple[str, float] = GUARD):
     """One panel per criterion: its value against the ORACLE score at every checkpoint, one colour per trial, the
-    checkpoint it would promote circled."""
+    checkpoint it would promote circled. Sized to be read in MLflow's artifact viewer (about 900 px wide): few
+    inches per panel, large fonts, the same oracle scale in every panel."""
     crits = [c for c in CRITERIA if c in df and np.isfinite(df[c].to_numpy(dtype=float)).any()]
     sel = sweep_selection(df.reset_index(drop=True), trial_col, guard).set_index("criterion")
     cols = min(4, len(crits))
-    fig, axes = plt.subplots(-(-len(crits) // cols), cols, figsize=(4 * cols, 3.4 * -(-len(crits) // cols)), squeeze=False)
+    nrows = -(-len(crits) // cols)
+    width = max(3.4 * cols, 7.0)  # inches; at least wide enough for the suptitle in two or three lines
+    fig, axes = plt.subplots(nrows, cols, figsize=(width, 3.3 * nrows + 0.9), squeeze=False, sharey=True)
     codes = pd.factorize(df[trial_col])[0]
     passed = df[guard[0]].to_numpy() >= guard[1]
-    for ax, crit in zip(axes.flat, crits):
+    for k, (ax, crit) in enumerate(zip(axes.flat, crits)):
         x, yv = df[crit].to_numpy(dtype=float), df[oracle].to_numpy(dtype=float)
-        ax.scatter(x[passed], yv[passed], c=codes[passed], cmap="tab20", s=14)
-        ax.scatter(x[~passed], yv[~passed], c="lightgrey", s=10, label="fails source guard")
+        ax.scatter(x[passed], yv[passed], c=codes[passed], cmap="tab20", s=22)
+        ax.scatter(x[~passed], yv[~passed], c="lightgrey", s=16, label="fails source guard")
         score = CRITERIA[crit] * x
         ok = passed & np.isfinite(score)
         if ok.any():
             j = np.flatnonzero(ok)[np.argmax(score[ok])]
-            ax.scatter([x[j]], [yv[j]], s=120, facecolors="none", edgecolors="r", lw=1.5)
+            ax.scatter([x[j]], [yv[j]], s=180, facecolors="none", edgecolors="r", lw=2)
         r = sel.loc[crit]
         short = "h" if oracle == ORACLE["h"] else "acc"
-        ax.set_title(f"{crit}\nrho ckpt {r[f'rho_ckpt_{short}']:+.2f}, regret {r[f'regret_{short}']:.3f}", fontsize=9)
-        ax.set_xlabel(crit + ("" if CRITERIA[crit] > 0 else " (lower is better)"), fontsize=8)
-        ax.set_ylabel(oracle, fontsize=8)
+        ax.set_title(f"{crit}\nrho ckpt {r[f'rho_ckpt_{short}']:+.2f}, regret {r[f'regret_{short}']:.3f}", fontsize=13)
+        ax.set_xlabel("lower is better" if CRITERIA[crit] < 0 else "higher is better", fontsize=12)
+        if k % cols == 0:
+            ax.set_ylabel(oracle, fontsize=12)
+        ax.tick_params(labelsize=11)
+        ax.tick_params(axis="y", labelleft=True)
     for ax in list(axes.flat)[len(crits):]:
         ax.axis("off")
-    fig.suptitle("Label-free criteria against the ORACLE target score, every checkpoint (red circle: the one it selects)")
+    fig.suptitle(textwrap.fill("Label-free criteria against the ORACLE target score, every checkpoint, one colour per "
+                               "trial (red circle: the checkpoint the criterion selects; grey: fails the source guard)",
+                               width=int(7.5 * width)), fontsize=15)
     fig.tight_layout()
     return fig
