@@ -8,6 +8,10 @@ the trials' own evaluation code (or with --force). A version remembers the champ
 Promoting is idempotent (one version per trial and step, found again by tag) and serialised by a lock file beside
 the sweep folders, so two terminals promoting at once leave one version and a champion that was compared fairly.
 Each alias move is one registry call: nobody ever sees a half-updated alias.
+
+A version is created from the trial's logged model (whose page then lists the version and shows the trial's
+metrics at its step) with a short markdown description: the objective, the oracle numbers when the target has
+labels, the gain over the sweep's baselines, and a link to the trial's run.
 """
 
 from __future__ import annotations
@@ -81,8 +85,9 @@ def _guard_failures(row: dict, metrics: dict, sweep: SweepConfig, floor: float, 
     return problems
 
 
-def _pick(exp_dir: Path, sweep: SweepConfig, trial_id: str | None, floor: float) -> tuple[dict, dict, Path]:
-    """The best (or named) search trial that passes the guards, its metrics at its best step and checkpoint."""
+def _pick(exp_dir: Path, sweep: SweepConfig, trial_id: str | None, floor: float) -> tuple[dict, dict, Path, list[dict]]:
+    """The best (or named) search trial that passes the guards, its metrics at its best step, its checkpoint, and
+    all the sweep's trial rows (the baselines are compared with it)."""
     from .finalists import checkpoint_at
     from .summary import metrics_at, ranked_rows, trial_rows
 
@@ -100,7 +105,7 @@ def _pick(exp_dir: Path, sweep: SweepConfig, trial_id: str | None, floor: float)
         ckpt = checkpoint_at(Path(row["path"]), row["best_step"]) if row["path"] else None
         problems = _guard_failures(row, metrics, sweep, floor, ckpt)
         if not problems:
-            return row, metrics, ckpt
+            return row, metrics, ckpt, rows
         refusals.append(f"trial {row['trial_id']}: " + "; ".join(problems))
     detail = "\n  ".join(refusals) or "no search trial has a finite objective yet"
     raise PromotionRefused(f"sweep {sweep.name}: nothing to promote\n  {detail}")
@@ -163,6 +168,17 @@ def _better(a: float, b: float | None, mode: str) -> bool:
     return b is None or not math.isfinite(b) or (a > b if mode == "max" else a < b)
 
 
+# Tune's columns that repeat other tags: the trial's configuration (`param.*`), and the objective as the searcher
+# saw it (at the best step `objective/<m>` and `best/<m>` equal `metric.<m>` and `objective_value_in_sweep`).
+# Training-loop numbers (`train/`) say nothing about the model.
+_NOT_METRIC_TAGS = ("config/", "objective/", "best/", "train/")
+
+
+def _metric_tags(metrics: dict) -> dict[str, str]:
+    """`metric.<name>` tags: the trial's evaluation at its best step, each number once."""
+    return {f"metric.{k}": str(v) for k, v in metrics.items() if "/" in k and not k.startswith(_NOT_METRIC_TAGS)}
+
+
 def _version_tags(sweep: SweepConfig, state: dict, row: dict, metrics: dict, parent_params: dict, score: float,
                   manifest: dict) -> dict:
     from uda_core.data.store import has_target_labels
@@ -177,7 +193,7 @@ def _version_tags(sweep: SweepConfig, state: dict, row: dict, metrics: dict, par
         "data.target_labels": manifest.get("target_labels", "simulated"),
         # Metrics needing target labels keep their oracle/ prefix: on a real survey they do not exist, and the
         # version says why instead of silently lacking them.
-        **{f"metric.{k}": str(v) for k, v in metrics.items() if "/" in k and not k.startswith("train/")},
+        **_metric_tags(metrics),
         **({} if has_target_labels(manifest) else {"metric.oracle": "none: the target has no labels"}),
         "data.fingerprint": parent_params.get("data.fingerprint", "unknown"),
         **{k: v for k, v in parent_params.items() if k.startswith(("git.", "version."))},
@@ -187,21 +203,67 @@ def _version_tags(sweep: SweepConfig, state: dict, row: dict, metrics: dict, par
     return {k: v[:5000] for k, v in tags.items()}
 
 
+def _num(v) -> str:
+    return f"{v:.4f}" if _finite(v) else "n/a"
+
+
+def _gain(trial_value, baseline_value) -> str:
+    return f"{trial_value - baseline_value:+.4f}" if _finite(trial_value) and _finite(baseline_value) else "n/a"
+
+
+def _description(sweep: SweepConfig, state: dict, row: dict, rows: list[dict], run, score: float,
+                 labelled: bool) -> str:
+    """The version's markdown description, the first thing the registry page shows: the objective, the oracle
+    numbers when the target has labels, the gain over each of the sweep's baselines, and where the trial is."""
+    m = sweep.objective.metrics[0]
+    # (label, key of the value in a trial row): the objective at the trial's best checkpoint, oracle numbers there.
+    lines = [(f"{k} ({'oracle, ' if N.is_oracle(k) else ''}{md})", f"best/{k}")
+             for k, md in zip(sweep.objective.metrics, sweep.objective.modes)]
+    if labelled:
+        lines += [(f"{k} (oracle)", f"at_best/{k}") for k in (N.ORACLE_H, N.ORACLE_ACC) if k not in sweep.objective.metrics]
+    baselines = [r for r in rows if r["kind"] == "baseline"]
+    table = ["| | this trial | " + " | ".join(f"gain over {b['method']}" for b in baselines) + " |",
+             "|---|---:|" + "---:|" * len(baselines)]
+    for label, key in lines:
+        table.append(f"| {label} | {_num(row.get(key))} | "
+                     + " | ".join(_gain(row.get(key), b.get(key)) for b in baselines) + " |")
+    link = f"[{run.info.run_name}](#/experiments/{state['experiment_id']}/runs/{run.info.run_id})"
+    return "\n".join([
+        f"**{m} = {_num(row.get(f'best/{m}'))}** in sweep `{sweep.name}` ({_num(score)} re-evaluated)", "",
+        *table, "",
+        f"From run {link} (Ray trial `{row['trial_id']}`, {row['method']}) at step {row['best_step']}.",
+    ])
+
+
+def _show_version_on_model(client, model_id: str, model_name: str, version: str) -> None:
+    """List the version on its logged model's page (the MLflow UI reads the logged model's
+    `mlflow.modelVersions` tag). A tracking server sets it in create_model_version; a database store does not."""
+    import json
+
+    from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
+
+    listed = json.loads(client.get_logged_model(model_id).tags.get(MLFLOW_MODEL_VERSIONS) or "[]")
+    if not any(v.get("name") == model_name and str(v.get("version")) == version for v in listed):
+        listed.append({"name": model_name, "version": version})
+        client.set_logged_model_tags(model_id, {MLFLOW_MODEL_VERSIONS: json.dumps(listed)})
+
+
 def promote(name: str, *, storage: str = "runs/sweeps", workdir: Path | None = None, trial_id: str | None = None,
             model_name: str | None = None, force: bool = False, dry_run: bool = False,
             min_source_val_acc: float | None = None) -> Promotion:
     import mlflow
     from mlflow.exceptions import MlflowException
 
+    from uda_core.data.store import has_target_labels
     from uda_core.inference import export_classifier
     from uda_core.train import load_data
 
-    from .finalists import log_trial_model, trial_run
+    from .finalists import log_trial_model, model_metric_keys, trial_run
     from .run import open_sweep
 
     exp_dir, sweep, state = open_sweep(name, storage, workdir)
     floor = sweep.objective.min_source_val_acc if min_source_val_acc is None else min_source_val_acc
-    row, metrics, ckpt = _pick(exp_dir, sweep, trial_id, floor)
+    row, metrics, ckpt, rows = _pick(exp_dir, sweep, trial_id, floor)
     model_name = model_name or sweep.tracking.model_name or sweep.name
     metric, mode = sweep.objective.metrics[0], sweep.objective.modes[0]
     uri = state["tracking_uri"]
@@ -219,6 +281,7 @@ def promote(name: str, *, storage: str = "runs/sweeps", workdir: Path | None = N
         raise PromotionRefused(f"trial {row['trial_id']}: {metric} re-evaluated to {score}; not promoted")
     parent_params = client.get_run(state["parent_run_id"]).data.params
     tags = _version_tags(sweep, state, row, metrics, parent_params, score, data.manifest)
+    description = _description(sweep, state, row, rows, run, score, has_target_labels(data.manifest))
     result = Promotion(model_name, row["trial_id"], row["best_step"], metric, mode, score, dry_run=dry_run, tags=tags)
 
     def decide(champion) -> None:
@@ -246,13 +309,14 @@ def promote(name: str, *, storage: str = "runs/sweeps", workdir: Path | None = N
     with _registry_lock(exp_dir.parent, model_name):
         existing = _version_of(client, model_name, tags["trial_key"])
         if existing is None:
-            model_uri = log_trial_model(client, uri, run, ckpt, row["best_step"])
+            model = log_trial_model(client, uri, run, ckpt, row["best_step"], model_metric_keys(sweep, run))
             try:
-                client.create_registered_model(model_name, description=f"galaxy classifiers promoted from uda-sweep sweeps")
+                client.create_registered_model(model_name, description="galaxy classifiers promoted from uda-sweep sweeps")
             except MlflowException:
                 pass  # it exists
-            existing = client.create_model_version(model_name, model_uri, run_id=run.info.run_id, tags=tags,
-                                                   description=f"sweep {sweep.name}, trial {row['trial_id']}, step {row['best_step']}")
+            existing = client.create_model_version(model_name, model.uri, run_id=run.info.run_id, tags=tags,
+                                                   description=description, model_id=model.model_id)
+            _show_version_on_model(client, model.model_id, model_name, str(existing.version))
         result.version = str(existing.version)
         client.set_registered_model_alias(model_name, CHALLENGER, result.version)
         decide(_champion(client, model_name))

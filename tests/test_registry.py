@@ -61,12 +61,53 @@ def _alias(summary, name, alias):
     return str(_client(summary).get_model_version_by_alias(name, alias).version)
 
 
+def _trial_run(summary, trial_id):
+    (run,) = _client(summary).search_runs([summary.experiment_id], f"tags.trial_id = '{trial_id}'")
+    return run
+
+
+def _assert_linked_to_its_logged_model(summary, version, trial: dict, run_before):
+    """What the MLflow UI shows of a promoted version: its logged model lists it and holds the trial's metrics at
+    its step, the trial run's history and duration are as the trial left them, and the description says why."""
+    client = _client(summary)
+    run = client.get_run(run_before.info.run_id)
+    model_id = run.data.tags["model_id"]
+    # The sqlite registry store does not keep a version's model_id (MLflow 3.17 returns None), so the link is
+    # checked where the UI reads it: the version's source and the logged model's list of versions.
+    assert version.source == f"models:/{model_id}" and version.model_id in (None, model_id)
+    model = client.get_logged_model(model_id)
+    assert model.source_run_id == run.info.run_id
+    assert {"name": "reg", "version": str(version.version)} in [
+        {"name": v["name"], "version": str(v["version"])} for v in json.loads(model.tags["mlflow.modelVersions"])]
+    linked = model.metrics or []  # None when it has none
+    on_model = {m.key: m for m in linked}
+    assert {"label_free/im", "source_val/acc", "oracle/target_test/h_score", "oracle/target_test/acc_shared"} <= set(on_model)
+    assert {m.step for m in linked} == {trial["best_step"]}
+    assert on_model["label_free/im"].value == pytest.approx(trial["best/label_free/im"], abs=1e-6)
+    for key in run.data.metrics:  # re-logging for the model added no second point to the run's history
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
+        assert len(steps) == len(set(steps)), (key, steps)
+    assert (run.info.status, run.info.end_time) == (run_before.info.status, run_before.info.end_time)
+
+    text = version.description
+    assert text.splitlines()[0].startswith("**label_free/im = ") and "re-evaluated" in text
+    assert "gain over source_only" in text and "oracle/target_test/h_score (oracle)" in text
+    baseline = next(r for r in summary.trials if r["kind"] == "baseline")
+    gain = trial["best/label_free/im"] - baseline["best/label_free/im"]
+    assert f"| label_free/im (max) | {trial['best/label_free/im']:.4f} | {gain:+.4f} |" in text
+    assert f"[{run.info.run_name}](#/experiments/{summary.experiment_id}/runs/{run.info.run_id})" in text
+    assert run.info.run_name.startswith("trial ")  # "trial N · method", Optuna's trial N
+    assert f"step {trial['best_step']}" in text and trial["trial_id"] in text
+    assert [k for k in version.tags if k.startswith("metric.config/")] == []
+
+
 def test_champion_lifecycle(in_workdir, capsys):
     summary = in_workdir
     ranked = sorted((r for r in summary.trials if r["kind"] == "search" and r["best/label_free/im"] is not None),
                     key=lambda r: -r["best/label_free/im"])
     best, worse = ranked[0], ranked[-1]
     assert best["best/label_free/im"] > worse["best/label_free/im"]
+    best_run = _trial_run(summary, best["trial_id"])
 
     assert main(["promote", "reg", "--dry-run"]) == 0
     assert "would move to a new version" in capsys.readouterr().out
@@ -88,6 +129,7 @@ def test_champion_lifecycle(in_workdir, capsys):
     assert float(tags["selection.benchmark_regret_h"]) == pytest.approx(measured["regret_h"], abs=1e-4)
     assert float(tags["selection.benchmark_worst_pair_regret_acc"]) == pytest.approx(measured["worst_pair_regret_acc"], abs=1e-4)
     assert _alias(summary, "reg", CHAMPION) == _alias(summary, "reg", CHALLENGER) == str(v1.version)
+    _assert_linked_to_its_logged_model(summary, v1, best, best_run)
 
     again = promote("reg")  # idempotent: same version, nothing moved
     assert again.version == str(v1.version) and len(_versions(summary, "reg")) == 1
