@@ -20,8 +20,9 @@ PICTURES = [
     ("optuna/optimization_history.png", "the objective of each trial, in order"),
     ("optuna/param_importances.png", "which parameters mattered"),
     ("selection/criteria_vs_oracle_ORACLE.png", "how each label-free criterion ranks checkpoints (oracle, labelled targets)"),
-    ("trial runs: best/confusion_*.png, best/embedding.png", "confusion matrices and source-vs-target features at the best checkpoint"),
 ]
+TRIAL_PICTURES = "in each trial's run, `best/confusion_*.png` and `best/embedding.png`: its confusion matrices and " \
+                 "source-vs-target features at its best checkpoint"
 
 
 def _fmt(v) -> str:
@@ -62,5 +63,5 @@ def sweep_note(sweep: SweepConfig, state: dict, rows: list[dict] | None = None, 
     journal = Path(state["path"]) / "optuna.journal"
     lines += ["", f"Runs named `trial N · method` are Optuna's trial N of study `{state['study_name']}` "
                   f"(`optuna-dashboard {journal}`); each run's tags `optuna_trial` and `trial_id` (Ray) link them.",
-              "", "Pictures (Artifacts tab):"] + [f"- `{p}`: {what}" for p, what in PICTURES]
-    return "\n".join(line for line in lines if line is not None)
+              "", "Pictures (Artifacts tab):"] + [f"- `{p}`: {what}" for p, what in PICTURES] + [f"- {TRIAL_PICTURES}"]
+    return "\n".join(lines)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import math
 import numbers
-import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -212,35 +211,24 @@ def summarise(sweep: SweepConfig, exp_dir: Path, state: dict, parent):
 
 
 def _log_study_plots(sweep: SweepConfig, exp_dir: Path, state: dict, parent) -> None:
-    """Optuna's optimisation history and parameter importances as PNG in the parent run."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+    """The study's optimisation history and parameter importances as PNG in the parent run."""
     import matplotlib.pyplot as plt
-    import optuna
-    from optuna.visualization import matplotlib as ovm
 
     from .run import load_study
+    from .study_plots import plot_history, plot_importances
 
     study = load_study(exp_dir, state["study_name"])
     if study is None:
         return
-    target = None if len(sweep.objective.metrics) == 1 else (lambda t: t.values[0])
-    name = sweep.objective.metrics[0] + (" (ORACLE)" if sweep.objective.oracle else "")
-    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    plots = {"optuna/optimization_history.png": lambda: ovm.plot_optimization_history(study, target=target, target_name=name)}
-    if len(done) >= 2:
-        plots["optuna/param_importances.png"] = lambda: ovm.plot_param_importances(study, target=target, target_name=name)
+    name = "best/" + sweep.objective.metrics[0] + (" (ORACLE)" if sweep.objective.oracle else "")
+    plots = {"optuna/optimization_history.png": lambda: plot_history(study, name, sweep.objective.modes[0] == "max"),
+             "optuna/param_importances.png": lambda: plot_importances(study, name)}
     for file, make in plots.items():
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                ax = make()
-            fig = ax.figure if hasattr(ax, "figure") else ax[0].figure
-            fig.set_size_inches(9, 5)
-            fig.tight_layout()  # long parameter names would be cut off at the left edge
-            parent.log_figure(fig, file)
-            plt.close(fig)
+            fig = make()
+            if fig is not None:
+                parent.log_figure(fig, file)
+                plt.close(fig)
         except Exception as e:  # importance needs variance across trials; a plot is never worth failing a sweep
             log.warning("could not draw %s: %s", file, e)
 

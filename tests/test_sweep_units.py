@@ -92,6 +92,25 @@ def test_optuna_study_speaks_in_training_steps_and_marks_asha_stops_pruned(tmp_p
     assert study.metric_names == ["best/m"] and study.user_attrs == {"mlflow_experiment_id": "7"}
 
 
+def test_study_pictures_count_the_trials_asha_stopped():
+    import optuna
+    from optuna.distributions import FloatDistribution
+
+    from sweeps.study_plots import plot_history, plot_importances
+
+    study = optuna.create_study(direction="maximize")
+    dist = {"optim.lr": FloatDistribution(1e-4, 1e-2, log=True)}
+    for i, (state, value) in enumerate([("COMPLETE", 0.8), ("PRUNED", 0.5), ("PRUNED", 0.6), ("FAIL", None)]):
+        t = study.ask(dist)
+        if value is not None:  # a PRUNED trial's value is its last report
+            t.report(value, 200 * (i + 1))
+        study.tell(t, value if state == "COMPLETE" else None, state=getattr(optuna.trial.TrialState, state))
+    fig = plot_history(study, "best/m", maximise=True)
+    full, stopped = fig.axes[0].collections[:2]
+    assert len(full.get_offsets()) == 1 and len(stopped.get_offsets()) == 2  # Optuna's own plot would show 1
+    assert "3 trials" in plot_importances(study, "best/m").axes[0].get_title(loc="left")
+
+
 def test_trial_config_from_parameters_and_baselines():
     base = RunConfig(method={"name": "dance"}, model={"domain_bn": True}).model_dump()
     cfg = trial_run_config(base, {"optim.lr": 0.01, "method.params.eta_nc": 0.2})
