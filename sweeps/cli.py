@@ -114,7 +114,7 @@ def _print_summary(summary) -> None:
         b = summary.best
         print(f"best trial {b['trial_id']} ({b.get('mlflow_run_name') or 'no MLflow run'}) at step {b['best_step']}: "
               + ", ".join(f"{m} = {b[f'best/{m}']:.4f}" for m in sweep.objective.metrics))
-    elif any(r["kind"] == "search" for r in summary.trials):
+    elif summary.finished and any(r["kind"] == "search" for r in summary.trials):
         print(f"no search trial has a best checkpoint: none passed the guard source_val/acc >= "
               f"{sweep.objective.min_source_val_acc} with a finite {sweep.objective.metrics[0]}; nothing can be promoted "
               "(lower objective.min_source_val_acc, or train longer)")

@@ -16,13 +16,19 @@ from .names import run_url
 __all__ = ["sweep_note"]
 
 TITLES = {N.SOURCE_VAL_ACC: "source val acc", N.ORACLE_ACC: "oracle target acc", N.ORACLE_H: "oracle H-score"}
-PICTURES = [
-    ("optuna/optimization_history.png", "the objective of each trial, in order"),
-    ("optuna/param_importances.png", "which parameters mattered"),
-    ("selection/criteria_vs_oracle_ORACLE.png", "how each label-free criterion ranks checkpoints (oracle, labelled targets)"),
-]
-TRIAL_PICTURES = "in each trial's run, `best/confusion_*.png` and `best/embedding.png`: its confusion matrices and " \
-                 "source-vs-target features at its best checkpoint"
+def _pictures(sweep: SweepConfig, labelled: bool, finished: bool) -> list[str]:
+    """The pictures this sweep logs (some need target labels, a chosen embedding, or the sweep's end)."""
+    out = []
+    if finished:
+        out += ["`optuna/optimization_history.png`: each trial's objective, ASHA's stops marked",
+                "`optuna/param_importances.png`: which parameters mattered (from two scored trials on)"]
+        if labelled:
+            out.append("`selection/criteria_vs_oracle_ORACLE.png`: how each label-free criterion ranks checkpoints "
+                       "(oracle: uses target labels)")
+    trial = "in each trial's run, `best/confusion_*.png`"
+    if sweep.tracking.embedding != "none":
+        trial += " and `best/embedding.png`"
+    return out + [trial + ": at its best checkpoint"]
 
 
 def _fmt(v) -> str:
@@ -39,10 +45,11 @@ def sweep_note(sweep: SweepConfig, state: dict, rows: list[dict] | None = None, 
                labelled: bool = True) -> str:
     obj = sweep.objective
     metric, mode = obj.metrics[0], obj.modes[0]
+    stopping = " + ASHA" if sweep.scheduler.type == "asha" else ""
     lines = [f"### Sweep `{sweep.name}`" + (" (ORACLE objective)" if obj.oracle else ""),
              (sweep.description + "\n") if sweep.description else "",
              f"Method **{sweep.run.method.name}**, {sweep.search.num_trials} trials by "
-             f"{sweep.search.algorithm.upper()} + {sweep.scheduler.type.upper()}; objective `best/{metric}` "
+             f"{sweep.search.algorithm.upper()}{stopping}; objective `best/{metric}` "
              f"({mode}) at each trial's best checkpoint. Baselines: {', '.join(sweep.baselines) or 'none'}.", ""]
     if rows is None:
         lines.append("The sweep is running: this description is rewritten when it ends.")
@@ -60,8 +67,10 @@ def sweep_note(sweep: SweepConfig, state: dict, rows: list[dict] | None = None, 
                          f"({N.SOURCE_VAL_ACC} >= {obj.min_source_val_acc}) at any evaluation.")
         if labelled:
             lines.append("\nOracle columns use target labels: for reporting, never for selection.")
-    journal = Path(state["path"]) / "optuna.journal"
+    from .run import STUDY_FILE
+
+    journal = Path(state["path"]) / STUDY_FILE
     lines += ["", f"Runs named `trial N · method` are Optuna's trial N of study `{state['study_name']}` "
                   f"(`optuna-dashboard {journal}`); each run's tags `optuna_trial` and `trial_id` (Ray) link them.",
-              "", "Pictures (Artifacts tab):"] + [f"- `{p}`: {what}" for p, what in PICTURES] + [f"- {TRIAL_PICTURES}"]
+              "", "Pictures (Artifacts tab):"] + [f"- {p}" for p in _pictures(sweep, labelled, rows is not None)]
     return "\n".join(lines)

@@ -28,6 +28,7 @@ from uda_core.errors import ConfigError, UdaError
 from uda_core.evaluation import names as N
 
 from .config import SweepConfig
+from .names import run_url
 from .selection_benchmark import selection_tags
 
 __all__ = ["promote", "rollback", "Promotion", "PromotionRefused", "CHAMPION", "CHALLENGER"]
@@ -214,20 +215,21 @@ def _gain(trial_value, baseline_value) -> str:
 def _description(sweep: SweepConfig, state: dict, row: dict, rows: list[dict], run, score: float,
                  labelled: bool) -> str:
     """The version's markdown description, the first thing the registry page shows: the objective, the oracle
-    numbers when the target has labels, the gain over each of the sweep's baselines, and where the trial is."""
+    numbers when the target has labels, the difference to each of the sweep's baselines, and where the trial is."""
     m = sweep.objective.metrics[0]
     # (label, key of the value in a trial row): the objective at the trial's best checkpoint, oracle numbers there.
     lines = [(f"{k} ({'oracle, ' if N.is_oracle(k) else ''}{md})", f"best/{k}")
              for k, md in zip(sweep.objective.metrics, sweep.objective.modes)]
     if labelled:
-        lines += [(f"{k} (oracle)", f"at_best/{k}") for k in (N.ORACLE_H, N.ORACLE_ACC) if k not in sweep.objective.metrics]
+        lines += [(f"{k} (oracle, max)", f"at_best/{k}") for k in (N.ORACLE_H, N.ORACLE_ACC) if k not in sweep.objective.metrics]
     baselines = [r for r in rows if r["kind"] == "baseline"]
-    table = ["| | this trial | " + " | ".join(f"gain over {b['method']}" for b in baselines) + " |",
+    # A difference, not a "gain": for a metric to minimise, negative is better (each row says its direction).
+    table = ["| | this trial | " + " | ".join(f"this trial − {b['method']}" for b in baselines) + " |",
              "|---|---:|" + "---:|" * len(baselines)]
     for label, key in lines:
         table.append(f"| {label} | {_num(row.get(key))} | "
                      + " | ".join(_gain(row.get(key), b.get(key)) for b in baselines) + " |")
-    link = f"[{run.info.run_name}](#/experiments/{state['experiment_id']}/runs/{run.info.run_id})"
+    link = f"[{run.info.run_name}]({run_url(state['experiment_id'], run.info.run_id)})"
     return "\n".join([
         f"**{m} = {_num(row.get(f'best/{m}'))}** in sweep `{sweep.name}` ({_num(score)} re-evaluated)", "",
         *table, "",
@@ -316,7 +318,8 @@ def promote(name: str, *, storage: str = "runs/sweeps", workdir: Path | None = N
                 pass  # it exists
             existing = client.create_model_version(model_name, model.uri, run_id=run.info.run_id, tags=tags,
                                                    description=description, model_id=model.model_id)
-            _show_version_on_model(client, model.model_id, model_name, str(existing.version))
+        if existing.source.startswith("models:/m-"):  # also when found again: an earlier promote may have died here
+            _show_version_on_model(client, existing.source.removeprefix("models:/"), model_name, str(existing.version))
         result.version = str(existing.version)
         client.set_registered_model_alias(model_name, CHALLENGER, result.version)
         decide(_champion(client, model_name))

@@ -288,8 +288,7 @@ def _fit_locked(sweep: SweepConfig, exp_dir: Path, state: dict, address: str | N
         searcher = SweepOptunaSearch(
             space=space, metric=metrics if len(metrics) > 1 else metrics[0], mode=modes if len(modes) > 1 else modes[0],
             points_to_evaluate=points, sampler=sampler, study_name=state["study_name"], storage=study_storage(exp_dir),
-            max_step=sweep.run.train.steps, method=sweep.run.method.name, metric_names=metrics,
-            study_attrs=_study_links(sweep, state))
+            max_step=sweep.run.train.steps, method=sweep.run.method.name, study_attrs=_study_links(sweep, state))
         if sweep.scheduler.type == "asha":
             scheduler = ASHAScheduler(time_attr="step", metric=metrics[0], mode=modes[0], max_t=sweep.run.train.steps,
                                       grace_period=sweep.grace_period, reduction_factor=sweep.scheduler.reduction_factor)

@@ -26,19 +26,16 @@ __all__ = ["BaselinesFirst", "SweepOptunaSearch"]
 
 
 class SweepOptunaSearch(OptunaSearch):
-    def __init__(self, *args, max_step: int, method: str, metric_names: list[str] | None = None,
-                 study_attrs: dict | None = None, step_key: str = "step", **kwargs):
-        self._max_step, self._method, self._step_key = max_step, method, step_key
-        self._metric_names, self._study_attrs = metric_names, dict(study_attrs or {})
+    def __init__(self, *args, max_step: int, method: str, study_attrs: dict | None = None, **kwargs):
+        self._max_step, self._method, self._study_attrs = max_step, method, dict(study_attrs or {})
         self._reported_step: dict[str, int] = {}
         super().__init__(*args, **kwargs)
 
     def _setup_study(self, mode):
         super()._setup_study(mode)
-        if self._metric_names:
-            with warnings.catch_warnings():  # experimental since Optuna 3.2, stable in use
-                warnings.simplefilter("ignore", ExperimentalWarning)
-                self._ot_study.set_metric_names(list(self._metric_names))
+        with warnings.catch_warnings():  # experimental since Optuna 3.2, stable in use
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            self._ot_study.set_metric_names(self.metric if isinstance(self.metric, list) else [self.metric])
         for key, value in self._study_attrs.items():
             self._ot_study.set_user_attr(key, value)
 
@@ -54,23 +51,36 @@ class SweepOptunaSearch(OptunaSearch):
     def _multi_objective(self) -> bool:
         return isinstance(self.metric, list)
 
+    def _already_told(self, trial_id: str) -> bool:
+        """Whether the study holds this trial as finished. After a driver SIGKILL the restored searcher (saved
+        with Tune's last snapshot) can miss a tell the journal already has; telling it again would be an error,
+        and Tune would then fail and retry a finished trial."""
+        if trial_id in self._completed_trials:
+            return True
+        if self._ot_study._storage.get_trial(self._ot_trials[trial_id]._trial_id).state.is_finished():
+            self._completed_trials.add(trial_id)
+            return True
+        return False
+
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if self._multi_objective() or trial_id in self._completed_trials or trial_id not in self._ot_trials:
+        if self._multi_objective() or trial_id not in self._ot_trials:
             return  # Optuna keeps no intermediate values for several objectives
-        value, step = result.get(self.metric), result.get(self._step_key)
+        value, step = result.get(self.metric), result.get("step")
         if value is None or step is None or not math.isfinite(value):
             return  # -inf: no checkpoint has passed the source-accuracy guard yet
         if step <= self._reported_step.get(trial_id, -1):
-            return  # Tune repeats the last result in on_trial_complete
+            return  # already reported (Tune repeats the last result in on_trial_complete)
+        if self._already_told(trial_id):
+            return
         self._ot_trials[trial_id].report(float(value), int(step))
         self._reported_step[trial_id] = int(step)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
-            return super().on_trial_complete(trial_id, result=result, error=error)
+        if trial_id not in self._ot_trials or self._already_told(trial_id):
+            return
         if result and not error:
             self.on_trial_result(trial_id, result)  # Tune gives the last report only here
-        step = (result or {}).get(self._step_key)
+        step = (result or {}).get("step")
         stopped_early = bool(result) and not error and step is not None and step < self._max_step
         if not stopped_early:
             return super().on_trial_complete(trial_id, result=result, error=error)

@@ -10,12 +10,10 @@ from __future__ import annotations
 import warnings
 
 import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import optuna  # noqa: E402
-from optuna.trial import TrialState  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import optuna
+from optuna.trial import TrialState
 
 __all__ = ["scored_trials", "plot_history", "plot_importances"]
 

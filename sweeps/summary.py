@@ -174,6 +174,8 @@ def summarise(sweep: SweepConfig, exp_dir: Path, state: dict, parent):
     best = best_row(rows, sweep)
     table = pd.DataFrame([{**{k: v for k, v in r.items() if k not in ("params", "path")},
                            **{f"param/{k}": v for k, v in r["params"].items()}} for r in rows])
+    if "optuna_trial" in table:  # baselines have none: keep the numbers integers, not 0.0, 1.0
+        table["optuna_trial"] = table["optuna_trial"].astype("Int64")
     parent.log_table(table, "trials.json")
     metrics = {"trials/finished": sum(r["status"] == "TERMINATED" for r in rows),
                "trials/failed": sum(r["status"] == "ERROR" for r in rows)}
@@ -212,6 +214,9 @@ def summarise(sweep: SweepConfig, exp_dir: Path, state: dict, parent):
 
 def _log_study_plots(sweep: SweepConfig, exp_dir: Path, state: dict, parent) -> None:
     """The study's optimisation history and parameter importances as PNG in the parent run."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # the driver may run where no display is
     import matplotlib.pyplot as plt
 
     from .run import load_study

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 NOTE = "mlflow.note.content"  # the markdown description MLflow shows on a run's or experiment's page
 MAX_NOTE = 5000  # MLflow's tag value limit on some stores
 # MLflow 3 opens an experiment in its GenAI view (traces) unless the experiment says it is model training.
-EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 
 # Ray Tune trial status -> MLflow run status, for runs a killed process left RUNNING.
 TUNE_TO_MLFLOW = {"TERMINATED": "FINISHED", "ERROR": "FAILED"}
@@ -72,8 +72,8 @@ def open_experiment(uri: str, name: str, artifact_root: Path | None) -> str:
         if exp.lifecycle_stage == "deleted":
             raise RuntimeError(f"MLflow experiment {name!r} is deleted; restore it (`mlflow experiments restore`) "
                                "or give the sweep another tracking.experiment")
-        if "mlflow.experimentKind" not in exp.tags:
-            client.set_experiment_tag(exp.experiment_id, *next(iter(EXPERIMENT_KIND.items())))
+        if EXPERIMENT_KIND not in exp.tags:
+            client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND, MODEL_TRAINING)
         return exp.experiment_id
     location = None
     if artifact_root is not None and not uri.startswith(("http://", "https://")):
@@ -81,7 +81,7 @@ def open_experiment(uri: str, name: str, artifact_root: Path | None) -> str:
     note = {NOTE: "Hyperparameter sweeps of `uda-sweep`: each parent run `sweep <name>` is one sweep; its child runs "
                   "are the trials (`trial N · method` is Optuna's trial N) and the baselines (`baseline · method`). "
                   "The parent run's description names the best trial and the pictures to look at."}
-    return client.create_experiment(name, artifact_location=location, tags={**EXPERIMENT_KIND, **note})
+    return client.create_experiment(name, artifact_location=location, tags={EXPERIMENT_KIND: MODEL_TRAINING, **note})
 
 
 class SweepRun:

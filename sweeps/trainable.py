@@ -76,11 +76,16 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
     if not baseline:
         cfg.eval.select_by, cfg.eval.select_mode = _core_selection(ctx)
     tags = {"sweep": ctx.sweep_name, "method": cfg.method.name, "kind": "baseline" if baseline else "search",
-            "objective": ",".join(ctx.objective_metrics), "ray_trial_name": trial_name,
+            "objective": ",".join(ctx.objective_metrics),
             "objective_is_oracle": str(any(N.is_oracle(m) for m in ctx.objective_metrics)).lower()}
-    if OPTUNA_TRIAL in config:  # the links optuna-dashboard's "Trial N" and this run share
-        tags.update({"optuna_trial": config[OPTUNA_TRIAL], "optuna_study": ctx.study_name})
-    run_name = baseline_run_name(baseline) if baseline else search_run_name(config.get(OPTUNA_TRIAL, trial_id), cfg.method.name)
+    if OPTUNA_TRIAL in config:  # the links optuna-dashboard's "Trial N" and this run share (tag values: strings)
+        tags.update({"optuna_trial": str(config[OPTUNA_TRIAL]), "optuna_study": ctx.study_name})
+    if baseline:
+        run_name = baseline_run_name(baseline)
+    elif OPTUNA_TRIAL in config:
+        run_name = search_run_name(config[OPTUNA_TRIAL], cfg.method.name)
+    else:  # a sweep started before trials carried their Optuna number
+        run_name = f"{trial_name} · {cfg.method.name}"
     run = TrialRun(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id, trial_id, run_name,
                    config if baseline else trial_params(config), tags)
     run.set_tags({"ray.node_id": ray.get_runtime_context().get_node_id()})  # where this attempt runs

@@ -91,7 +91,7 @@ def _assert_linked_to_its_logged_model(summary, version, trial: dict, run_before
 
     text = version.description
     assert text.splitlines()[0].startswith("**label_free/im = ") and "re-evaluated" in text
-    assert "gain over source_only" in text and "oracle/target_test/h_score (oracle)" in text
+    assert "this trial − source_only" in text and "oracle/target_test/h_score (oracle, max)" in text
     baseline = next(r for r in summary.trials if r["kind"] == "baseline")
     gain = trial["best/label_free/im"] - baseline["best/label_free/im"]
     assert f"| label_free/im (max) | {trial['best/label_free/im']:.4f} | {gain:+.4f} |" in text

@@ -62,18 +62,22 @@ def test_baselines_first_then_searcher_and_kept_out_of_it():
     assert restored.suggest("d") == {"x": 1} and restored.baseline_trials == {"a": "source_only", "b": "adabn"}
 
 
+def _lr_space(trial):  # module level: the searcher's state is pickled
+    trial.suggest_float("optim.lr", 1e-4, 1e-2, log=True)
+
+
 def test_optuna_study_speaks_in_training_steps_and_marks_asha_stops_pruned(tmp_path):
     import optuna
 
     from sweeps.run import study_storage
 
-    def space(trial):
-        trial.suggest_float("optim.lr", 1e-4, 1e-2, log=True)
+    def searcher():
+        return SweepOptunaSearch(space=_lr_space, metric="best/m", mode="max", storage=study_storage(tmp_path),
+                                 study_name="s", max_step=6, method="dance", study_attrs={"mlflow_experiment_id": "7"})
 
-    search = SweepOptunaSearch(space=space, metric="best/m", mode="max", storage=study_storage(tmp_path),
-                               study_name="s", max_step=6, method="dance", metric_names=["best/m"],
-                               study_attrs={"mlflow_experiment_id": "7"})
+    search = searcher()
     full, stopped, broken = (search.suggest(t) for t in ("ray_a", "ray_b", "ray_c"))
+    search.save(str(tmp_path / "searcher.pkl"))  # Tune's snapshot, before any trial is told
     assert [c["optuna_trial"] for c in (full, stopped, broken)] == [0, 1, 2] and "optim.lr" in full
     # Ray's own counter (training_iteration) must not be the step; -inf (guard not passed yet) is no value
     search.on_trial_result("ray_a", {"best/m": -math.inf, "step": 2, "training_iteration": 1})
@@ -90,6 +94,15 @@ def test_optuna_study_speaks_in_training_steps_and_marks_asha_stops_pruned(tmp_p
     assert c.state == optuna.trial.TrialState.FAIL
     assert a.user_attrs == {"ray_trial_id": "ray_a", "mlflow_run_name": "trial 0 · dance"}
     assert study.metric_names == ["best/m"] and study.user_attrs == {"mlflow_experiment_id": "7"}
+    # A driver SIGKILLed after those tells but before Tune's next snapshot: the restored searcher hears of the
+    # same trials again (a resumed trial re-reports), and must not fail them for being finished.
+    again = searcher()
+    again.restore(str(tmp_path / "searcher.pkl"))
+    again.on_trial_result("ray_b", {"best/m": 0.36, "step": 4})
+    again.on_trial_complete("ray_b", {"best/m": 0.36, "step": 4})
+    again.on_trial_complete("ray_a", {"best/m": 0.5, "step": 6})
+    after = {t.number: (t.state, t.value) for t in optuna.load_study(study_name="s", storage=study_storage(tmp_path)).trials}
+    assert after[1] == (optuna.trial.TrialState.PRUNED, 0.35) and after[0] == (optuna.trial.TrialState.COMPLETE, 0.5)
 
 
 def test_study_pictures_count_the_trials_asha_stopped():

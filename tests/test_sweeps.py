@@ -184,7 +184,8 @@ def test_failing_and_diverging_trials_do_not_stop_the_sweep(tmp_path, data_root,
     storage = study_storage(summary.path)
     (s,) = optuna.get_all_study_summaries(storage)
     states = sorted(t.state.name for t in optuna.load_study(study_name=s.study_name, storage=storage).trials)
-    assert states == ["COMPLETE", "COMPLETE", "FAIL"]
+    # the diverged trial FAILs; of the other two, one may be stopped by ASHA (PRUNED) before the full budget
+    assert states in (["COMPLETE", "COMPLETE", "FAIL"], ["COMPLETE", "FAIL", "PRUNED"])
     assert summary.best is not None and summary.best["status"] == "TERMINATED"
 
 
