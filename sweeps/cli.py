@@ -104,8 +104,8 @@ def _print_summary(summary) -> None:
     import yaml
 
     from .config import parse_sweep
-    from .run import SWEEP_FILE
     from .names import runs_url
+    from .run import SWEEP_FILE
     from .summary import format_table
 
     sweep = parse_sweep(yaml.safe_load((summary.path / SWEEP_FILE).read_text()), str(summary.path / SWEEP_FILE))

@@ -16,6 +16,8 @@ from .names import run_url
 __all__ = ["sweep_note"]
 
 TITLES = {N.SOURCE_VAL_ACC: "source val acc", N.ORACLE_ACC: "oracle target acc", N.ORACLE_H: "oracle H-score"}
+
+
 def _pictures(sweep: SweepConfig, labelled: bool, finished: bool) -> list[str]:
     """The pictures this sweep logs (some need target labels, a chosen embedding, or the sweep's end)."""
     out = []

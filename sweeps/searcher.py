@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import warnings
 
-from optuna.exceptions import ExperimentalWarning
+from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
@@ -68,11 +68,13 @@ class SweepOptunaSearch(OptunaSearch):
         value, step = result.get(self.metric), result.get("step")
         if value is None or step is None or not math.isfinite(value):
             return  # -inf: no checkpoint has passed the source-accuracy guard yet
-        if step <= self._reported_step.get(trial_id, -1):
+        if trial_id in self._completed_trials or step <= self._reported_step.get(trial_id, -1):
             return  # already reported (Tune repeats the last result in on_trial_complete)
-        if self._already_told(trial_id):
+        try:
+            self._ot_trials[trial_id].report(float(value), int(step))
+        except UpdateFinishedTrialError:  # told before a driver SIGKILL (see _already_told); no storage read per report
+            self._completed_trials.add(trial_id)
             return
-        self._ot_trials[trial_id].report(float(value), int(step))
         self._reported_step[trial_id] = int(step)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:

@@ -35,7 +35,7 @@ def plot_history(study, name: str, maximise: bool):
     ax.scatter([t.number for t in cut], [t.values[0] for t in cut], s=40, facecolors="none", edgecolors="C1",
                label="stopped by ASHA (value at its last step)")
     for t in cut:
-        ax.annotate(f"step {t.last_step}" if t.last_step is not None else "", (t.number, t.values[0]),
+        ax.annotate(f"step {t.last_step}", (t.number, t.values[0]),  # a PRUNED value is its last report
                     textcoords="offset points", xytext=(6, -3), fontsize=9, color="C1")
     if trials:
         values = np.array([t.values[0] for t in trials])
