@@ -19,6 +19,7 @@ under `vote_tree` (read it back with uda_core.votes.tree_from_dict).
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import json
 import logging
@@ -31,12 +32,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from uda_core.errors import ConfigError
+from uda_core.errors import ConfigError, DataError
 
 __all__ = ["predict_catalogue", "load_classifier", "CatalogueSummary"]
 
 log = logging.getLogger(__name__)
 METADATA_KEY = b"galaxy_uda_sweeps"
+SKIP = "_skip_reason"  # a column between the reading and the writing only: why a row is left out ("" if kept)
 VOTE_TREE_KEY = b"vote_tree"
 
 
@@ -48,28 +50,38 @@ class CatalogueSummary:
     seconds: float
     picture: Path | None
     model: dict
+    skipped: int = 0  # inputs left out with --skip-bad
+    skipped_csv: Path | None = None
 
 
 def load_classifier(model_uri: str, tracking_uri: str | None):
-    """(Classifier, provenance dict) for an MLflow model URI; resolves registry aliases to their version."""
+    """(Classifier, provenance dict) for an MLflow model URI; resolves registry aliases to their version. A URI
+    naming nothing that exists is one error saying what does, and a missing local store is not created."""
     import mlflow
+    from mlflow.exceptions import MlflowException
 
-    if tracking_uri:
-        mlflow.set_tracking_uri(tracking_uri)
-        mlflow.set_registry_uri(tracking_uri)
-    model = mlflow.pyfunc.load_model(model_uri)
-    clf = model.unwrap_python_model().classifier
-    info = {"model_uri": model_uri, "model_name": "", "model_version": "", "run_id": model.metadata.run_id or ""}
-    if model_uri.startswith("models:/") and not model_uri.startswith("models:/m-"):
-        name_ref = model_uri.removeprefix("models:/")
-        client = mlflow.MlflowClient()
-        if "@" in name_ref:
-            name, alias = name_ref.split("@", 1)
-            mv = client.get_model_version_by_alias(name, alias)
-        else:
-            name, version = name_ref.rsplit("/", 1)
-            mv = client.get_model_version(name, version)
-        info.update(model_name=name, model_version=str(mv.version), run_id=mv.run_id or info["run_id"])
+    from .registry import MODEL_URIS, check_model_uri
+    from .tracking import read_client
+
+    info = {"model_uri": model_uri, "model_name": "", "model_version": "", "run_id": ""}
+    if model_uri.startswith(("models:/", "runs:/")):
+        store = tracking_uri or mlflow.get_tracking_uri()
+        client = read_client(store)
+        mlflow.set_tracking_uri(store)
+        mlflow.set_registry_uri(store)
+        mv = check_model_uri(client, model_uri, store)
+        if mv is not None:
+            info.update(model_name=mv.name, model_version=str(mv.version), run_id=mv.run_id or "")
+    elif not Path(model_uri).expanduser().is_dir():
+        raise ConfigError(f"model {model_uri!r}: not a model URI and no such folder; give {MODEL_URIS}")
+    try:
+        model = mlflow.pyfunc.load_model(model_uri)
+        clf = model.unwrap_python_model().classifier
+    except (MlflowException, AttributeError) as e:
+        reason = str(getattr(e, "message", e)).strip().splitlines()[0]
+        raise ConfigError(f"model {model_uri}: not a galaxy classifier logged by uda-sweep ({reason}); give "
+                          f"{MODEL_URIS}") from None
+    info["run_id"] = info["run_id"] or model.metadata.run_id or ""
     return clf, info
 
 
@@ -111,11 +123,29 @@ def _columns(batch, res: dict, class_names: list[str], tree=None) -> dict[str, n
     cols.update(vote_columns(res, tree))  # nothing without a vote head
     cols["source_file"] = np.asarray(batch["source_file"]).astype(str)
     cols["source_index"] = np.asarray(batch["source_index"], dtype=np.int64)
+    cols[SKIP] = np.asarray(batch[SKIP]).astype(str)
     return cols
 
 
 def _batch_dict(b) -> dict:
-    return {"id": b.ids, "flux": b.flux, "source_file": b.source_file, "source_index": b.source_index}
+    """A batch as columns. A stamp with non-finite pixels is scored as zeros and marked (SKIP), so the driver,
+    not a reading task, decides: leave it out (--skip-bad) or stop; a NaN never becomes a silent prediction."""
+    finite = np.isfinite(b.flux).all(axis=(1, 2, 3))
+    flux = b.flux if finite.all() else np.where(finite[:, None, None, None], b.flux, np.float32(0))
+    return {"id": b.ids, "flux": flux, "source_file": b.source_file, "source_index": b.source_index,
+            SKIP: np.where(finite, "", "has non-finite pixels (NaN or inf); replace them, e.g. with 0 where the "
+                                      "survey has no data")}
+
+
+def _split_skipped(table: pa.Table) -> tuple[pa.Table, list[dict]]:
+    """(the table without its marked rows, those rows as skipped-CSV entries)."""
+    reasons = table[SKIP].to_numpy(zero_copy_only=False)
+    bad = reasons != ""
+    rows = [{"file": table["source_file"][i].as_py(), "index": table["source_index"][i].as_py(),
+             "id": table["id"][i].as_py(), "reason": reasons[i]} for i in np.flatnonzero(bad)]
+    for r in rows:
+        r["reason"] = f"{r['file']}: row {r['index']} (id {r['id']!r}) {r['reason']}"
+    return table.filter(pa.array(~bad)).drop_columns([SKIP]), rows
 
 
 class _RayPredictor:
@@ -134,7 +164,8 @@ def _ray_tables(source, shards, model_uri, tracking_uri, views, batch_size, work
     import ray
 
     if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False, log_to_driver=False)
+        # "local" without RAY_ADDRESS: Ray's default would join any cluster left running on this machine
+        ray.init(address=os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False, log_to_driver=False)
     gpus = ray.cluster_resources().get("GPU", 0)
     workers = workers or (int(gpus) if gpus else max(1, int(ray.cluster_resources().get("CPU", 1)) // 2))
 
@@ -154,13 +185,12 @@ def _ray_tables(source, shards, model_uri, tracking_uri, views, batch_size, work
 def _local_tables(source, shards, clf, views, batch_size, progress):
     from tqdm import tqdm
 
-    bar = tqdm(total=source.num_rows, unit="galaxy", disable=not progress, desc="predict")
-    for shard in shards:
-        b = source.read(shard)
-        res = clf.predict(b.flux, views=views, batch_size=batch_size)
-        bar.update(len(b.ids))
-        yield pa.table(_columns(_batch_dict(b), res, clf.class_names, clf.vote_tree))
-    bar.close()
+    with tqdm(total=source.num_rows, unit="galaxy", disable=not progress, desc="predict") as bar:
+        for shard in shards:
+            b = _batch_dict(source.read(shard))
+            res = clf.predict(b["flux"], views=views, batch_size=batch_size)
+            bar.update(len(b["id"]))
+            yield pa.table(_columns(b, res, clf.class_names, clf.vote_tree))
 
 
 def _plot_anomalies(source, top: list, softening: float, path: Path) -> Path:
@@ -188,24 +218,58 @@ def _plot_anomalies(source, top: list, softening: float, path: Path) -> Path:
     return path
 
 
+def _sidecars(out: Path) -> dict[str, Path]:
+    """The files written beside the catalogue: the anomaly picture and the list of inputs left out."""
+    return {"picture": out.with_name(out.stem + "_anomalies.png"), "skipped": out.with_name(out.stem + "_skipped.csv")}
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    """Refuse, before any work, to replace the catalogue or a file beside it without --overwrite."""
+    if out.suffix != ".parquet":
+        raise ConfigError(f"--out {out}: the catalogue is Parquet; give a path ending in .parquet")
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a folder; give a file path ending in .parquet")
+    taken = [p for p in (out, *_sidecars(out).values()) if p.exists()]
+    if taken and not overwrite:
+        raise ConfigError(f"--out {out}: {', '.join(map(str, taken))} exist(s); choose another --out or pass "
+                          "--overwrite (nothing was changed)")
+
+
+def _stop_unless_skipping(problems: list[dict], skip_bad: bool, skipped_csv: Path, stage: str) -> None:
+    if problems and not skip_bad:
+        more = f" ({len(problems) - 1} more such input(s))" if len(problems) > 1 else ""
+        raise DataError(f"{problems[0]['reason']}{more}; no catalogue was written ({stage}). Mend the input, or pass "
+                        f"--skip-bad to predict the rest and list what was left out in {skipped_csv}")
+
+
+def _write_skipped(rows: list[dict], path: Path) -> None:
+    import pandas as pd
+
+    pd.DataFrame(rows, columns=["file", "index", "id", "reason"]).to_csv(path, index=False)
+
+
 def predict_catalogue(model_uri: str, input_path: str | Path, out: str | Path, *, tracking_uri: str | None = None,
                       domain: str = "target", batch_size: int | None = None, views: int = 8, rows_per_shard: int = 4096,
                       use_ray: bool = False, workers: int | None = None, top_n: int = 25, overwrite: bool = False,
-                      progress: bool = True) -> CatalogueSummary:
-    from uda_core.data.readers import open_cutouts
+                      progress: bool = True, skip_bad: bool = False) -> CatalogueSummary:
+    """With `skip_bad`, files that cannot be read and stamps with non-finite pixels are left out and listed with
+    their reasons in `<out>_skipped.csv`; without it the first stops the run, naming it."""
+    from uda_core.data.readers import open_scanned
 
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise ConfigError(f"--out {out} exists; choose another path or pass --overwrite (nothing was changed)")
-    if out.suffix != ".parquet":
-        raise ConfigError(f"--out {out}: the catalogue is Parquet; give a path ending in .parquet")
-    source = open_cutouts(input_path, domain)  # metadata only: cheap, and bad inputs fail here
+    _check_out(out, overwrite)
+    side = _sidecars(out)
+    source, unreadable = open_scanned(input_path, domain)  # every file's metadata: cheap, and bad inputs fail here
+    skipped = [{"file": f, "index": None, "id": None, "reason": reason} for f, reason in unreadable]
+    _stop_unless_skipping(skipped, skip_bad, side["skipped"], "pre-scan of the input's metadata")
+    source.check_finite = False  # checked per row below, to leave out or to stop with advice
     clf, info = load_classifier(model_uri, tracking_uri)
     source = on_model_grid(source, clf)
     shards = source.shards(rows_per_shard)
     meta = {**info, "classes": clf.class_names, "rejection": clf.meta["rejection"], "bands": clf.meta["bands"],
             "target_survey": clf.meta["target_survey"], "input": str(source.path), "input_kind": source.kind,
             "views": views, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    new_folders = [p for p in (out.parent, *out.parent.parents) if not p.exists()]
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     t0, rows, unknown, top, writer = time.perf_counter(), 0, 0, [], None
@@ -213,6 +277,9 @@ def predict_catalogue(model_uri: str, input_path: str | Path, out: str | Path, *
               else _local_tables(source, shards, clf, views, batch_size, progress))
     try:
         for table in tables:
+            table, left_out = _split_skipped(table)
+            _stop_unless_skipping(left_out, skip_bad, side["skipped"], "reading pixels")
+            skipped += left_out
             if writer is None:
                 schema_meta = {METADATA_KEY: json.dumps(meta).encode()}
                 if clf.vote_tree is not None:  # the decision tree the vote columns follow
@@ -228,19 +295,30 @@ def predict_catalogue(model_uri: str, input_path: str | Path, out: str | Path, *
                 item = (float(scores[j]), table["source_file"][j].as_py(), int(table["source_index"][j].as_py()),
                         table["id"][j].as_py(), bool(flags[j]))
                 (heapq.heappush if len(top) < top_n else heapq.heappushpop)(top, item)
-        if writer is None:
-            raise ConfigError(f"{source.path}: no galaxies to predict")
+        if rows == 0:
+            raise DataError(f"{source.path}: no galaxies to predict" + (
+                f"; all {len(skipped)} were left out, the first because {skipped[0]['reason']}" if skipped else ""))
         writer.close()
         writer = None
         os.replace(tmp, out)
     finally:
+        tables.close()  # ends the progress bar (its own line) before any error is printed
         if writer is not None:
             writer.close()
         if tmp.exists():
             tmp.unlink()
+        if not out.exists():  # a failed run leaves no empty folder behind
+            for folder in new_folders:
+                with contextlib.suppress(OSError):  # not empty: something else wrote there meanwhile
+                    folder.rmdir()
     seconds = time.perf_counter() - t0
+    for path in side.values():  # what an overwritten run left beside the catalogue no longer describes it
+        path.unlink(missing_ok=True)
+    if skipped:
+        _write_skipped(skipped, side["skipped"])
     picture = None
     if top:
         bands = clf.meta["bands"]
-        picture = _plot_anomalies(source, top, clf.meta["softening"][len(bands) // 2], out.with_name(out.stem + "_anomalies.png"))
-    return CatalogueSummary(out, rows, unknown, seconds, picture, info)
+        picture = _plot_anomalies(source, top, clf.meta["softening"][len(bands) // 2], side["picture"])
+    return CatalogueSummary(out, rows, unknown, seconds, picture, info, len(skipped),
+                            side["skipped"] if skipped else None)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -21,6 +20,26 @@ def _data_generate(a: argparse.Namespace) -> None:
     spec = DataSpec(a.task, a.source, a.target, a.size, a.seed, a.label_noise)
     folder = generate(spec, Path(a.out))
     print(f"wrote {folder}")
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1 (one usage line for 0, -5 or 'x', not a traceback later)."""
+    return _int_at_least(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: a whole number >= 0."""
+    return _int_at_least(text, 0)
+
+
+def _int_at_least(text: str, low: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"{value} is too small: give a whole number >= {low}")
+    return value
 
 
 def _float_list(text: str, flag: str) -> tuple[float, ...]:
@@ -64,11 +83,11 @@ def _data_show(a: argparse.Namespace) -> None:
 
 def _train(a: argparse.Namespace) -> None:
     from uda_core.config import load_config
-    from uda_core.reporting import FileReporter
-    from uda_core.train import train
 
     cfg = load_config(a.config)
     out = Path(a.out)
+    if out.exists() and not out.is_dir():
+        raise UdaError(f"--out {out} is a file; give a folder for the run (config, metrics.json, checkpoints)")
     resume = None
     if a.resume:
         ckpts = sorted((out / "checkpoints").glob("step_???????"))
@@ -78,26 +97,42 @@ def _train(a: argparse.Namespace) -> None:
     elif (out / "metrics.json").exists():
         raise UdaError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     if cfg.data.path:  # an existing data set: what it cannot give (target labels) fails before --out is made
-        from uda_core.data.store import read_manifest
-        from uda_core.train import check_target_label_use
+        from uda_core.data.store import verify
 
-        check_target_label_use(cfg, read_manifest(Path(cfg.data.path)), cfg.data.path)
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(Path(a.config).read_text())
+        manifest = verify(Path(cfg.data.path), full=False)  # a wrong path or truncated file fails before torch loads
+        from uda_core.label_checks import check_target_label_use
+
+        check_target_label_use(cfg, manifest, cfg.data.path)
+    from uda_core.reporting import FileReporter  # torch: only once the config and --out have passed
+    from uda_core.train import train
+
+    config_text = Path(a.config).read_text()
     reporter = FileReporter(out, cfg.eval.select_by, cfg.eval.select_mode)
-    try:
-        last = train(cfg, reporter, out, resume_from=resume)
-    except BaseException:
-        if created and not (out / "checkpoints").exists():  # failed before its first checkpoint: leave no trace
-            shutil.rmtree(out, ignore_errors=True)
-        raise
+
+    def report(evaluation, checkpoint) -> None:
+        # The first checkpoint makes --out; config.yaml comes with it, so a run that fails earlier (bad data, a
+        # value only the data set can refuse, Ctrl-C) creates no folder and leaves an existing one as it was.
+        (out / "config.yaml").write_text(config_text)
+        reporter(evaluation, checkpoint)
+
+    last = train(cfg, report, out, resume_from=resume)
     reporter.finish(last)
     best = reporter.best
     if best is None:
         print(f"done: {out / 'metrics.json'}; {cfg.eval.select_by} was never finite, so no evaluation is marked best")
     else:
         print(f"done: {out / 'metrics.json'}; best {cfg.eval.select_by} = {best['metrics'][cfg.eval.select_by]:.4f} at step {best['step']}")
+
+
+def _nothing_to_promote(rows: list[dict], sweep) -> str | None:
+    """Why no trial can be promoted, once every search trial has ended without a checkpoint passing the guard."""
+    search = [r for r in rows if r["kind"] == "search"]
+    # best_step: -1 (or None) until a checkpoint passes the guard; evaluations are at steps >= 1
+    if not search or any((r["best_step"] or 0) > 0 or r["status"] in ("PENDING", "RUNNING") for r in search):
+        return None
+    return (f"no search trial has a best checkpoint: none passed the guard source_val/acc >= "
+            f"{sweep.objective.min_source_val_acc} with a finite {sweep.objective.metrics[0]}; nothing can be promoted "
+            "(lower objective.min_source_val_acc, or train longer)")
 
 
 def _print_summary(summary) -> None:
@@ -114,10 +149,8 @@ def _print_summary(summary) -> None:
         b = summary.best
         print(f"best trial {b['trial_id']} ({b.get('mlflow_run_name') or 'no MLflow run'}) at step {b['best_step']}: "
               + ", ".join(f"{m} = {b[f'best/{m}']:.4f}" for m in sweep.objective.metrics))
-    elif summary.finished and any(r["kind"] == "search" for r in summary.trials):
-        print(f"no search trial has a best checkpoint: none passed the guard source_val/acc >= "
-              f"{sweep.objective.min_source_val_acc} with a finite {sweep.objective.metrics[0]}; nothing can be promoted "
-              "(lower objective.min_source_val_acc, or train longer)")
+    elif summary.finished and (why := _nothing_to_promote(summary.trials, sweep)):
+        print(why)
     print(f"MLflow: experiment {sweep.tracking.experiment or sweep.name}, parent run {summary.parent_run_id}; "
           + ("" if summary.tracking_uri.startswith(("http://", "https://"))
              else f"run `mlflow ui --backend-store-uri {summary.tracking_uri}`, then ")
@@ -142,9 +175,10 @@ def _status(a: argparse.Namespace) -> None:
     import time
 
     from .run import open_sweep
-    from .summary import format_table, trial_rows
 
     path, sweep, _ = open_sweep(a.name, a.storage)
+    from .summary import format_table, trial_rows  # pandas: only once the sweep exists
+
     while True:
         try:
             rows = trial_rows(path, sweep)
@@ -152,6 +186,8 @@ def _status(a: argparse.Namespace) -> None:
             rows = []  # Tune has not written its first snapshot yet
         print(time.strftime("%H:%M:%S"), f"sweep {a.name}")
         print(format_table(rows, sweep) if rows else "no trial has started yet")
+        if why := _nothing_to_promote(rows, sweep):
+            print(why)
         if not a.watch:
             return
         time.sleep(a.watch)
@@ -167,18 +203,36 @@ def _promote(a: argparse.Namespace) -> None:
         print(f"load it with: mlflow.pyfunc.load_model('models:/{result.model_name}@champion')")
 
 
+def _prune(a: argparse.Namespace) -> None:
+    from .run import open_sweep
+
+    open_sweep(a.name, a.storage)  # a wrong name or --storage fails here, before Ray loads
+    from .prune import prune_sweep
+
+    print(prune_sweep(a.name, storage=a.storage, dry_run=a.dry_run).describe())
+
+
 def _cluster_check(a: argparse.Namespace) -> None:
+    from uda_core.config import read_yaml, wrong_kind_error
+
     from .cluster import check_cluster
 
+    wrong = wrong_kind_error(a.file, read_yaml(a.file, "cluster file"), "cluster", "uda-sweep cluster-check")
+    if wrong:  # a run config or sweep file: one sentence, not Ray's KeyError
+        raise wrong
     full = check_cluster(a.file)
     workers = {n: t["resources"] for n, t in full.get("available_node_types", {}).items()}
     print(f"{a.file}: passes Ray's launcher validation and this project's checks; node types {workers}")
 
 
 def _default_tracking_uri(a: argparse.Namespace) -> str:
-    from .tracking import default_tracking_uri
+    from .auth import password_in_uri
+    from .tracking_uri import default_tracking_uri  # no mlflow: argument errors come first
 
-    return a.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+    uri = a.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+    if problem := password_in_uri(uri, "--tracking-uri" if a.tracking_uri else "MLFLOW_TRACKING_URI"):
+        raise UdaError(problem)
+    return uri
 
 
 def _rollback(a: argparse.Namespace) -> None:
@@ -193,12 +247,14 @@ def _predict(a: argparse.Namespace) -> None:
 
     s = predict_catalogue(a.model_uri, a.input, a.out, tracking_uri=_default_tracking_uri(a), domain=a.domain,
                           batch_size=a.batch_size, views=a.views, use_ray=a.ray, workers=a.workers, top_n=a.top_n,
-                          overwrite=a.overwrite, progress=True)
+                          overwrite=a.overwrite, progress=True, skip_bad=a.skip_bad)
     version = f" version {s.model['model_version']}" if s.model["model_version"] else ""
     print(f"wrote {s.path}: {s.rows} galaxies ({s.unknown} flagged unknown) in {s.seconds:.1f} s "
           f"({s.rows / max(s.seconds, 1e-9):.0f}/s) with {s.model['model_uri']}{version}")
     if s.picture:
         print(f"most anomalous galaxies: {s.picture}")
+    if s.skipped:
+        print(f"left out {s.skipped} file(s) or row(s); reasons in {s.skipped_csv}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -312,6 +368,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--force", action="store_true", help="make it the champion even if it does not beat the current one")
     r.add_argument("--dry-run", action="store_true", help="say what would happen; change nothing")
     r.set_defaults(func=_promote)
+    r = sub.add_parser("prune", help="delete a finished sweep's checkpoints except each trial's best (the one "
+                                     "promote exports)")
+    r.add_argument("name", help="the sweep's name")
+    r.add_argument("--storage", default="runs/sweeps", help="the sweep file's storage.path (default runs/sweeps)")
+    r.add_argument("--dry-run", action="store_true", help="say what would be deleted and the sizes; delete nothing")
+    r.set_defaults(func=_prune)
     r = sub.add_parser("rollback", help="move a registered model's champion alias back to the version it replaced")
     r.add_argument("model_name", help="a registered model's name (promote's --model-name, default the sweep's name)")
     r.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here")
@@ -322,13 +384,15 @@ def build_parser() -> argparse.ArgumentParser:
                                  "or an HDF5 file in the Galaxy10 layout")
     r.add_argument("--out", required=True, help="catalogue path (.parquet); a PNG of the most anomalous galaxies goes beside it")
     r.add_argument("--domain", default="target", choices=["source", "target", "all"], help="rows of a data set folder")
-    r.add_argument("--batch-size", type=int, help="galaxies per forward pass (default: 64 on CPU, 512 on GPU)")
+    r.add_argument("--batch-size", type=positive_int, help="galaxies per forward pass (default: 64 on CPU, 512 on GPU)")
     r.add_argument("--views", type=int, default=8, choices=[1, 2, 4, 8],
                    help="dihedral views for the uncertainty (1: no uncertainty, 8x faster)")
     r.add_argument("--ray", action="store_true", help="run as a Ray Data job ($RAY_ADDRESS or a local Ray)")
-    r.add_argument("--workers", type=int, help="model actors with --ray (default: one per GPU, else half the CPUs)")
-    r.add_argument("--top-n", type=int, default=25, help="galaxies in the anomaly picture (0: none)")
-    r.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    r.add_argument("--workers", type=positive_int, help="model actors with --ray (default: one per GPU, else half the CPUs)")
+    r.add_argument("--top-n", type=non_negative_int, default=25, help="galaxies in the anomaly picture (0: none)")
+    r.add_argument("--skip-bad", action="store_true", help="leave out files that cannot be read and stamps with "
+                                                           "non-finite pixels, listed with reasons in OUT_skipped.csv")
+    r.add_argument("--overwrite", action="store_true", help="replace an existing --out and the files beside it")
     r.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here")
     r.set_defaults(func=_predict)
     r = sub.add_parser("cluster-check", help="validate a Ray cluster file (cluster.yaml) before `ray up`")
@@ -344,6 +408,13 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except UdaError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:
+        from .auth import refusal  # a tracking server refusing our credentials is the user's to fix, not a bug
+
+        if (message := refusal(e)) is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
         return 2
     return 0
 

@@ -14,9 +14,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from uda_core.config import RunConfig, _format, read_yaml
+from uda_core.config import DIRECTIONS, RunConfig, _format, did_you_mean, read_yaml, wrong_kind_error
 from uda_core.errors import ConfigError
-from uda_core.evaluate import OBJECTIVES, is_oracle
+from uda_core.evaluation.names import OBJECTIVES, is_oracle
 
 __all__ = ["SweepConfig", "load_sweep", "parse_sweep", "DEFAULT_OBJECTIVE", "check_target_labels", "has_labelled_target"]
 
@@ -29,7 +29,7 @@ DEFAULT_OBJECTIVE = "label_free/combined"
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class SearchConfig(_Strict):
@@ -75,11 +75,17 @@ class ObjectiveConfig(_Strict):
             raise ValueError("metric: give at least one metric")
         for m in self.metrics:
             if m not in OBJECTIVES:
-                raise ValueError(f"metric: {m!r} is not a metric a sweep can optimise; choose from {sorted(OBJECTIVES)}")
+                raise ValueError(f"metric: {m!r} is not a metric a sweep can optimise{did_you_mean(m, OBJECTIVES)}; "
+                                 f"choose from {sorted(OBJECTIVES)}")
         if len(set(self.metrics)) != len(self.metrics):
             raise ValueError(f"metric: each metric once, got {self.metrics}")
         if self.mode is not None and len(self.modes) != len(self.metrics):
             raise ValueError(f"mode: one mode per metric, got {len(self.modes)} modes for {len(self.metrics)} metrics")
+        for i, (m, mode) in enumerate(zip(self.metrics, self.modes)):
+            if mode != OBJECTIVES[m]:  # the search would hunt for the worst checkpoints
+                key = "mode" if isinstance(self.mode, str) else f"mode[{i}]"
+                raise ValueError(f"{key}: {mode!r} contradicts metric {m!r}, for which {DIRECTIONS[OBJECTIVES[m]]} is "
+                                 f"better; set {key}: {OBJECTIVES[m]}, or leave mode out (each metric's own direction)")
         return self
 
 
@@ -111,6 +117,9 @@ class FailureConfig(_Strict):
 
 class StorageConfig(_Strict):
     path: str = "runs/sweeps"  # Ray Tune results and checkpoints, the Optuna study, the sweep file copy
+    # Per trial: its best checkpoint (what promote exports) and the one a resume restarts from (sweeps/prune.py),
+    # or every evaluation's.
+    keep_checkpoints: Literal["best_and_latest", "all"] = "best_and_latest"
 
     @field_validator("path")
     @classmethod
@@ -132,6 +141,15 @@ class TrackingConfig(_Strict):
         if v is not None and not v.startswith(("sqlite:///", "http://", "https://", "postgresql", "mysql", "mssql")):
             raise ValueError("use sqlite:///PATH, a database URL or an MLflow server's http(s):// address")
         return v
+
+    @model_validator(mode="after")
+    def _no_password(self):
+        # Here rather than in `_store`: an error there would quote the URI, password and all.
+        from .auth import password_in_uri
+
+        if self.uri is not None and (problem := password_in_uri(self.uri, "uri")):
+            raise ValueError(problem)
+        return self
 
     experiment: str | None = None  # default: the sweep's name
     artifacts: str = "mlartifacts"  # artifact root for a local (sqlite) store; a server stores its own
@@ -163,11 +181,11 @@ class SweepConfig(_Strict):
     @field_validator("baselines")
     @classmethod
     def _baselines(cls, v):
-        from uda_core.methods import METHODS
+        from uda_core.methods import PARAMS  # the method names, without torch
 
         for b in v:
-            if b not in METHODS:
-                raise ValueError(f"{b!r} is not a method; choose from {sorted(METHODS)}")
+            if b not in PARAMS:
+                raise ValueError(f"{b!r} is not a method{did_you_mean(b, PARAMS)}; choose from {sorted(PARAMS)}")
         if len(set(v)) != len(v):
             raise ValueError(f"each baseline once, got {v}")
         return v
@@ -204,6 +222,13 @@ def parse_sweep(raw: Any, source: str) -> SweepConfig:
     """Validate a sweep dict: the schema, then the search space and its overrides against the run config."""
     from search_spaces import get_space
 
+    if not raw:  # an empty file, or only comments
+        raise ConfigError(f"{source} is empty; a sweep file needs at least name and run (the run config every trial "
+                          "starts from), usually also search and objective: start from an example in "
+                          "sweeps/configs/*.yaml, e.g. sweeps/configs/quickstart.yaml")
+    wrong = wrong_kind_error(source, raw, "sweep", "uda-sweep run")
+    if wrong:
+        raise wrong
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: the top level must be a mapping with keys name, run, search, objective, ...")
     try:
@@ -229,12 +254,12 @@ def load_sweep(path: str | Path) -> SweepConfig:
 def _data_set_manifest(sweep: SweepConfig, workdir: Path | None) -> tuple[Path, dict] | None:
     """The folder and manifest of the sweep's existing data set (`run.data.path`, relative to `workdir`), or None for
     a simulated pair, which is generated later and always has target labels."""
-    from uda_core.data.store import read_manifest
+    from uda_core.data.store import verify
 
     if not sweep.run.data.path:
         return None
     folder = Path(workdir or Path.cwd()) / sweep.run.data.path
-    return folder, read_manifest(folder)
+    return folder, verify(folder, full=False)  # file sizes too: a truncated data set fails in a second
 
 
 def has_labelled_target(sweep: SweepConfig, workdir: Path | None = None) -> bool:
@@ -251,18 +276,17 @@ def check_target_labels(sweep: SweepConfig, source: str, workdir: Path | None = 
     Reads only the data set's manifest; each error names the sweep file's key."""
     from uda_core.config import MethodConfig
     from uda_core.data.store import has_target_labels
-    from uda_core.train import check_target_label_use
+    from uda_core.label_checks import check_target_label_use
 
     found = _data_set_manifest(sweep, workdir)
     if found is None:
         return
     folder, manifest = found
-    if not has_target_labels(manifest):
-        for m in sweep.objective.metrics:
-            if is_oracle(m):
-                raise ConfigError(f"{source}: objective.metric: {m!r} needs target labels, but the target of {folder} "
-                                  f"has no labels (manifest target_labels: 'none'); optimise a label-free metric "
-                                  f"such as {DEFAULT_OBJECTIVE!r}")
+    oracle = [m for m in sweep.objective.metrics if is_oracle(m)]
+    if oracle and not has_target_labels(manifest):
+        raise ConfigError(f"{source}: objective.metric: {oracle[0]!r} needs target labels, but the target of {folder} "
+                          f"has no labels (manifest target_labels: 'none'); optimise a label-free metric "
+                          f"such as {DEFAULT_OBJECTIVE!r}")
     try:
         check_target_label_use(sweep.run, manifest, str(folder), prefix="run.")
     except ConfigError as e:

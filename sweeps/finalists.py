@@ -14,27 +14,42 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from uda_core.evaluation import names as N
 
 from .config import SweepConfig
 
 __all__ = ["log_finalists", "log_trial_model", "TrialModel", "model_metric_keys", "link_metrics_to_model",
-           "model_signature", "checkpoint_at", "trial_run"]
+           "model_signature", "checkpoint_at", "checkpoint_step", "trial_run"]
 
 log = logging.getLogger(__name__)
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
 REQUIREMENTS = ["galaxy-uda-sweeps", "torch", "safetensors", "mlflow"]
+OBJECTIVE_STATE = "objective.json"  # the trainable writes it into each checkpoint: the step and the trial's best
+
+
+def checkpoint_step(ckpt: Path) -> int | None:
+    """The training step a Tune checkpoint folder was saved at; None if it cannot be read (an incomplete folder)."""
+    import json
+
+    try:  # the trial's small objective file names the step; the model file is read only where it is missing
+        return int(json.loads((ckpt / OBJECTIVE_STATE).read_text())["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    import torch  # here, not at the top: `promote` checks its arguments before torch loads
+
+    from uda_core.train import CHECKPOINT_FILE
+
+    try:
+        return int(torch.load(ckpt / CHECKPOINT_FILE, map_location="cpu", weights_only=True)["step"])
+    except Exception:  # missing, truncated or foreign: nobody can restart or promote from it
+        return None
 
 
 def checkpoint_at(trial_path: Path, step: int) -> Path | None:
     """The trial's Tune checkpoint folder saved at `step`, if it still exists."""
-    from uda_core.train import CHECKPOINT_FILE
-
     for ckpt in sorted(Path(trial_path).glob("checkpoint_*")):
-        f = ckpt / CHECKPOINT_FILE
-        if f.exists() and int(torch.load(f, map_location="cpu", weights_only=True)["step"]) == step:
+        if checkpoint_step(ckpt) == step:
             return ckpt
     return None
 

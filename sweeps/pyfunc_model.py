@@ -42,7 +42,9 @@ class GalaxyClassifier(PythonModel):
 
         self.classifier = Classifier.load(Path(context.artifacts["classifier"]))
 
-    def predict(self, context, model_input, params=None):
+    # The hint is one MLflow skips for schema inference (the signature is logged explicitly): without one, every
+    # load warns "Add type hints to the `predict` method".
+    def predict(self, context, model_input: np.ndarray, params: dict | None = None) -> pd.DataFrame:
         views = int((params or {}).get("views", 8))
         clf = self.classifier
         return to_frame(clf.predict(np.asarray(model_input, dtype=np.float32), views=views), clf.class_names, clf.vote_tree)

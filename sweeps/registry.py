@@ -27,11 +27,13 @@ from pathlib import Path
 from uda_core.errors import ConfigError, UdaError
 from uda_core.evaluation import names as N
 
+from .auth import refusal
 from .config import SweepConfig
 from .names import run_url
 from .selection_benchmark import selection_tags
 
-__all__ = ["promote", "rollback", "Promotion", "PromotionRefused", "CHAMPION", "CHALLENGER"]
+__all__ = ["promote", "rollback", "check_model_uri", "registered_model", "MODEL_URIS", "Promotion", "PromotionRefused",
+           "CHAMPION", "CHALLENGER"]
 
 log = logging.getLogger(__name__)
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -108,7 +110,12 @@ def _pick(exp_dir: Path, sweep: SweepConfig, trial_id: str | None, floor: float)
         if not problems:
             return row, metrics, ckpt, rows
         refusals.append(f"trial {row['trial_id']}: " + "; ".join(problems))
-    detail = "\n  ".join(refusals) or "no search trial has a finite objective yet"
+    if not refusals:
+        raise PromotionRefused(
+            f"sweep {sweep.name}: nothing to promote: no search trial has a checkpoint that passed the guard "
+            f"source_val/acc >= {floor} with a finite {sweep.objective.metrics[0]}; lower "
+            "objective.min_source_val_acc (or --min-source-val-acc), or train longer")
+    detail = "\n  ".join(refusals)
     raise PromotionRefused(f"sweep {sweep.name}: nothing to promote\n  {detail}")
 
 
@@ -123,15 +130,105 @@ def _registry_lock(folder: Path, model_name: str):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def _raise_if_refused(e: Exception) -> None:
+    """A tracking server refusing our credentials (401/403) says so, rather than passing for a missing model or run."""
+    if message := refusal(e):
+        raise ConfigError(message) from None
+
+
 def _version_of(client, model_name: str, trial_key: str):
     from mlflow.exceptions import MlflowException
 
     try:
         versions = client.search_model_versions(f"name = '{model_name}'")
-    except MlflowException:
+    except MlflowException as e:
+        _raise_if_refused(e)
         return None
     found = sorted((v for v in versions if v.tags.get("trial_key") == trial_key), key=lambda v: int(v.version))
     return found[0] if found else None
+
+
+MODEL_URIS = "models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model or a model folder"
+
+
+def _not_found(e) -> bool:
+    return getattr(e, "error_code", "") == "RESOURCE_DOES_NOT_EXIST"
+
+
+def _listed(items, none: str = "none") -> str:
+    items = list(items)
+    return ", ".join(items[:20]) + (f" and {len(items) - 20} more" if len(items) > 20 else "") if items else none
+
+
+def _what_is_registered(client, name: str) -> str:
+    """The versions and aliases of registered model `name`, for an error message."""
+    versions = sorted(int(v.version) for v in client.search_model_versions(f"name = '{name}'"))
+    aliases = client.get_registered_model(name).aliases
+    return (f"its versions: {_listed(map(str, versions))}; its aliases: "
+            f"{_listed(f'{a} -> version {v}' for a, v in sorted(aliases.items()))}")
+
+
+def registered_model(client, name: str, where: str, store: str):
+    """The registered model `name`; else one error listing the models the store has."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_registered_model(name)
+    except MlflowException as e:
+        if not _not_found(e):
+            raise ConfigError(f"{where}: {e.message}") from None
+    names = sorted(m.name for m in client.search_registered_models(max_results=1000))
+    raise ConfigError(f"{where}: no registered model {name!r} in {store}; registered models there: {_listed(names)}. "
+                      f"Use one of them, pass --tracking-uri of the store it was promoted to, or register it with "
+                      f"`uda-sweep promote SWEEP --model-name {name}`")
+
+
+def _version(client, name: str, version: str, where: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version(name, version)
+    except MlflowException as e:
+        if not _not_found(e) and version.isdigit():
+            raise
+    raise ConfigError(f"{where}: registered model {name!r} has no version {version!r}; "
+                      f"{_what_is_registered(client, name)}")
+
+
+def check_model_uri(client, uri: str, store: str):
+    """Whether the registry or run a models:/ or runs:/ URI names exists, before MLflow downloads anything: the
+    model version it resolves to (None for runs:/ and logged-model URIs); else one error saying what does exist."""
+    from mlflow.exceptions import MlflowException
+
+    if uri.startswith("runs:/"):
+        run_id = uri.removeprefix("runs:/").split("/", 1)[0]
+        try:
+            client.get_run(run_id)
+        except MlflowException as e:
+            _raise_if_refused(e)
+            raise ConfigError(f"{uri}: no run {run_id!r} in {store}; the run id is on the run's page in the MLflow "
+                              f"UI, or give {MODEL_URIS}") from None
+        return None
+    ref = uri.removeprefix("models:/")
+    if ref.startswith("m-"):  # a logged model's id
+        try:
+            client.get_logged_model(ref.split("/", 1)[0])
+        except MlflowException as e:
+            _raise_if_refused(e)
+            raise ConfigError(f"{uri}: no logged model {ref!r} in {store}; give {MODEL_URIS}") from None
+        return None
+    name, sep, alias = ref.partition("@")
+    if not sep:
+        name, sep, version = ref.rpartition("/")
+    if not name or not sep or not (alias or version):
+        raise ConfigError(f"{uri}: not a model URI; give {MODEL_URIS}")
+    registered = registered_model(client, name, uri, store)
+    if alias:
+        if alias not in registered.aliases:
+            raise ConfigError(f"{uri}: registered model {name!r} has no alias {alias!r}; "
+                              f"{_what_is_registered(client, name)}")
+        return _version(client, name, str(registered.aliases[alias]), uri)
+    return _version(client, name, version, uri) if version.isdigit() else None  # a stage: MLflow resolves it
 
 
 def _champion(client, model_name: str):
@@ -139,7 +236,8 @@ def _champion(client, model_name: str):
 
     try:
         return client.get_model_version_by_alias(model_name, CHAMPION)
-    except MlflowException:  # no such model or no such alias
+    except MlflowException as e:  # no such model or no such alias
+        _raise_if_refused(e)
         return None
 
 
@@ -250,9 +348,23 @@ def _show_version_on_model(client, model_id: str, model_name: str, version: str)
         client.set_logged_model_tags(model_id, {MLFLOW_MODEL_VERSIONS: json.dumps(listed)})
 
 
+def _check_model_name(model_name: str, where: str) -> None:
+    """MLflow's rule for registered model names (no / or :, not blank, no path tricks), plus ' (it breaks registry
+    searches) and @ (it reads as an alias in models:/ URIs); checked here so a typo fails without importing MLflow."""
+    if not model_name.strip() or any(c in model_name for c in "/:'@") or model_name.strip() in {".", ".."}:
+        raise ConfigError(f"{where} {model_name!r}: a registered model name must not be blank or contain / : ' or @; "
+                          "choose a name such as my_sweep_model")
+
+
 def promote(name: str, *, storage: str = "runs/sweeps", workdir: Path | None = None, trial_id: str | None = None,
             model_name: str | None = None, force: bool = False, dry_run: bool = False,
             min_source_val_acc: float | None = None) -> Promotion:
+    from .run import open_sweep
+
+    if model_name is not None:  # before the sweep is even read
+        _check_model_name(model_name, "--model-name")
+    exp_dir, sweep, state = open_sweep(name, storage, workdir)
+    # MLflow and torch only once the sweep exists: a mistyped name fails in a second.
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -261,12 +373,12 @@ def promote(name: str, *, storage: str = "runs/sweeps", workdir: Path | None = N
     from uda_core.train import load_data
 
     from .finalists import log_trial_model, model_metric_keys, trial_run
-    from .run import open_sweep
 
-    exp_dir, sweep, state = open_sweep(name, storage, workdir)
     floor = sweep.objective.min_source_val_acc if min_source_val_acc is None else min_source_val_acc
     row, metrics, ckpt, rows = _pick(exp_dir, sweep, trial_id, floor)
-    model_name = model_name or sweep.tracking.model_name or sweep.name
+    if model_name is None:
+        model_name = sweep.tracking.model_name or sweep.name
+        _check_model_name(model_name, f"sweep {sweep.name}: tracking.model_name (or its name)")
     metric, mode = sweep.objective.metrics[0], sweep.objective.modes[0]
     uri = state["tracking_uri"]
     mlflow.set_tracking_uri(uri)
@@ -314,8 +426,8 @@ def promote(name: str, *, storage: str = "runs/sweeps", workdir: Path | None = N
             model = log_trial_model(client, uri, run, ckpt, row["best_step"], model_metric_keys(sweep, run))
             try:
                 client.create_registered_model(model_name, description="galaxy classifiers promoted from uda-sweep sweeps")
-            except MlflowException:
-                pass  # it exists
+            except MlflowException as e:
+                _raise_if_refused(e)  # else it exists
             existing = client.create_model_version(model_name, model.uri, run_id=run.info.run_id, tags=tags,
                                                    description=description, model_id=model.model_id)
         if existing.source.startswith("models:/m-"):  # also when found again: an earlier promote may have died here
@@ -333,15 +445,21 @@ def promote(name: str, *, storage: str = "runs/sweeps", workdir: Path | None = N
 
 def rollback(model_name: str, tracking_uri: str) -> tuple[str, str]:
     """Move `champion` back to the version it replaced; returns (from_version, to_version)."""
-    import mlflow
+    from .tracking_uri import existing_store
 
-    client = mlflow.MlflowClient(tracking_uri, registry_uri=tracking_uri)
+    store = existing_store(tracking_uri)  # before mlflow loads: a missing store fails in a second
+    from .tracking import read_client
+
+    client = read_client(store)
+    registered_model(client, model_name, f"rollback {model_name}", tracking_uri)
     current = _champion(client, model_name)
     if current is None:
-        raise ConfigError(f"model {model_name!r} in {tracking_uri} has no {CHAMPION} alias: nothing to roll back")
+        raise ConfigError(f"model {model_name!r} in {tracking_uri} has no {CHAMPION} alias: nothing to roll back "
+                          f"({_what_is_registered(client, model_name)})")
     previous = current.tags.get("previous_champion")
     if previous is None:
         raise ConfigError(f"{model_name} version {current.version} was the first {CHAMPION}: there is no earlier one")
+    _version(client, model_name, previous, f"rollback {model_name}: the {CHAMPION} before version {current.version}")
     client.set_model_version_tag(model_name, str(current.version), "rolled_back", "true")
     client.set_registered_model_alias(model_name, CHAMPION, previous)
     return str(current.version), str(previous)

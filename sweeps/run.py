@@ -19,7 +19,6 @@ from pathlib import Path
 import yaml
 
 from uda_core.errors import ConfigError
-from uda_core.train import load_data
 
 from .config import SweepConfig, check_target_labels, load_sweep, parse_sweep
 
@@ -55,8 +54,6 @@ def open_sweep(name: str, storage: str | Path = "runs/sweeps", workdir: Path | N
 
 
 def _tracking_uri(sweep: SweepConfig, address: str | None, workdir: Path) -> str:
-    from .tracking import default_tracking_uri
-
     uri = sweep.tracking.uri
     if uri is None and address:  # on a cluster, the head gives its jobs its MLflow server's address (cluster.yaml)
         uri = os.environ.get("MLFLOW_TRACKING_URI")
@@ -64,6 +61,8 @@ def _tracking_uri(sweep: SweepConfig, address: str | None, workdir: Path) -> str
         raise ConfigError(f"tracking.uri: a sweep on a cluster (--address {address}) needs the HTTP address of an "
                           f"MLflow server reachable from every node (got {uri!r}); a local sqlite file is not")
     if uri is None:
+        from .tracking_uri import default_tracking_uri
+
         return default_tracking_uri(workdir)
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         return f"sqlite:///{(workdir / uri.removeprefix('sqlite:///')).resolve()}"  # trials run in other folders
@@ -119,9 +118,13 @@ def run_sweep(sweep_file: str | Path, *, address: str | None = None, workdir: Pa
     if (exp_dir / STATE_FILE).exists():
         raise ConfigError(f"{sweep_file}: a sweep named {sweep.name!r} already exists at {exp_dir}; continue it with "
                           f"`uda-sweep resume {sweep.name}`, or give this sweep another name (nothing was changed)")
-    uri = _tracking_uri(sweep, address, workdir)
     # Before any Ray or MLflow work: what needs target labels the data set lacks, then data errors, surface first.
     check_target_labels(sweep, str(sweep_file), workdir)
+    uri = _tracking_uri(sweep, address, workdir)
+    if uri.startswith(("http://", "https://")):  # a refused or unreachable server fails before data or folders
+        from .tracking import check_access
+
+        check_access(uri, f"{sweep_file}: tracking.uri" if sweep.tracking.uri else "MLFLOW_TRACKING_URI")
     _ensure_data(sweep, workdir)
     exp_dir.mkdir(parents=True, exist_ok=True)
     (exp_dir / SWEEP_FILE).write_text(yaml.safe_dump(sweep.model_dump(mode="json"), sort_keys=False))
@@ -172,6 +175,27 @@ def resume_sweep(name: str, *, storage: str | Path = "runs/sweeps", address: str
     return _fit(sweep, exp_dir, state, address or state.get("address"), trainable, progress, restore=True)
 
 
+def _reattach_tracking(sweep: SweepConfig, exp_dir: Path, state: dict, address: str | None) -> dict:
+    """The sweep's state with the MLflow store as it is now, checked before any Ray work. A replaced head serves the
+    same database (on the shared mount) at a new address, which the cluster gives its jobs as MLFLOW_TRACKING_URI, as
+    at `run`; a sweep file's own tracking.uri is kept. Call it holding the driver lock."""
+    from .tracking import check_sweep_run
+
+    uri = state["tracking_uri"]
+    if address and sweep.tracking.uri is None:
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or uri
+    check_sweep_run(uri, state["parent_run_id"], sweep.name)
+    if uri == state["tracking_uri"]:
+        return state
+    log.warning("sweep %s: its MLflow server moved from %s to %s", sweep.name, state["tracking_uri"], uri)
+    state = {**state, "tracking_uri": uri}
+    _write_json(exp_dir / STATE_FILE, state)  # for status, promote and later resumes
+    study = load_study(exp_dir, state["study_name"])
+    if study is not None:
+        study.set_user_attr("mlflow_tracking_uri", uri)  # optuna-dashboard's pointer to the runs
+    return state
+
+
 def _ensure_data(sweep: SweepConfig, workdir: Path) -> None:
     from uda_core.config import build_config
     from uda_core.data.surveys import SURVEYS, get_survey
@@ -184,6 +208,8 @@ def _ensure_data(sweep: SweepConfig, workdir: Path) -> None:
     if sweep.run.data.path:
         raw["data"]["path"] = str((workdir / sweep.run.data.path).resolve())
     cfg = build_config(raw)
+    from uda_core.train import load_data  # torch: only once the sweep file and its surveys have passed
+
     load_data(cfg, progress=True)  # generates (once, under a lock) or verifies the data set
     sweep.run.data.root = raw["data"]["root"]
     sweep.run.data.path = raw["data"]["path"]
@@ -230,6 +256,8 @@ def _fit(sweep: SweepConfig, exp_dir: Path, state: dict, address: str | None, tr
         except BlockingIOError:
             raise ConfigError(f"sweep {sweep.name!r} is already being run by another driver (lock {exp_dir / 'driver.lock'}); "
                               "wait for it, or stop it first") from None
+        if restore:  # under the lock: a refused second driver must not rewrite the running one's state
+            state = _reattach_tracking(sweep, exp_dir, state, address)
         return _fit_locked(sweep, exp_dir, state, address, trainable, progress, restore)
 
 
@@ -237,10 +265,12 @@ def _fit_locked(sweep: SweepConfig, exp_dir: Path, state: dict, address: str | N
     import optuna
     import ray
     from ray import tune
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     from search_spaces import get_space
 
+    from .prune import RetainBestAndLatest
     from .searcher import BaselinesFirst, SweepOptunaSearch
     from .trainable import TrialContext, run_trial
 
@@ -248,6 +278,9 @@ def _fit_locked(sweep: SweepConfig, exp_dir: Path, state: dict, address: str | N
     # carries the searcher's metric is off; our own config validation already checks the metric names.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # MLflow holds the metrics: Tune's own CSV/JSON logs are kept (below) but not its TensorBoard one, which warned
+    # on every NaN a diverging trial reported.
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
     obj = sweep.objective
     metrics = [f"best/{m}" for m in obj.metrics]
     modes = obj.modes
@@ -255,10 +288,7 @@ def _fit_locked(sweep: SweepConfig, exp_dir: Path, state: dict, address: str | N
     space = get_space(sweep.space_name).with_overrides(sweep.search.overrides, base)
 
     if not ray.is_initialized():
-        if address:
-            ray.init(address=address, log_to_driver=progress)
-        else:
-            ray.init(include_dashboard=False, log_to_driver=progress)
+        _start_ray(address, progress)
     if address:  # before any trial: the data the driver prepared must be what trial nodes read
         from .cluster import check_data_on_trial_node
 
@@ -303,11 +333,13 @@ def _fit_locked(sweep: SweepConfig, exp_dir: Path, state: dict, address: str | N
             run_config=tune.RunConfig(
                 name=sweep.name, storage_path=str(exp_dir.parent),
                 failure_config=tune.FailureConfig(max_failures=sweep.failure.max_retries),
-                # Every evaluation's checkpoint is kept: with num_to_keep, Tune deleted a trial's latest checkpoint
-                # (low score) after the experiment snapshot named it, and a resume after SIGKILL then failed
-                # ("does not exist on storage anymore"). Checkpoints are small (model, optimiser, memory bank).
+                # Not Tune's num_to_keep: it deleted a trial's latest checkpoint (low score) after the experiment
+                # snapshot named it, and a resume after SIGKILL then failed ("does not exist on storage anymore").
+                # RetainBestAndLatest deletes only what the snapshot on storage no longer needs (sweeps/prune.py).
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
                 verbose=1 if progress else 0,
+                callbacks=[CSVLoggerCallback(), JsonLoggerCallback()]
+                + ([RetainBestAndLatest(exp_dir)] if sweep.storage.keep_checkpoints == "best_and_latest" else []),
             ),
         )
     from .summary import summarise
@@ -329,6 +361,22 @@ def _fit_locked(sweep: SweepConfig, exp_dir: Path, state: dict, address: str | N
         except Exception as e:
             log.warning("could not close the sweep's MLflow runs: %s", e)
         raise
+
+
+def _start_ray(address: str | None, progress: bool) -> None:
+    """Join the cluster at `address`, or start a private local Ray: "local", because Ray's default would join any
+    cluster `ray start` (or a crashed one's leftover address file) left on this machine."""
+    import ray
+
+    try:
+        if address:
+            ray.init(address=address, log_to_driver=progress)
+        else:
+            ray.init(address="local", include_dashboard=False, log_to_driver=progress)
+    except ConnectionError as e:
+        raise ConfigError(f"cannot reach the Ray cluster at {address or 'a new local Ray'}: {e}; start it "
+                          "(`ray up cluster.yaml`, `ray start --head`), or drop --address and unset RAY_ADDRESS to "
+                          "run on this machine alone") from None
 
 
 def _fail_orphan_study_trials(exp_dir: Path, state: dict) -> None:

@@ -20,7 +20,11 @@ from typing import Any
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 
-__all__ = ["default_tracking_uri", "open_experiment", "SweepRun", "TrialRun", "child_runs", "close_stale_runs", "TUNE_TO_MLFLOW"]
+from uda_core.errors import ConfigError
+
+from .tracking_uri import default_tracking_uri, existing_store, local_store_path  # noqa: F401 (light, re-exported)
+
+__all__ = ["default_tracking_uri", "existing_store", "read_client", "check_access", "check_sweep_run", "open_experiment", "SweepRun", "TrialRun", "child_runs", "close_stale_runs", "TUNE_TO_MLFLOW"]
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +60,6 @@ def _end_quietly(client: MlflowClient, run_id: str, status: str) -> None:
             os.environ[var] = before
 
 
-def default_tracking_uri(workdir: Path | None = None) -> str:
-    """The embedded store: sqlite in the working directory, as an absolute path (Ray trials run in other dirs)."""
-    return f"sqlite:///{((workdir or Path.cwd()) / 'mlflow.db').resolve()}"
-
-
 def open_experiment(uri: str, name: str, artifact_root: Path | None) -> str:
     """Get or create the sweep's experiment on the driver (trials must not race to create it); returns its id.
 
@@ -82,6 +81,80 @@ def open_experiment(uri: str, name: str, artifact_root: Path | None) -> str:
                   "are the trials (`trial N · method` is Optuna's trial N) and the baselines (`baseline · method`). "
                   "The parent run's description names the best trial and the pictures to look at."}
     return client.create_experiment(name, artifact_location=location, tags={EXPERIMENT_KIND: MODEL_TRAINING, **note})
+
+
+def check_access(uri: str, where: str) -> None:
+    """Stops a sweep before it creates anything when the tracking server `uri` (given at `where`) has a password in it
+    (ConfigError: the URI is stored with the sweep), does not answer (ConfigError after one try, not
+    MLflow's minutes of retries), or refuses this process's credentials (MlflowException 401/403, which `uda-sweep`
+    names, see sweeps/auth.py)."""
+    import urllib.error
+    import urllib.request
+
+    from .auth import password_in_uri
+
+    if problem := password_in_uri(uri, where):
+        raise ConfigError(problem)
+    try:
+        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=10)
+    except urllib.error.HTTPError:
+        pass  # it answers (a proxy in front may guard /health too)
+    except OSError as e:
+        raise ConfigError(f"{where}: the MLflow server {uri} does not answer ({e}); start it, or give the address "
+                          "of one that runs") from None
+    MlflowClient(uri).search_experiments(max_results=1)
+
+
+def check_sweep_run(uri: str, run_id: str, sweep: str) -> None:
+    """ConfigError unless the store at `uri` answers and holds the sweep's parent run. A resume against a server that
+    is down (or serves another database) would otherwise fail every trial, each after minutes of HTTP retries."""
+    import urllib.error
+    import urllib.request
+
+    from mlflow.exceptions import MlflowException
+
+    fix = ("if the head was replaced, resume on the new head, whose MLflow server must serve the sweep's backend "
+           "store (on the shared mount) and whose MLFLOW_TRACKING_URI names that server")
+    path = local_store_path(uri)
+    if path is not None and not path.exists():  # MLflow would create an empty store there
+        raise ConfigError(f"sweep {sweep!r}: no MLflow store at {path} (tracking URI {uri}); nothing was created; {fix}")
+    if uri.startswith(("http://", "https://")):
+        try:
+            urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=10)  # one try, not MLflow's retries
+        except urllib.error.HTTPError:
+            pass  # it answers (an auth proxy may refuse /health); get_run below says more
+        except OSError as e:
+            raise ConfigError(f"sweep {sweep!r}: its MLflow server {uri} does not answer ({e}); start it, or, {fix}") from None
+    try:
+        MlflowClient(uri).get_run(run_id)
+    except MlflowException as e:
+        raise ConfigError(f"sweep {sweep!r}: the MLflow store {uri} has no parent run {run_id} of this sweep "
+                          f"({e.message}); {fix}") from None
+
+
+def read_client(uri: str) -> MlflowClient:
+    """A client of the existing store `uri`, for commands that only read it (and move an alias): a local store
+    must exist (else MLflow creates an empty one), a server must answer (else MLflow retries for minutes), and
+    a URI MLflow cannot use is one error, not a traceback."""
+    import urllib.error
+    import urllib.request
+
+    from mlflow.exceptions import MlflowException
+
+    existing_store(uri)
+    if uri.startswith(("http://", "https://")):
+        try:
+            urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=10)  # one try, not MLflow's retries
+        except urllib.error.HTTPError:
+            pass  # it answers
+        except OSError as e:
+            raise ConfigError(f"the MLflow server {uri} does not answer ({e}); start it (`mlflow server ...`) or "
+                              "check --tracking-uri / MLFLOW_TRACKING_URI") from None
+    try:
+        return MlflowClient(uri, registry_uri=uri)
+    except MlflowException as e:
+        raise ConfigError(f"tracking URI {uri!r}: {e.message.strip().splitlines()[0]} Give --tracking-uri "
+                          "sqlite:////abs/path/mlflow.db or http://host:5000") from None
 
 
 class SweepRun:

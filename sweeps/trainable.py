@@ -27,6 +27,7 @@ from uda_core.evaluation import names as N
 from uda_core.methods import get_method
 from uda_core.train import TrainingDiverged, train
 
+from .finalists import OBJECTIVE_STATE  # written into each checkpoint, so a restarted trial keeps its best
 from .objective import ObjectiveTracker
 from .names import OPTUNA_TRIAL, baseline_run_name, search_run_name, trial_params
 from .tracking import TrialRun
@@ -34,7 +35,6 @@ from .tracking import TrialRun
 __all__ = ["TrialContext", "run_trial", "trial_run_config"]
 
 log = logging.getLogger(__name__)
-OBJECTIVE_STATE = "objective.json"  # written into each checkpoint, so a restarted trial keeps its best
 
 
 @dataclass(frozen=True)

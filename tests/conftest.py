@@ -80,7 +80,8 @@ def local_ray():
 
     import sweep_helpers
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    # "local": a Ray of its own, never a cluster that `ray start` (or RAY_ADDRESS) left on this machine
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     ray.cloudpickle.register_pickle_by_value(sweep_helpers)
     yield
     ray.shutdown()

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from uda_core.data.dataset import load_dataset
-from uda_core.methods import METHODS, Method
+from uda_core.methods import METHODS, PARAMS, Method
 from uda_core.models import DomainBatchNorm2d, TARGET
 from uda_core.train import CHECKPOINT_FILE, TrainingDiverged, _augment, _labelled_target_rows, train
 
@@ -140,6 +140,7 @@ def test_non_finite_loss_stops_with_a_clear_error(tiny_config, tiny, tmp_path, m
             return out
 
     monkeypatch.setitem(METHODS, "exploding", Exploding)
+    monkeypatch.setitem(PARAMS, "exploding", Exploding.Params)
     cfg = tiny_config("source_only")
     cfg.method.name = "exploding"
     with pytest.raises(TrainingDiverged, match="non-finite loss at step 0"):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import mlflow
@@ -116,7 +117,10 @@ def test_vote_head_is_exported_and_its_catalogue_has_vote_columns_and_the_tree(t
     assert (eight["vote_fraction_std"] > 0).any()
 
     # The pyfunc model's frame has the same vote columns as the catalogue, after the class columns.
-    frame = mlflow.pyfunc.load_model(str(model_dir)).predict(flux)
+    with warnings.catch_warnings(record=True) as caught:  # loading and predicting are quiet (issue 16: noise)
+        warnings.simplefilter("always")
+        frame = mlflow.pyfunc.load_model(str(model_dir)).predict(flux)
+    assert not [w for w in caught if "type hint" in str(w.message)], [str(w.message) for w in caught]
     names = _vote_names(tree)
     assert list(frame.columns[-len(names):]) == names and list(frame.columns[-len(names) - 6: -len(names)]) == CLASS_COLUMNS
 

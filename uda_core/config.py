@@ -7,6 +7,7 @@ defaults), so the config file, the search space and the code cannot disagree abo
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,7 +20,14 @@ __all__ = ["DataConfig", "ModelConfig", "MethodConfig", "OptimConfig", "TrainCon
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # NaN passes no range check meaningfully (every comparison is false): refuse it, and inf, as "not finite".
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+def did_you_mean(value: Any, choices) -> str:
+    """' (did you mean 'x'?)' when `value` is a near miss of one of `choices`, else ''."""
+    close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 class DataConfig(_Strict):
@@ -70,26 +78,43 @@ class ModelConfig(_Strict):
     # A Dirichlet head on the data set's Galaxy Zoo vote counts (uda_core/votes.py), trained beside the class head.
     vote_head: bool = False
 
+    @model_validator(mode="after")
+    def _resnet_width(self) -> "ModelConfig":
+        # Measured with torch 2.13 on CPU: residual blocks narrower than 8 channels crash the process (double free)
+        # in the first backward pass, with no Python error to report.
+        if self.backbone == "resnet" and self.width < 8:
+            raise ValueError(f"width: the resnet backbone needs width >= 8, got {self.width} (narrower blocks crash "
+                             "PyTorch's CPU kernels); use width 8 or more, or backbone: cnn")
+        return self
+
 
 class MethodConfig(_Strict):
     name: str = "source_only"
     params: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("name")
+    @classmethod
+    def _known_method(cls, v):
+        from .methods import PARAMS
+
+        if v not in PARAMS:
+            raise ValueError(f"unknown method {v!r}{did_you_mean(v, PARAMS)}; choose one of {sorted(PARAMS)}")
+        return v
+
     @model_validator(mode="after")
     def _valid_params(self) -> "MethodConfig":
-        from .methods import get_method
+        from .methods import method_params  # light: no torch
 
-        cls = get_method(self.name)
         try:
-            cls.Params(**self.params)
+            method_params(self.name)(**self.params)
         except ValidationError as e:
             raise ValueError(_format(e, prefix="params")) from None
         return self
 
     def parsed(self):
-        from .methods import get_method
+        from .methods import method_params
 
-        return get_method(self.name).Params(**self.params)
+        return method_params(self.name)(**self.params)
 
 
 class OptimConfig(_Strict):
@@ -122,6 +147,7 @@ class TrainConfig(_Strict):
         return self
 
 
+DIRECTIONS = {"max": "higher", "min": "lower"}  # what each mode calls better
 ANOMALY_SCORES = ("entropy", "neg_max_softmax", "energy", "prototype_distance", "knn_distance")
 
 
@@ -142,10 +168,16 @@ class EvalConfig(_Strict):
     @field_validator("select_by")
     @classmethod
     def _label_free_selection(cls, v):
+        from .evaluation.names import OBJECTIVES, SELECTABLE_PREFIXES
+
         # Selecting on target labels would make every reported target number optimistic (DomainBed's oracle).
-        allowed = ("source_val/", "source_test/", "label_free/")
-        if not v.startswith(allowed):
-            raise ValueError(f"{v!r} cannot select models: use a metric under {', '.join(allowed)} (oracle/ needs target labels)")
+        if not v.startswith(SELECTABLE_PREFIXES):
+            raise ValueError(f"{v!r} cannot select models: use a metric under {', '.join(SELECTABLE_PREFIXES)} "
+                             "(oracle/ needs target labels)")
+        selectable = sorted(m for m in OBJECTIVES if m.startswith(SELECTABLE_PREFIXES))
+        if v not in selectable:  # a misspelt name would never be found, so no evaluation would be marked best
+            raise ValueError(f"{v!r} is not a metric an evaluation reports{did_you_mean(v, selectable)}; "
+                             f"choose one of {selectable}")
         return v
 
     @field_validator("reject_threshold")
@@ -165,12 +197,17 @@ class RunConfig(_Strict):
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
     @model_validator(mode="after")
-    def _vote_selection(self) -> "RunConfig":
+    def _selection(self) -> "RunConfig":
+        from .evaluation.names import OBJECTIVES
+
         by = self.eval.select_by
         if "/votes/" in by and not self.model.vote_head:
             raise ValueError(f"eval.select_by: {by!r} scores the vote head; set model.vote_head: true")
-        if by.endswith("/votes/nll") and self.eval.select_mode != "min":
-            raise ValueError(f"eval.select_mode: {by!r} is a loss (lower is better); set select_mode: min")
+        # Here, not in EvalConfig: the sweep's trainable assigns select_by and select_mode one after the other.
+        better = OBJECTIVES[by]
+        if self.eval.select_mode != better:
+            raise ValueError(f"eval.select_mode: {self.eval.select_mode!r} contradicts eval.select_by {by!r}, for "
+                             f"which {DIRECTIONS[better]} is better; set select_mode: {better}")
         return self
 
 
@@ -181,7 +218,9 @@ def _format(e: ValidationError, prefix: str = "") -> str:
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; see the example configs in configs/)"
-        lines.append((f"{loc}: " if loc else "") + msg + (f" (got {err['input']!r})" if err["type"] != "extra_forbidden" and not isinstance(err.get("input"), dict) else ""))
+        got = f" (got {err.get('input')!r})"
+        shown = err["type"] == "extra_forbidden" or isinstance(err.get("input"), dict) or got[6:-1] in msg
+        lines.append((f"{loc}: " if loc else "") + msg + ("" if shown else got))
     return "; ".join(lines)
 
 
@@ -195,19 +234,101 @@ def build_config(raw: dict | None, source: str = "config") -> RunConfig:
         raise ConfigError(f"{source}: {e}") from None
 
 
+class _DuplicateKey(yaml.YAMLError):
+    pass
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's SafeLoader, except that a key given twice in one mapping is an error (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        lines: dict = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *base` brings keys the mapping may override
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                if key in lines:
+                    raise _DuplicateKey(f"key {key!r} is given twice (lines {lines[key]} and {line}); YAML would "
+                                        "silently keep the last: delete one")
+                lines[key] = line
+            except TypeError:  # an unhashable key: SafeLoader's own error follows
+                pass
+        return super().construct_mapping(node, deep)
+
+
 def read_yaml(path: str | Path, what: str = "config file") -> Any:
-    """The parsed YAML file at `path`; a missing file or bad YAML is a ConfigError naming it."""
+    """The parsed YAML file at `path`; a missing file, bad YAML or a duplicate key is a ConfigError naming it."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path} is a folder; give a {what}")
     if not path.is_file():
         raise ConfigError(f"{path}: no such {what}")
     try:
-        return yaml.safe_load(path.read_text())
+        return yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
+    except _DuplicateKey as e:
+        raise ConfigError(f"{path}: {e}") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({e})") from None
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', None) or e}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file; give a {what}") from None
+
+
+RUN_SECTIONS = tuple(RunConfig.model_fields)
+# The project's YAML files, told apart by their top-level keys: what each is (with its examples) and how to use it.
+FILE_KINDS = {
+    "run": ("a run config (sections data, model, method, optim, train, eval: configs/*.yaml)",
+            "train it with `uda-sweep train {path} --out DIR`"),
+    "sweep": ("a sweep file (keys name, run, search, objective, ...: sweeps/configs/*.yaml)",
+              "run it with `uda-sweep run {path}`"),
+    "cluster": ("a Ray cluster file (keys cluster_name, provider, ...: cluster.yaml)",
+                "check it with `uda-sweep cluster-check {path}`"),
+}
+
+
+def yaml_kind(raw: Any) -> str | None:
+    """"run", "sweep" or "cluster" when a parsed YAML file is plainly that kind of file, else None."""
+    if not isinstance(raw, dict) or not raw:
+        return None
+    keys = set(raw)
+    if keys <= set(RUN_SECTIONS):
+        return "run"
+    if "run" in keys and not keys & set(RUN_SECTIONS):
+        return "sweep"
+    if keys & {"cluster_name", "provider"}:
+        return "cluster"
+    return None
+
+
+def describe_kind(path: str | Path, raw: Any) -> str | None:
+    """'PATH is a sweep file (...); run it with ...' for a file of a known kind, else None."""
+    kind = yaml_kind(raw)
+    if kind is None:
+        return None
+    what, how = FILE_KINDS[kind]
+    return f"{path} is {what}; {how.format(path=path)}"
+
+
+def wrong_kind_error(path: str | Path, raw: Any, takes: str, command: str) -> ConfigError | None:
+    """One sentence instead of a list of unknown keys when `command`, which takes a `takes` file, got another kind."""
+    kind = yaml_kind(raw)
+    if kind is None or kind == takes:
+        return None
+    what, how = FILE_KINDS[kind]
+    return ConfigError(f"{path} is {what}; `{command}` takes {FILE_KINDS[takes][0]}; {how.format(path=path)}")
 
 
 def load_config(path: str | Path) -> RunConfig:
     raw = read_yaml(path)
-    if raw is not None and not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping with sections data, model, method, optim, train, eval")
+    if not raw:  # an empty file (or only comments) would silently train with every default
+        raise ConfigError(f"{path} is empty; a run config gives the sections {', '.join(RUN_SECTIONS)} (those left "
+                          "out keep their defaults): start from an example in configs/*.yaml, e.g. configs/dance.yaml")
+    wrong = wrong_kind_error(path, raw, "run", "uda-sweep train")
+    if wrong:
+        raise wrong
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping with sections {', '.join(RUN_SECTIONS)}")
     return build_config(raw, str(path))

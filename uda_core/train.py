@@ -26,7 +26,8 @@ from .data.dataset import UdaData, load_dataset
 from .data.store import DataSpec, ensure_dataset
 from .errors import ConfigError, UdaError
 from .evaluate import Evaluation, evaluate
-from .methods import METHODS, Batch, get_method
+from .label_checks import check_target_label_use  # noqa: F401 (light; re-exported)
+from .methods import Batch, get_method
 from .models import build_model
 from .votes import VoteTree
 
@@ -48,33 +49,6 @@ def load_data(cfg: RunConfig, progress: bool = True) -> UdaData:
         return load_dataset(Path(d.path))
     spec = DataSpec(d.task, d.source, d.target, d.size, d.seed, d.label_noise)
     return load_dataset(ensure_dataset(spec, Path(d.root), progress=progress))
-
-
-def check_target_label_use(cfg: RunConfig, manifest: dict, where: str, prefix: str = "") -> None:
-    """Refuse, before any training, a run that trains on labels its data set cannot give: a vote head without
-    source votes, or target labels where the target is unlabelled (manifest target_labels "none") or its labels
-    are for evaluation only ("eval").
-
-    `prefix` is where the run config sits in the file being checked (a sweep's "run."), so the key is named as
-    the user wrote it.
-    """
-    votes = manifest.get("votes") or {}
-    if cfg.model.vote_head and "source" not in votes.get("domains", []):
-        raise ConfigError(f"{prefix}model.vote_head: {where} has no source vote counts (manifest 'votes'); set "
-                          "vote_head: false, or import the votes with data import --source-votes")
-    labels = manifest.get("target_labels", "simulated")
-    if labels == "simulated":
-        return
-    why = (f"the target of {where} has no labels (manifest target_labels: 'none')" if labels == "none" else
-           f"the target labels of {where} are for evaluation only (manifest target_labels: 'eval')")
-    if get_method(cfg.method.name).target_labels == "all":
-        label_free = sorted(name for name, cls in METHODS.items() if cls.target_labels != "all")
-        raise ConfigError(f"{prefix}method.name: {cfg.method.name!r} trains on target labels, but {why}; "
-                          f"choose a method that needs none: {label_free}")
-    n = cfg.data.few_shot_per_class
-    if n > 0:
-        raise ConfigError(f"{prefix}data.few_shot_per_class: {n} labelled target stamps per class need target labels "
-                          f"for training, but {why}; set it to 0")
 
 
 def vote_tree_for(cfg: RunConfig, data: UdaData) -> VoteTree | None:

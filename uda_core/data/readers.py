@@ -6,7 +6,8 @@ Four inputs are understood, all delivering float32 fluxes in nanomaggies shaped 
            bands from the header (BANDS or BAND0, BAND1, ...), pixel scale from the WCS or PIXSCALE
   parquet  a .parquet file or a folder of them: column `id` and column `flux` of pyarrow's fixed_shape_tensor
            type, schema metadata `bands` (comma-separated) and optionally `pixel_arcsec`
-  hdf5     a .h5/.hdf5 file in the Galaxy10 DECaLS layout: `images` (N, H, W, C), optional `pxscale` and `id`
+  hdf5     a .h5/.hdf5 file in the Galaxy10 DECaLS layout: `images` (N, H, W, C) (or channel-first (N, C, H, W)
+           when only that reading gives square stamps of the bands' planes), optional `pxscale` and `id`
   npy      a folder of .npy stamps, one (bands, H, W) or (H, W) float array per file, the file name is the id; bands
            and pixel scale from a `cutouts.json` beside them ({"bands": "grz", "pixel_arcsec": 0.262}) or the caller
 
@@ -38,8 +39,8 @@ from ..errors import DataError
 from .geometry import Grid, conform
 from .store import CATALOGUE, MANIFEST, PIXELS, mend_advice, read_manifest
 
-__all__ = ["Shard", "CutoutBatch", "CutoutSource", "ConformedSource", "open_cutouts", "write_parquet_cutouts",
-           "fits_layout", "npy_layout", "NPY_SIDECAR"]
+__all__ = ["Shard", "CutoutBatch", "CutoutSource", "ConformedSource", "open_cutouts", "open_scanned",
+           "write_parquet_cutouts", "fits_layout", "npy_layout", "NPY_SIDECAR"]
 
 FITS_SUFFIXES = (".fits", ".fits.gz", ".fits.fz")
 HDF5_SUFFIXES = (".h5", ".hdf5")
@@ -421,24 +422,45 @@ class _Hdf5Source(CutoutSource):
                                 "DECaLS layout: images (N, H, W, C) float32 nanomaggies")
             images = f["images"]
             if images.ndim != 4:
-                raise DataError(f"{path}: images has shape {images.shape}; expected (N, H, W, C), channel-last")
+                raise DataError(f"{path}: images has shape {images.shape}; expected (N, H, W, C), channel-last, "
+                                "or (N, C, H, W), channel-first")
             if images.dtype.kind != "f":
                 raise DataError(
                     f"{path}: images are {images.dtype}, not float fluxes. The released Galaxy10 DECaLS file holds "
                     "display-stretched uint8 RGB images, but models here are trained on float nanomaggy fluxes "
                     "(Legacy Survey FITS cutouts); convert the images to float32 nanomaggies (e.g. fetch the FITS "
                     "cutouts for the same ra/dec) and try again")
-            n, h, w, c = (int(s) for s in images.shape)
             raw = f.attrs.get("bands", images.attrs.get("bands"))
             self.bands = GALAXY10_BANDS if raw is None else _parse_bands(raw)
-            if len(self.bands) != c:
-                raise DataError(f"{path}: bands {self.bands} but images have {c} channels; set the file attribute "
-                                "bands (e.g. 'grz')")
+            self._channel_first = self._is_channel_first(images.shape, raw is not None)
+            n, h, w, c = (int(s) for s in images.shape)
+            if self._channel_first:
+                n, c, h, w = (int(s) for s in images.shape)
             self.pixel_arcsec = self._pixel_scale(f, n)
             self._has_id = "id" in f
             if self._has_id and f["id"].shape[:1] != (n,):
                 raise DataError(f"{path}: dataset id has shape {f['id'].shape}, images has {n} rows; one id per image")
         self.stamp_shape, self.num_rows = (c, h, w), n
+
+    def _is_channel_first(self, shape: tuple, bands_given: bool) -> bool:
+        """Galaxy10 stores (N, H, W, C); (N, C, H, W) is taken when only it has square stamps of len(bands)
+        planes. Anything else gets advice that fits the shape."""
+        nb = len(self.bands)
+        last = shape[1] == shape[2] and shape[3] == nb
+        first = shape[2] == shape[3] and shape[1] == nb
+        if last or first:
+            return first and not last
+        planes = shape[3] if shape[1] == shape[2] else shape[1] if shape[2] == shape[3] else None
+        if planes is None:
+            raise DataError(f"{self.path}: images has shape {tuple(shape)}, which holds no square stamps; expected "
+                            "(N, H, W, C) channel-last (the Galaxy10 layout) or (N, C, H, W) channel-first")
+        source = "its attribute bands" if bands_given else f"the Galaxy10 default {GALAXY10_BANDS}"
+        raise DataError(f"{self.path}: images has shape {tuple(shape)}, stamps of {planes} planes, but {source} "
+                        f"names {nb}: {self.bands}; set the file (or images) attribute bands to one band per plane, "
+                        f"in order (e.g. '{'grizy'[:planes]}')")
+
+    def _to_nchw(self, images: np.ndarray) -> np.ndarray:
+        return images if self._channel_first else images.transpose(0, 3, 1, 2)
 
     def _h5(self):
         import h5py
@@ -467,7 +489,7 @@ class _Hdf5Source(CutoutSource):
         with self._h5() as f:
             images = f["images"][shard.start : shard.stop]  # a contiguous slice: h5py fancy indexing is ~50x slower
             ids = self._ids(f, shard.start, shard.stop)
-        return self._batch(ids, images.transpose(0, 3, 1, 2), self._file, np.arange(shard.start, shard.stop))
+        return self._batch(ids, self._to_nchw(images), self._file, np.arange(shard.start, shard.stop))
 
     def read_at(self, file: str, indices: list[int]) -> np.ndarray:
         self._check_file(file, [self._file])
@@ -475,7 +497,7 @@ class _Hdf5Source(CutoutSource):
             images = [f["images"][int(i)] for i in indices]  # per-index reads, again not fancy indexing
         if not images:
             return np.zeros((0, *self.stamp_shape), dtype=np.float32)
-        return np.ascontiguousarray(np.stack(images).transpose(0, 3, 1, 2), dtype=np.float32)
+        return np.ascontiguousarray(self._to_nchw(np.stack(images)), dtype=np.float32)
 
     def _ids(self, f, start: int, stop: int) -> list:
         if not self._has_id:
@@ -612,6 +634,52 @@ def open_cutouts(path: str | Path, domain: str = "target", bands: list[str] | No
     elif name.endswith(HDF5_SUFFIXES):
         return _Hdf5Source(path)
     raise DataError(f"{path}: not a supported cutout input; give {SUPPORTED}")
+
+
+def open_scanned(path: str | Path, domain: str = "target") -> tuple[CutoutSource, list[tuple[str, str]]]:
+    """`open_cutouts` with every file's metadata read first (headers only, as `data import` pre-scans), so a
+    corrupt, truncated or odd file sorted last fails in seconds, before any pixel is read. A folder of FITS or
+    .npy stamps becomes a source of the files sharing the first readable file's layout; every other file comes
+    back as (file, reason). Other inputs are opened as they are: their metadata is read whole already."""
+    path = Path(path).expanduser().resolve()
+    stamps = path.is_dir() and not (path / MANIFEST).exists()
+    fits_files = sorted(str(p) for p in path.iterdir() if p.name.lower().endswith(FITS_SUFFIXES)) if stamps else []
+    npy_files = [] if fits_files or not stamps or any(path.glob("*.parquet")) else sorted(map(str, path.glob("*.npy")))
+    side = _npy_sidecar(path) if npy_files else {}
+    if not fits_files and side.get("bands") is None:  # nothing to pre-scan, or bands to ask for: open_cutouts says
+        return open_cutouts(path, domain), []
+    if fits_files:
+        layouts = _layouts(fits_files, fits_layout)
+    else:
+        layouts = _layouts(npy_files, lambda f: (*npy_layout(f, side["bands"]), side.get("pixel_arcsec")))
+    good = [(f, lay) for f, lay in layouts if not isinstance(lay, str)]
+    if not good:
+        raise DataError(f"{path}: no file can be read; the first: {layouts[0][1]}")
+    first_file, first = good[0]
+    bad = [(f, lay) for f, lay in layouts if isinstance(lay, str)]
+    for f, (bands, shape, scale) in good:
+        if list(bands) != list(first[0]) or shape != first[1] or not _same_scale(scale, first[2]):
+            bad.append((f, f"{f}: bands {list(bands)}, stamp {shape}, pixel scale {scale} arcsec differ from "
+                           f"{first_file}'s ({list(first[0])}, {first[1]}, {first[2]}); one folder holds cutouts of "
+                           "one layout: move it elsewhere (`uda-sweep data import` accepts mixed layouts)"))
+    left_out = {f for f, _ in bad}
+    keep = [f for f, _ in good if f not in left_out]
+    if fits_files:
+        source = _FitsSource(path, keep, (list(first[0]), first[1], first[2]))
+    else:
+        source = _NpySource(path, keep, list(first[0]), first[2])
+    return source, sorted(bad)
+
+
+def _layouts(files: list[str], layout) -> list[tuple[str, tuple | str]]:
+    """(file, its layout, or why it cannot be read) for each file, headers only."""
+    out = []
+    for f in files:
+        try:
+            out.append((f, layout(f)))
+        except DataError as e:
+            out.append((f, str(e)))
+    return out
 
 
 def write_parquet_cutouts(path: str | Path, ids: Sequence, flux: np.ndarray, bands: Sequence[str],

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .store import has_target_labels, read_manifest
+from ..errors import ConfigError, DataError
+from .store import CATALOGUE, PIXELS, has_target_labels, mend_advice, verify
 
 __all__ = ["show_dataset", "to_rgb"]
 
@@ -22,17 +23,38 @@ def to_rgb(flux: np.ndarray, softening: float) -> np.ndarray:
     return np.clip(img / top if top > 0 else img, 0, 1)
 
 
+def _read_stamps(folder: Path, manifest: dict):
+    """The catalogue columns the picture needs and the memory-mapped pixels; a damaged file is a DataError naming it."""
+    import pyarrow.parquet as pq
+
+    try:
+        cat = pq.read_table(folder / CATALOGUE, columns=["row", "domain", "split", "class_name", "r_mag"]).to_pandas()
+    except Exception as e:  # pyarrow raises many types on a corrupt file or a missing column
+        raise DataError(f"{folder / CATALOGUE}: cannot read ({type(e).__name__}: {e}); "
+                        f"{mend_advice(folder, manifest)}") from None
+    try:
+        pixels = np.load(folder / PIXELS, mmap_mode="r")
+    except Exception as e:  # numpy: a damaged header or a size that does not fit it
+        raise DataError(f"{folder / PIXELS}: cannot read ({type(e).__name__}: {e}); "
+                        f"{mend_advice(folder, manifest)}") from None
+    rows = cat["row"]
+    if pixels.ndim != 4 or (len(rows) and not 0 <= rows.min() <= rows.max() < len(pixels)):
+        raise DataError(f"{folder / PIXELS}: shape {pixels.shape} does not hold the catalogue's rows "
+                        f"(0 to {rows.max() if len(rows) else 0}); {mend_advice(folder, manifest)}")
+    return cat, pixels
+
+
 def show_dataset(folder: Path, out: Path | None = None, per_class: int = 5, seed: int = 0) -> Path:
-    import matplotlib
+    if per_class < 1:
+        raise ConfigError(f"--per-class: give at least 1 stamp per class and domain, got {per_class}")
+    folder = Path(folder)
+    manifest = verify(folder, full=False)  # file sizes: a truncated file fails here, before any picture work
+    cat, pixels = _read_stamps(folder, manifest)
+    import matplotlib  # only for a real data set: a wrong folder fails in a second
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import pyarrow.parquet as pq
 
-    folder = Path(folder)
-    manifest = read_manifest(folder)
-    cat = pq.read_table(folder / "catalogue.parquet", columns=["row", "domain", "split", "class_name", "r_mag"]).to_pandas()
-    pixels = np.load(folder / "pixels.npy", mmap_mode="r")
     names = manifest["task"]["class_names"]
     rng = np.random.default_rng(seed)
     domains = ["source", "target"]

@@ -24,9 +24,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from pydantic import BaseModel, ValidationError, field_validator
 from tqdm.auto import tqdm
 
-from ..errors import DataError
+from ..errors import DataError, UdaError
 from ..votes import GZ_DECALS
 from .surveys import SURVEYS, Survey, get_survey
 from .tasks import get_task
@@ -174,16 +175,16 @@ def _sha256_files(folder: Path, names=(CATALOGUE, PIXELS)) -> str:
 
 def generate(spec: DataSpec, out: Path, batch: int = 128, progress: bool = True) -> Path:
     """Render a data set into `out` (written to a temporary folder first, then renamed into place)."""
-    from .population import draw_population  # the renderer imports torch: only when drawing
-    from .render import render
-    from .vote_sim import simulate_votes
-
     spec.check()
     out = Path(out)
     if out.exists():
         raise DataError(f"{out} already exists; choose another --out (nothing was overwritten)")
     task, size = get_task(spec.task), SIZES[spec.size]
     source, target = spec.surveys()  # read once: a survey file edited mid-run cannot mix two definitions
+    from .population import draw_population  # the renderer imports torch: only once the spec has passed
+    from .render import render
+    from .vote_sim import simulate_votes
+
     plan = [
         ("source", source, "train", size.source_train),
         ("source", source, "val", size.source_val),
@@ -285,7 +286,9 @@ def mend_advice(folder: Path, manifest: dict | None = None) -> str:
     folder = Path(folder)
     origin = (manifest or {}).get("origin")
     if origin == "imported":
-        inputs = ", ".join(str(d.get("inputs")) for d in (manifest.get("surveys") or {}).values())
+        surveys = manifest.get("surveys")
+        domains = surveys.values() if isinstance(surveys, dict) else []
+        inputs = ", ".join(str(d.get("inputs")) for d in domains if isinstance(d, dict)) or "see manifest.json"
         return (f"re-import it with `uda-sweep data import ... --out NEW_FOLDER` from its inputs ({inputs}); "
                 "those were only read, never changed")
     if _CACHE_NAME.fullmatch(folder.name) and origin in ("generated", None):
@@ -297,9 +300,64 @@ def mend_advice(folder: Path, manifest: dict | None = None) -> str:
             "(simulated) into a new folder")
 
 
+class _DomainShape(BaseModel):
+    name: str
+    pixel_arcsec: float
+    sky_sigma_nmgy: list[float]
+
+
+class _TaskShape(BaseModel):
+    class_names: list[str]
+    num_known: int
+    shared: list[int]
+
+
+class _SurveysShape(BaseModel):
+    source: _DomainShape
+    target: _DomainShape
+
+
+class _ManifestShape(BaseModel):
+    """What readers of a manifest take from it (other keys are free), so a damaged one fails here, named."""
+
+    generator_version: str
+    fingerprint: str
+    files: dict[str, int]
+    task: _TaskShape
+    bands: list[str]
+    surveys: _SurveysShape
+    stamp_px: int
+
+    @field_validator("files")
+    @classmethod
+    def _both_files(cls, v):
+        if missing := {CATALOGUE, PIXELS} - set(v):
+            raise ValueError(f"must list the sizes of {CATALOGUE} and {PIXELS}; {sorted(missing)} missing")
+        return v
+
+
+def _not_a_folder(path: Path) -> str:
+    """Why a file given where a data set folder belongs is the wrong thing, and what it is when it is a known YAML."""
+    from ..config import describe_kind, read_yaml
+
+    kind = None
+    if path.suffix in (".yaml", ".yml"):
+        try:
+            kind = describe_kind(path, read_yaml(path))
+        except UdaError:
+            pass
+    return (f"{path} is a file, not a data set folder (catalogue.parquet, pixels.npy, manifest.json, made by "
+            "`uda-sweep data generate` or `uda-sweep data import`)" + (f"; {kind}" if kind else ""))
+
+
 def read_manifest(folder: Path) -> dict:
     folder = Path(folder)
     path = folder / MANIFEST
+    if folder.is_file():
+        raise DataError(_not_a_folder(folder))
+    if not folder.exists():
+        raise DataError(f"{folder}: no such data set folder (make one with `uda-sweep data generate` or "
+                        "`uda-sweep data import`)")
     if not path.exists():
         raise DataError(f"{folder} is not a data set: {MANIFEST} is missing (make one with `uda-sweep data generate` "
                         "or `uda-sweep data import`)")
@@ -309,9 +367,12 @@ def read_manifest(folder: Path) -> dict:
         raise DataError(f"{path} is not valid JSON ({e}); {mend_advice(folder)}") from None
     if not isinstance(manifest, dict):
         raise DataError(f"{path} is not a data set manifest (a JSON object); {mend_advice(folder)}")
-    for key in ("generator_version", "fingerprint", "files", "task", "bands", "surveys", "stamp_px"):
-        if key not in manifest:
-            raise DataError(f"{path} lacks key {key!r}; {mend_advice(folder, manifest)}")
+    try:
+        _ManifestShape.model_validate(manifest)
+    except ValidationError as e:
+        from ..config import _format
+
+        raise DataError(f"{path} is damaged: {_format(e)}; {mend_advice(folder, manifest)}") from None
     if str(manifest["generator_version"]).split(".")[0] != GENERATOR_VERSION.split(".")[0]:
         raise DataError(f"{path}: made by generator {manifest['generator_version']}, this code reads {GENERATOR_VERSION}; "
                         f"{mend_advice(folder, manifest)}")

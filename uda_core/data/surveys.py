@@ -213,14 +213,9 @@ def load_survey_file(path: str | os.PathLike) -> Survey:
 
 
 def _read_yaml(path: Path) -> Any:
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such survey file")
-    try:
-        return yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', None) or e}") from None
+    from ..config import read_yaml  # the strict reader (duplicate keys refused); config imports this module
+
+    return read_yaml(path, "survey file")
 
 
 def is_survey_file(spec: Any) -> bool:

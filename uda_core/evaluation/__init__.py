@@ -1,54 +1,28 @@
-"""Evaluation: open-set/universal metrics, anomaly scores, label-free validators, plots."""
+"""Evaluation: open-set/universal metrics, anomaly scores, label-free validators, plots.
+
+Importing the package is light: `names` (metric names and directions) needs no numpy, scikit-learn or matplotlib,
+so a config is validated without them. The functions below load their module on first use.
+"""
 from __future__ import annotations
 
-from .metrics import (
-    accuracy_by_bin,
-    anomaly_scores,
-    auroc_unknown,
-    cluster_rejected,
-    confusion,
-    entropy,
-    gmm_threshold,
-    h_score,
-    knn_distance,
-    l2_normalize,
-    open_set_metrics,
-    softmax,
-    to_numpy,
-)
-from .plots import plot_accuracy_by_bin, plot_confusion, plot_embedding
-from .validators import (
-    HIGHER_IS_BETTER,
-    LABEL_FREE_CRITERIA,
-    VALIDATORS,
-    information_maximization,
-    label_free_scores,
-    mean_entropy,
-    snd,
-)
+import importlib
 
-__all__ = [
-    "accuracy_by_bin",
-    "anomaly_scores",
-    "auroc_unknown",
-    "cluster_rejected",
-    "confusion",
-    "entropy",
-    "gmm_threshold",
-    "h_score",
-    "knn_distance",
-    "l2_normalize",
-    "open_set_metrics",
-    "softmax",
-    "to_numpy",
-    "plot_accuracy_by_bin",
-    "plot_confusion",
-    "plot_embedding",
-    "HIGHER_IS_BETTER",
-    "LABEL_FREE_CRITERIA",
-    "VALIDATORS",
-    "information_maximization",
-    "label_free_scores",
-    "mean_entropy",
-    "snd",
-]
+# Public name -> the submodule that defines it.
+_HOME = {
+    **dict.fromkeys(("accuracy_by_bin", "anomaly_scores", "auroc_unknown", "cluster_rejected", "confusion", "entropy",
+                     "gmm_threshold", "h_score", "knn_distance", "l2_normalize", "open_set_metrics", "softmax",
+                     "to_numpy"), "metrics"),
+    **dict.fromkeys(("plot_accuracy_by_bin", "plot_confusion", "plot_embedding"), "plots"),
+    **dict.fromkeys(("HIGHER_IS_BETTER", "LABEL_FREE_CRITERIA", "VALIDATORS", "information_maximization",
+                     "label_free_scores", "mean_entropy", "snd"), "validators"),
+}
+
+__all__ = sorted(_HOME)
+
+
+def __getattr__(name: str):
+    if name not in _HOME:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_HOME[name]}", __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value

@@ -3,15 +3,21 @@
 An evaluation's metrics are `{group}/{name}`. Anything computed with target labels lives under `oracle/`: a real
 target survey has no labels, so such numbers exist only for simulated (or evaluation-labelled) pairs and may be
 reported, never used to select a model. Everything else needs no target label.
+
+It also says which metrics a sweep may optimise and in which direction (OBJECTIVES). It imports nothing heavy, so a
+sweep file is checked without torch or scikit-learn.
 """
 
 from __future__ import annotations
+
+from ..config import ANOMALY_SCORES
 
 __all__ = ["ORACLE_PREFIX", "LABEL_FREE_PREFIX", "SELECTABLE_PREFIXES", "SOURCE_VAL_ACC", "SOURCE_VAL_MEAN_CLASS_ACC",
            "SOURCE_TEST_ACC_SHARED", "REJECTED_FRAC", "ORACLE_TARGET_TEST", "ORACLE_ACC", "ORACLE_H",
            "ORACLE_TRAIN_ACC", "ORACLE_TRAIN_H", "ORACLE_ACC_BY_MAG", "CONFUSION_SOURCE", "CONFUSION_ORACLE",
            "EMBEDDING_ORACLE_UNKNOWN", "SOURCE_TEST_VOTES", "ORACLE_TARGET_TEST_VOTES", "SOURCE_VAL_VOTE_NLL",
-           "VOTES_SOURCE", "VOTES_ORACLE", "vote_metric", "label_free", "is_oracle"]
+           "VOTES_SOURCE", "VOTES_ORACLE", "vote_metric", "label_free", "is_oracle", "LABEL_FREE_HIGHER_IS_BETTER",
+           "OBJECTIVES"]
 
 ORACLE_PREFIX = "oracle/"
 LABEL_FREE_PREFIX = "label_free/"
@@ -56,3 +62,26 @@ def label_free(name: str) -> str:
 
 def is_oracle(metric: str) -> bool:
     return metric.startswith(ORACLE_PREFIX)
+
+
+# The label-free selection criteria (`label_free/<name>`) and whether higher is better; their functions are in
+# uda_core.evaluation.validators (LABEL_FREE_CRITERIA), which takes the directions from here.
+LABEL_FREE_HIGHER_IS_BETTER: dict[str, bool] = {
+    "snd": True, "entropy": False, "im": True, "dev": False, "agreement": True, "combined": True,
+}
+
+# Metrics a sweep may optimise, with the direction that is better. Those under oracle/ need target labels: a real
+# survey has none, so they serve benchmarks on simulated pairs and must be marked wherever they are used.
+OBJECTIVES: dict[str, str] = {
+    SOURCE_VAL_ACC: "max",
+    SOURCE_VAL_MEAN_CLASS_ACC: "max",
+    SOURCE_TEST_ACC_SHARED: "max",
+    **{label_free(name): "max" if higher else "min" for name, higher in LABEL_FREE_HIGHER_IS_BETTER.items()},
+    **{f"{ORACLE_TARGET_TEST}/{k}": "max" for k in ("acc_shared", "mean_class_acc_shared", "acc_with_rejection",
+                                                    "known_acc", "unknown_recall", "h_score",
+                                                    "unknown_cluster_purity", "unknown_cluster_nmi")},
+    **{f"{ORACLE_TARGET_TEST}/auroc/{s}": "max" for s in ANOMALY_SCORES},
+    # Vote head (model.vote_head) only: absent from runs without one.
+    SOURCE_VAL_VOTE_NLL: "min",
+    **{vote_metric(g, f"mean_acc{c}"): "max" for g in (SOURCE_TEST_VOTES, ORACLE_TARGET_TEST_VOTES) for c in (50, 80)},
+}

@@ -15,7 +15,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .metrics import entropy, to_numpy
-from .names import label_free
+from .names import LABEL_FREE_HIGHER_IS_BETTER, label_free
 
 __all__ = [
     "snd",
@@ -111,13 +111,10 @@ class LabelFreeCriterion:
         return "max" if self.higher_is_better else "min"
 
 
-LABEL_FREE_CRITERIA: tuple[LabelFreeCriterion, ...] = (
-    LabelFreeCriterion("snd", True, snd),
-    LabelFreeCriterion("entropy", False, mean_entropy),
-    LabelFreeCriterion("im", True, information_maximization),
-    LabelFreeCriterion("dev", False),
-    LabelFreeCriterion("agreement", True),
-    LabelFreeCriterion("combined", True),
+# Names and directions come from `names` (light, for config validation); the functions from here.
+_FROM_PROBS: dict[str, Callable[..., float]] = {"snd": snd, "entropy": mean_entropy, "im": information_maximization}
+LABEL_FREE_CRITERIA: tuple[LabelFreeCriterion, ...] = tuple(
+    LabelFreeCriterion(name, higher, _FROM_PROBS.get(name)) for name, higher in LABEL_FREE_HIGHER_IS_BETTER.items()
 )
 
 VALIDATORS: dict[str, Callable[[Any], float]] = {c.name: c.from_probs for c in LABEL_FREE_CRITERIA if c.from_probs}

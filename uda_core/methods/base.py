@@ -11,16 +11,13 @@ from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel
 
 from ..models import SOURCE, TARGET, UdaNet
 from ..votes import alpha_from_cosine, dirichlet_multinomial_nll
+from .params import NoParams
 
 __all__ = ["Batch", "Method", "NoParams"]
-
-
-class NoParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 @dataclass

@@ -10,20 +10,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
 
 from ..losses import entropy_separation, es_threshold_and_margin, neighbourhood_clustering
 from ..models import TARGET
 from .base import Batch, Method
-
-
-class DanceParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    eta_nc: float = Field(0.05, ge=0.0, le=10.0)
-    eta_es: float = Field(0.05, ge=0.0, le=10.0)
-    c_rho: float = Field(0.5, gt=0.0, lt=1.0)
-    c_m: float = Field(0.5, ge=0.0, lt=1.0)
-    memory_momentum: float = Field(0.0, ge=0.0, lt=1.0)  # 0 replaces memory entries (the reference default)
+from .params import DanceParams
 
 
 class Dance(Method):

@@ -24,29 +24,13 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
 
 from ..models import TARGET, reestimate_bn
 from ..votes import VoteTree, class_tree
 from .base import Batch, Method
+from .params import SphKMeansParams
 
 __all__ = ["SphKMeans", "SphKMeansParams", "spherical_kmeans", "pseudo_labels"]
-
-
-class SphKMeansParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    # Share of the steps spent training the source model; > 0, or K-means would start from random prototypes.
-    warmup_frac: float = Field(0.5, gt=0.0, lt=1.0)
-    clusters_per_answer: int = Field(1, ge=1, le=10)
-    confidence_frac: float = Field(0.1, gt=0.0, le=1.0)  # Ye et al.: 0.1
-    threshold_start: float = Field(0.9, ge=-1.0, le=1.0)  # cosine similarity; Ye et al.: 0.9
-    threshold_decay: float = Field(0.005, ge=0.0, le=0.2)  # per re-clustering; Ye et al.: 0.005 per epoch
-    tau: float = Field(0.05, gt=0.0, le=1.0)  # Ye et al.: 0.05
-    recluster_every: int = Field(50, ge=1, le=100_000)  # steps between re-clusterings (Ye et al.: one epoch)
-    adapt_lr_scale: float = Field(0.1, gt=0.0, le=1.0)  # adaptation learning rate / the run's
-    source_weight: float = Field(1.0, ge=0.0, le=10.0)  # source losses kept during adaptation (Ye et al.: 0)
-    tree_filter: bool = True
-    kmeans_iters: int = Field(100, ge=1, le=1000)
 
 
 @torch.no_grad()
