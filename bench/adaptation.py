@@ -67,17 +67,21 @@ def main():
             row = {k: last.metrics.get(k) for k in KEYS}
             row["seconds"] = time.perf_counter() - t
             results[m].append(row)
-            print(f"seed {seed} {m:14s} " + " ".join(f"{k.split('/')[-1]}={v:.3f}" for k, v in row.items() if v is not None), flush=True)
+            print(f"seed {seed} {m:14s} " + " ".join(f"{k.split('/')[-1]}={v:.3f}" for k, v in row.items()
+                                                     if v is not None), flush=True)
             (out / "raw.json").write_text(json.dumps(results, indent=1))
     summary = {m: {k: mean_se([r[k] for r in rows]) for k in KEYS} for m, rows in results.items()}
     print("\nmethod          target acc (shared)   H-score            best AUROC (score)")
     for m, s in summary.items():
         best = max(ANOMALY_SCORES, key=lambda x: s[f"oracle/target_test/auroc/{x}"][0])
-        acc, h, au = s["oracle/target_test/acc_shared"], s["oracle/target_test/h_score"], s[f"oracle/target_test/auroc/{best}"]
-        print(f"{m:14s}  {acc[0]:.3f} +- {acc[1]:.3f}      {h[0]:.3f} +- {h[1]:.3f}   {au[0]:.3f} +- {au[1]:.3f} ({best})")
+        acc, h, au = (s["oracle/target_test/acc_shared"], s["oracle/target_test/h_score"],
+                      s[f"oracle/target_test/auroc/{best}"])
+        print(f"{m:14s}  {acc[0]:.3f} +- {acc[1]:.3f}      {h[0]:.3f} +- {h[1]:.3f}   "
+              f"{au[0]:.3f} +- {au[1]:.3f} ({best})")
     so = summary.get("source_only")
     gap = so and so["source_test/acc_shared"][0] - so["oracle/target_test/acc_shared"][0]
-    d_vs_a = ("dance" in summary and "adabn" in summary) and summary["dance"]["oracle/target_test/acc_shared"][0] - summary["adabn"]["oracle/target_test/acc_shared"][0]
+    d_vs_a = ("dance" in summary and "adabn" in summary) and (summary["dance"]["oracle/target_test/acc_shared"][0]
+                                                              - summary["adabn"]["oracle/target_test/acc_shared"][0])
     best_auroc = max(v[0] for s in summary.values() for k, v in s.items() if "/auroc/" in k and math.isfinite(v[0]))
     print(json.dumps({"bench": "adaptation", "size": a.size, "seeds": a.seeds, "steps": a.steps,
                       "summary": {m: {k: [round(x, 4) for x in v] for k, v in s.items()} for m, s in summary.items()},

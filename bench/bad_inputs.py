@@ -2,7 +2,8 @@
 
 Each case runs the console script in a fresh folder and is judged on four things:
   clean      exit status 2 and one `error:` line (or argparse's usage line), no Python traceback
-  seconds    wall time to fail (goal: under 2 s for a config or argument error, in seconds for a bad file)
+  seconds    wall time to fail, and CPU time (which other work on the cores barely changes); goal: under 2 s for
+             a config or argument error, seconds for a bad file or a registry lookup (MLflow must be imported first)
   effects    files created, changed or removed anywhere in the work folder (goal: none)
   message    the error's first line, as printed (read them: each should name the file, key or flag and the fix)
 The fixtures (a tiny generated data set, an imported real-format one with an unlabelled target, FITS cutouts, a
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -37,7 +39,8 @@ FAST_S = 2.0  # goal for config and argument errors
 @dataclass
 class Case:
     id: str
-    kind: str  # "config" (a file or flag: fast goal) or "data" (a file's contents must be read)
+    kind: str  # "config" (a file or flag: fast goal), "data" (a file's contents must be read) or "store" (a lookup
+    #            in the MLflow registry: MLflow must be imported and its store opened first)
     argv: list[str]
     files: dict[str, str] = field(default_factory=dict)  # name -> text, written into the case's folder first
     env: dict[str, str] = field(default_factory=dict)
@@ -117,7 +120,8 @@ def build_fixtures(w: Path) -> dict[str, Path]:
     shutil.copytree(data, badcat)
     (badcat / "catalogue.parquet").write_bytes(b"PAR1 this is not parquet")
 
-    cfg = build_config({**_run_config(w), "train": {"steps": 2, "eval_every": 2, "progress": False, "precision": "fp32"}})
+    cfg = build_config({**_run_config(w),
+                        "train": {"steps": 2, "eval_every": 2, "progress": False, "precision": "fp32"}})
     loaded = load_data(cfg, progress=False)
     ckpts = []
     train(cfg, lambda ev, ck: ckpts.append(ck), w / "work" / "run", data=loaded)
@@ -152,10 +156,13 @@ def cases(w: Path) -> list[Case]:
     store = f"sqlite:///{w / 'store' / 'mlflow.db'}"
     data = str(w / "root" / next(p.name for p in (w / "root").iterdir() if p.is_dir()))
     imported = str(w / "imported")
+    model = str(w / "model")
+    predict = ["predict", model, data, "--out", "c.parquet"]
     cs = [
         # --- the sweep file (`uda-sweep run`)
         Case("run/missing-file", "config", ["run", "nope.yaml"]),
-        Case("run/typo-top-key", "config", ["run", "s.yaml"], {"s.yaml": y({"serach" if k == "search" else k: v for k, v in sweep.items()})}),
+        Case("run/typo-top-key", "config", ["run", "s.yaml"],
+             {"s.yaml": y({"serach" if k == "search" else k: v for k, v in sweep.items()})}),
         Case("run/typo-nested-key", "config", ["run", "s.yaml"],
              {"s.yaml": y(_sweep(w, run={**run, "optim": {"batch_size": 16, "lrr": 0.1}}))}),
         Case("run/wrong-type", "config", ["run", "s.yaml"], {"s.yaml": y(_sweep(w, search={"num_trials": "many"}))}),
@@ -174,7 +181,8 @@ def cases(w: Path) -> list[Case]:
              {"s.yaml": y(_sweep(w, run={**run, "data": {"path": imported}},
                                  objective={"metric": "oracle/target_test/h_score"}))}),
         Case("run/override-low-above-high", "config", ["run", "s.yaml"],
-             {"s.yaml": y(_sweep(w, search={"num_trials": 2, "overrides": {"optim.lr": {"low": 0.1, "high": 0.001}}}))}),
+             {"s.yaml": y(_sweep(w, search={"num_trials": 2,
+                                            "overrides": {"optim.lr": {"low": 0.1, "high": 0.001}}}))}),
         Case("run/negative-concurrency", "config", ["run", "s.yaml"],
              {"s.yaml": y(_sweep(w, resources={"concurrency": -1}))}),
         Case("run/missing-data-path", "config", ["run", "s.yaml"],
@@ -183,7 +191,8 @@ def cases(w: Path) -> list[Case]:
              {"s.yaml": y(_sweep(w, run={**run, "data": {"path": str(w / "data_truncated")}}))}),
         Case("run/nan-learning-rate", "config", ["run", "s.yaml"],
              {"s.yaml": y(_sweep(w, run={**run, "optim": {"batch_size": 16, "lr": float("nan")}}))}),
-        Case("run/unknown-scheduler", "config", ["run", "s.yaml"], {"s.yaml": y(_sweep(w, scheduler={"type": "hyperband"}))}),
+        Case("run/unknown-scheduler", "config", ["run", "s.yaml"],
+             {"s.yaml": y(_sweep(w, scheduler={"type": "hyperband"}))}),
         Case("run/unknown-baseline", "config", ["run", "s.yaml"], {"s.yaml": y(_sweep(w, baselines=["adabnn"]))}),
         Case("run/unknown-method", "config", ["run", "s.yaml"],
              {"s.yaml": y(_sweep(w, run={**run, "method": {"name": "danse"}}))}),
@@ -191,7 +200,8 @@ def cases(w: Path) -> list[Case]:
              {"s.yaml": y(_sweep(w, run={**run, "train": {"steps": 4, "eval_every": 10, "precision": "fp32"}}))}),
         Case("run/storage-is-a-file", "config", ["run", "s.yaml"],
              {"s.yaml": y(_sweep(w, storage={"path": str(w / "taken.parquet")}))}),
-        Case("run/bad-address", "config", ["run", "s.yaml", "--address", "10.255.255.1:6379"], {"s.yaml": y(_sweep(w))}),
+        Case("run/bad-address", "config", ["run", "s.yaml", "--address", "10.255.255.1:6379"],
+             {"s.yaml": y(_sweep(w))}),
         # --- the run config (`uda-sweep train`)
         Case("train/missing-file", "config", ["train", "nope.yaml", "--out", "out"]),
         Case("train/empty-file", "config", ["train", "r.yaml", "--out", "out"], {"r.yaml": "\n"}),
@@ -221,28 +231,28 @@ def cases(w: Path) -> list[Case]:
         Case("promote/guard-out-of-range", "config", ["promote", "nosuch", "--min-source-val-acc", "2"]),
         Case("prune/unknown-sweep", "config", ["prune", "nosuch", "--storage", str(w / "sweeps")]),
         # --- the registry (`rollback`)
-        Case("rollback/unknown-model", "config", ["rollback", "nosuch", "--tracking-uri", store]),
+        Case("rollback/unknown-model", "store", ["rollback", "nosuch", "--tracking-uri", store]),
         Case("rollback/no-store-here", "config", ["rollback", "galaxy"]),
-        Case("rollback/nothing-to-roll-back", "config", ["rollback", "galaxy", "--tracking-uri", store]),
+        Case("rollback/nothing-to-roll-back", "store", ["rollback", "galaxy", "--tracking-uri", store]),
         Case("rollback/store-file-missing", "config", ["rollback", "galaxy", "--tracking-uri", f"sqlite:///{w}/nostore.db"]),
         # --- a model and cutouts (`predict`)
-        Case("predict/unknown-model-name", "config", ["predict", "models:/nosuch@champion", data, "--out", "c.parquet",
+        Case("predict/unknown-model-name", "store", ["predict", "models:/nosuch@champion", data, "--out", "c.parquet",
                                                       "--tracking-uri", store]),
-        Case("predict/unknown-alias", "config", ["predict", "models:/galaxy@nosuch", data, "--out", "c.parquet",
+        Case("predict/unknown-alias", "store", ["predict", "models:/galaxy@nosuch", data, "--out", "c.parquet",
                                                  "--tracking-uri", store]),
-        Case("predict/unknown-version", "config", ["predict", "models:/galaxy/99", data, "--out", "c.parquet",
+        Case("predict/unknown-version", "store", ["predict", "models:/galaxy/99", data, "--out", "c.parquet",
                                                    "--tracking-uri", store]),
-        Case("predict/unknown-run", "config", ["predict", "runs:/0123456789abcdef/model", data, "--out", "c.parquet",
+        Case("predict/unknown-run", "store", ["predict", "runs:/0123456789abcdef/model", data, "--out", "c.parquet",
                                                "--tracking-uri", store]),
         Case("predict/folder-not-a-model", "config", ["predict", data, data, "--out", "c.parquet"]),
         Case("predict/garbage-uri", "config", ["predict", "foo", data, "--out", "c.parquet"]),
         Case("predict/no-store-here", "config", ["predict", "models:/galaxy@champion", data, "--out", "c.parquet"]),
         Case("predict/negative-batch", "config", ["predict", str(w / "model"), data, "--out", "c.parquet",
                                                   "--batch-size", "-5"]),
-        Case("predict/zero-batch", "config", ["predict", str(w / "model"), data, "--out", "c.parquet", "--batch-size", "0"]),
-        Case("predict/zero-workers", "config", ["predict", str(w / "model"), data, "--out", "c.parquet", "--workers", "0"]),
-        Case("predict/negative-top-n", "config", ["predict", str(w / "model"), data, "--out", "c.parquet", "--top-n", "-1"]),
-        Case("predict/out-exists", "config", ["predict", str(w / "model"), data, "--out", str(w / "catalogue.parquet")]),
+        Case("predict/zero-batch", "config", [*predict, "--batch-size", "0"]),
+        Case("predict/zero-workers", "config", [*predict, "--workers", "0"]),
+        Case("predict/negative-top-n", "config", [*predict, "--top-n", "-1"]),
+        Case("predict/out-exists", "config", ["predict", model, data, "--out", str(w / "catalogue.parquet")]),
         Case("predict/picture-exists", "config", ["predict", str(w / "model"), data, "--out", "c.parquet"],
              {"c_anomalies.png": "my own picture"}),
         Case("predict/missing-input", "config", ["predict", str(w / "model"), "nowhere", "--out", "c.parquet"]),
@@ -258,7 +268,8 @@ def cases(w: Path) -> list[Case]:
         Case("generate/out-exists", "config", ["data", "generate", "--out", str(w / "store")]),
         Case("generate/bad-survey-yaml", "config", ["data", "generate", "--target", "t.yaml", "--out", "d"],
              {"t.yaml": "name: mine\npixel_arcsec: -1\n"}),
-        Case("import/missing-source", "config", ["data", "import", "--source", "nowhere", "--target", str(w / "tgt_fits"),
+        Case("import/missing-source", "config", ["data", "import", "--source", "nowhere",
+                                                 "--target", str(w / "tgt_fits"),
                                                  "--source-labels", str(w / "labels.csv"), "--out", "d"]),
         Case("import/split-sums-above-one", "config", ["data", "import", "--source", str(w / "src_fits"), "--target",
                                                        str(w / "tgt_fits"), "--source-labels", str(w / "labels.csv"),
@@ -326,6 +337,7 @@ def judge(case: Case, w: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
     env.update({"OMP_NUM_THREADS": "1", **case.env})
     before = _snapshot(w)
+    cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     try:
         p = subprocess.run([str(CLI), *case.argv], cwd=folder, env=env, capture_output=True, text=True, timeout=300)
@@ -333,6 +345,8 @@ def judge(case: Case, w: Path) -> dict:
     except subprocess.TimeoutExpired as e:
         rc, err = None, f"timed out after 300 s: {e}"
     seconds = time.perf_counter() - t0
+    cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)  # CPU time barely moves when others load the cores
+    cpu = cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime
     after = _snapshot(w)
     effects = [e for e in _effects(before, after) if not e.startswith(f"+cases/{folder.name}/") or
                e[len(f"+cases/{folder.name}/"):] not in {*case.files, ""}]
@@ -341,8 +355,9 @@ def judge(case: Case, w: Path) -> dict:
     errors = [ln for ln in lines if ln.startswith("error: ") or ": error: " in ln]
     traceback = any(ln.startswith("Traceback") for ln in lines)
     clean = rc == 2 and len(errors) >= 1 and not traceback
-    return {"id": case.id, "kind": case.kind, "rc": rc, "seconds": round(seconds, 2), "clean": clean,
-            "traceback": traceback, "effects": effects, "message": (errors[0] if errors else (lines[-1] if lines else ""))}
+    message = errors[0] if errors else (lines[-1] if lines else "")
+    return {"id": case.id, "kind": case.kind, "rc": rc, "seconds": round(seconds, 2), "cpu_s": round(cpu, 2),
+            "clean": clean, "traceback": traceback, "effects": effects, "message": message}
 
 
 def main() -> None:
@@ -370,7 +385,9 @@ def main() -> None:
         results.append(r)
         mark = "ok " if r["clean"] and not r["effects"] else "BAD"
         slow = " SLOW" if r["kind"] == "config" and r["seconds"] > FAST_S else ""
-        print(f"{mark} {r['seconds']:6.2f}s{slow:5} {r['id']:36} rc={r['rc']} {r['message'][:160]}", flush=True)
+        print(f"{mark} {r['seconds']:6.2f}s {r['cpu_s']:5.2f}cpu{slow:5} {r['id']:36} rc={r['rc']} "
+              f"{r['message'][:150]}",
+              flush=True)
         for e in r["effects"][:5]:
             print(f"{'':49}side effect: {e}")
     config = [r for r in results if r["kind"] == "config"]
@@ -381,6 +398,7 @@ def main() -> None:
         "config_errors": len(config), "config_slowest_s": max((r["seconds"] for r in config), default=0.0),
         "config_over_2s": [r["id"] for r in config if r["seconds"] > FAST_S],
         "data_slowest_s": max((r["seconds"] for r in results if r["kind"] == "data"), default=0.0),
+        "store_slowest_s": max((r["seconds"] for r in results if r["kind"] == "store"), default=0.0),
         "failures": [r["id"] for r in results if not r["clean"] or r["effects"]],
     }
     print(f"{out['clean']}/{out['cases']} clean, {out['without_side_effects']}/{out['cases']} without side effects; "

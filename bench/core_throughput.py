@@ -14,7 +14,6 @@ import json
 import random
 import statistics
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -55,8 +54,10 @@ def run_naive(cfg, data, steps, bs):
     model, method, opt = make(cfg, data, False)
     pix = np.load(data.folder / "pixels.npy", mmap_mode="r")
     src, tgt = data["source/train"].catalogue, data["target/train"].catalogue
-    ls = DataLoader(NaiveStamps(pix, src["row"].to_numpy(), src["train_label"].to_numpy(), data.softening), batch_size=bs, shuffle=True, drop_last=True)
-    lt = DataLoader(NaiveStamps(pix, tgt["row"].to_numpy(), tgt["label"].to_numpy(), data.softening), batch_size=bs, shuffle=True, drop_last=True)
+    ls = DataLoader(NaiveStamps(pix, src["row"].to_numpy(), src["train_label"].to_numpy(), data.softening),
+                    batch_size=bs, shuffle=True, drop_last=True)
+    lt = DataLoader(NaiveStamps(pix, tgt["row"].to_numpy(), tgt["label"].to_numpy(), data.softening),
+                    batch_size=bs, shuffle=True, drop_last=True)
     it_s, it_t = iter(ls), iter(lt)
     t = time.perf_counter()
     for _ in range(steps):
@@ -86,7 +87,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--size", default="default", help="data size preset (default: 64 px)")
     ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--bf16", action="store_true", help="also time bf16 on a CPU without AMX/AVX512-BF16 (emulated: slow)")
+    ap.add_argument("--bf16", action="store_true",
+                    help="also time bf16 on a CPU without AMX/AVX512-BF16 (emulated: slow)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--root", default="data")
@@ -113,7 +115,8 @@ def main():
     # What `precision: auto` picks on this machine.
     auto = "core_bf16_channels_last" if _cpu_has_fast_bf16() else "core_fp32_channels_last"
     best = max((k for k in variants), key=med.get)
-    print(json.dumps({"bench": "core_throughput", "stamp_px": data.stamp_px, "images_per_s": {k: round(v, 1) for k, v in med.items()},
+    print(json.dumps({"bench": "core_throughput", "stamp_px": data.stamp_px,
+                      "images_per_s": {k: round(v, 1) for k, v in med.items()},
                       "auto_variant": auto, "auto_speedup": round(med[auto] / base, 2), "best_variant": best,
                       "best_speedup": round(med[best] / base, 2), "goal": 4.0, "goal_met": med[best] / base >= 4.0}))
 

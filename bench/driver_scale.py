@@ -63,7 +63,8 @@ def optuna_latency(counts: list[int], probes: int, seed: int) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         study = optuna.create_study(study_name="bench", storage=study_storage(Path(tmp)), direction="maximize")
         random = optuna.samplers.RandomSampler(seed=seed)
-        tpe = optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True, n_startup_trials=10)
+        tpe = optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True,
+                                         constant_liar=True, n_startup_trials=10)
 
         def one(sampler) -> float:
             study.sampler = sampler
@@ -103,7 +104,8 @@ def _start_server(folder: Path) -> tuple[subprocess.Popen, str]:
     port = _free_port()
     proc = subprocess.Popen(
         [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}", "--artifacts-destination", str(folder / "artifacts")],
+         "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
+         "--artifacts-destination", str(folder / "artifacts")],
         stdout=open(folder / "server.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
     uri = f"http://127.0.0.1:{port}"
     for _ in range(240):
@@ -145,7 +147,8 @@ def _fill_run(client, exp_id: str, parent: str, i: int) -> None:
     """A finished trial as cheaply as possible: the rows it leaves in the store (tags, params, metric history)."""
     from mlflow.entities import Metric, Param
 
-    run = client.create_run(exp_id, run_name=f"fill_{i}", tags={"mlflow.parentRunId": parent, "trial_id": f"fill{i:05d}"})
+    run = client.create_run(exp_id, run_name=f"fill_{i}",
+                            tags={"mlflow.parentRunId": parent, "trial_id": f"fill{i:05d}"})
     now = int(time.time() * 1000)
     metrics = [Metric(k, v, now, s) for s in range(1, EVALS_PER_TRIAL + 1) for k, v in _metrics(s).items()]
     params = [Param(f"p{j}", str(j)) for j in range(12)]
@@ -161,7 +164,8 @@ def _picture(size: int):
 def _one_trial(uri: str, exp_id: str, parent: str, trial_id: str) -> None:
     from sweeps.tracking import TrialRun
 
-    run = TrialRun(uri, exp_id, parent, trial_id, f"trial_{trial_id}", {f"p{j}": j for j in range(12)}, {"sweep": "bench"})
+    run = TrialRun(uri, exp_id, parent, trial_id, f"trial_{trial_id}",
+                   {f"p{j}": j for j in range(12)}, {"sweep": "bench"})
     run.set_tags({"ray.node_id": "0" * 56})
     for s in range(1, EVALS_PER_TRIAL + 1):
         conf = {"labels": list(range(10)), "matrix": [[s] * 7] * 10}
@@ -233,10 +237,13 @@ def mlflow_throughput(counts: list[int], trials: int, parallel: int) -> list[dic
                        "child_runs_query_s": query, "child_runs_found": found,
                        "close_stale_runs_s": close}
                 rows.append(row)
-                print(f"  mlflow  N={n:5d}: one trial's logging {per_trial:.2f} s in {row['calls_per_trial']:.0f} calls "
-                      f"({row['ms_per_call']:.1f} ms/call); {parallel} at once: {row['parallel_calls_per_s']:.0f} calls/s "
+                print(f"  mlflow  N={n:5d}: one trial's logging {per_trial:.2f} s in "
+                      f"{row['calls_per_trial']:.0f} calls "
+                      f"({row['ms_per_call']:.1f} ms/call); {parallel} at once: "
+                      f"{row['parallel_calls_per_s']:.0f} calls/s "
                       f"(one: {row['serial_calls_per_s']:.0f}); "
-                      f"query of all {found} runs {query:.2f} s, of RUNNING ones {close:.2f} s   (fill {fill:.0f} s)", flush=True)
+                      f"query of all {found} runs {query:.2f} s, of RUNNING ones {close:.2f} s   (fill {fill:.0f} s)",
+                      flush=True)
         finally:
             os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(30)
@@ -263,7 +270,8 @@ def main() -> None:
           f"median of {args.trials}, then {args.parallel} at once", flush=True)
     mlflow_rows = mlflow_throughput(counts, args.trials, args.parallel)
     last_o, last_m = optuna_rows[-1], mlflow_rows[-1]
-    print(f"At {last_o['finished_trials']} finished trials the driver spends {last_o['tpe_ms']:.0f} ms per TPE suggestion "
+    print(f"At {last_o['finished_trials']} finished trials the driver spends "
+          f"{last_o['tpe_ms']:.0f} ms per TPE suggestion "
           f"and a trial {last_m['trial_logging_s']:.1f} s on {last_m['calls_per_trial']:.0f} MLflow calls "
           f"({last_m['vs_empty']:.2f}x an empty experiment).")
 

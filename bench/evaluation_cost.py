@@ -62,7 +62,8 @@ def main() -> None:
     lg_val, f_val = predict(model, data["source/val"].x, SOURCE, autocast=autocast)
     lg_tt, f_tt = predict(model, data["target/train"].x, TARGET, autocast=autocast)
     errors = (lg_val.argmax(1) != data["source/val"].y.numpy()).astype(np.float64)
-    dev = median_time(lambda: dev_risk(domain_weights(src, f_tt, f_val, max_samples=ev.dev_max_samples), errors), args.repeats)
+    dev = median_time(lambda: dev_risk(domain_weights(src, f_tt, f_val, max_samples=ev.dev_max_samples), errors),
+                      args.repeats)
     x = data["target/train"].x[: ev.agreement_max_samples]
 
     def agreement():

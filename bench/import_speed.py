@@ -39,7 +39,8 @@ def _write(folder: Path, n: int, scale: float, seed: int) -> list[str]:
     header["BANDS"] = "grz"
     ids = [f"{folder.name}{i:06d}" for i in range(n)]
     for gid in ids:
-        fits.PrimaryHDU(rng.normal(0, 0.01, (3, 64, 64)).astype(np.float32), header=header).writeto(folder / f"{gid}.fits")
+        fits.PrimaryHDU(rng.normal(0, 0.01, (3, 64, 64)).astype(np.float32),
+                        header=header).writeto(folder / f"{gid}.fits")
     return ids
 
 
@@ -97,7 +98,8 @@ def main() -> None:
     print(f"raw astropy read      {out['raw_read_files_per_s']:8.1f} files/s")
     print(f"pre-scan (headers)    {out['prescan_s_per_1000_files']:8.3f} s per 1,000 files "
           f"(inside the import: {out['import_prescan_s_per_1000_files']:.3f})")
-    print(f"whole import          {out['import_stamps_per_s']:8.1f} stamps/s = {out['import_vs_raw_read']:.2f}x raw read "
+    print(f"whole import          {out['import_stamps_per_s']:8.1f} stamps/s "
+          f"= {out['import_vs_raw_read']:.2f}x raw read "
           f"({total:.1f} s for {n} files)")
     print(f"with {a.workers} workers     {out['import_parallel_stamps_per_s']:8.1f} stamps/s = "
           f"{out['parallel_speedup']:.2f}x one process")

@@ -44,7 +44,8 @@ def _train_and_save(size: str, root: Path, out: Path) -> tuple[Path, Path]:
     train(cfg, lambda ev, ck: ckpts.append(ck), out / "run", data=data)
     export_classifier(ckpts[-1], out / "classifier", data)
     signature, example = model_signature(out / "classifier")
-    mlflow.pyfunc.save_model(str(out / "model"), python_model=str(PYFUNC_CODE), artifacts={"classifier": str(out / "classifier")},
+    mlflow.pyfunc.save_model(str(out / "model"), python_model=str(PYFUNC_CODE),
+                             artifacts={"classifier": str(out / "classifier")},
                              signature=signature, input_example=example, pip_requirements=REQUIREMENTS)
     return out / "model", data.folder
 
@@ -78,7 +79,8 @@ def main() -> None:
         import contextlib
 
         precision = "fp32" if clf.autocast is contextlib.nullcontext else "bf16"
-        print(f"{n} galaxies (both domains) of {source.stamp_shape}, precision 'auto' ({precision}), {a.threads} threads")
+        print(f"{n} galaxies (both domains) of {source.stamp_shape}, "
+              f"precision 'auto' ({precision}), {a.threads} threads")
         import mlflow
 
         pyfunc = mlflow.pyfunc.load_model(str(model_dir))
@@ -89,7 +91,8 @@ def main() -> None:
             naive = _rate(m, lambda: [pyfunc.predict(flux[i:i + 1], params={"views": views}) for i in range(m)])
             naive_core = _rate(m, lambda: [clf.predict(flux[i:i + 1], views=views) for i in range(m)])
             batched = _rate(n, lambda: clf.predict(flux, views=views))
-            catalogue = _rate(n, lambda: predict_catalogue(str(model_dir), folder, tmp / f"cat{views}.parquet", views=views,
+            catalogue = _rate(n, lambda: predict_catalogue(str(model_dir), folder, tmp / f"cat{views}.parquet",
+                                                           views=views,
                                                            domain="all", progress=False, top_n=25))
             results[views] = {"naive_per_s": round(naive, 1), "naive_core_per_s": round(naive_core, 1),
                               "batched_per_s": round(batched, 1), "catalogue_per_s": round(catalogue, 1),
@@ -99,7 +102,8 @@ def main() -> None:
                   f"batched {batched:.0f}/s, catalogue {catalogue:.0f}/s = {catalogue / naive:.1f}x naive "
                   f"(goal >= 10x), {catalogue / naive_core:.1f}x naive_core")
     print(json.dumps({"bench": "predict", "galaxies": n, "threads": a.threads, "precision": precision,
-                      "views_1": results[1], "views_8": results[8], "goal_10x_met": results[8]["catalogue_vs_naive"] >= 10
+                      "views_1": results[1], "views_8": results[8],
+                      "goal_10x_met": results[8]["catalogue_vs_naive"] >= 10
                       and results[1]["catalogue_vs_naive"] >= 10}))
 
 

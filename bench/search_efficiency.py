@@ -136,18 +136,22 @@ def main() -> None:
     print(df.to_string(index=False))
     frac = df["fraction_of_random_steps"].replace(math.inf, np.nan)
     crit_mean = {k: {m: float(np.nanmean([c[k][m] for c in crit])) for m in ("spearman", "regret")} for k in CRITERIA}
-    crit_se = {k: {m: float(np.nanstd([c[k][m] for c in crit], ddof=1) / math.sqrt(len(crit))) if len(crit) > 1 else math.nan
+    crit_se = {k: {m: float(np.nanstd([c[k][m] for c in crit], ddof=1) / math.sqrt(len(crit)))
+                      if len(crit) > 1 else math.nan
                    for m in ("spearman", "regret")} for k in CRITERIA}
     for k in CRITERIA:
         print(f"criterion {k}: spearman with {ORACLE} across random-search checkpoints "
-              f"{crit_mean[k]['spearman']:+.2f} +- {crit_se[k]['spearman']:.2f}, regret {crit_mean[k]['regret']:.3f} +- {crit_se[k]['regret']:.3f}")
+              f"{crit_mean[k]['spearman']:+.2f} +- {crit_se[k]['spearman']:.2f}, "
+              f"regret {crit_mean[k]['regret']:.3f} +- {crit_se[k]['regret']:.3f}")
     result = {
         "trials": args.trials, "seeds": args.seeds, "size": args.size, "steps": args.steps,
-        "fraction_of_random_steps_mean": float(frac.mean()), "fraction_of_random_steps_max": float(df["fraction_of_random_steps"].max()),
+        "fraction_of_random_steps_mean": float(frac.mean()),
+        "fraction_of_random_steps_max": float(df["fraction_of_random_steps"].max()),
         "seeds_reaching_random_best": int(np.isfinite(df["fraction_of_random_steps"]).sum()),
         "goal_fraction": 0.4, "goal_met": bool((df["fraction_of_random_steps"] <= 0.4).all()),
         "random_best_mean": float(df["random_best"].mean()), "tpe_asha_best_mean": float(df["tpe_asha_best"].mean()),
-        "overhead_random_mean": float(df["overhead_random"].mean()), "overhead_tpe_asha_mean": float(df["overhead_tpe_asha"].mean()),
+        "overhead_random_mean": float(df["overhead_random"].mean()),
+        "overhead_tpe_asha_mean": float(df["overhead_tpe_asha"].mean()),
         "mean_trial_s": float(df["mean_trial_s_random"].mean()),
         "criteria": {k: {**crit_mean[k], **{f"{m}_se": crit_se[k][m] for m in crit_se[k]}} for k in CRITERIA},
     }

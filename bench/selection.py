@@ -99,15 +99,19 @@ def publish(summary, records, args) -> None:
         per_pair = pairs[pairs["criterion"] == crit]
         criteria[crit] = {"regret": r.regret, "regret_acc": r.regret_acc, "regret_acc_se": r.regret_acc_se,
                           "regret_h": r.regret_h, "regret_h_se": r.regret_h_se,
-                          "worst_pair_regret_acc": per_pair.regret_acc.max(), "worst_pair_regret_h": per_pair.regret_h.max(),
+                          "worst_pair_regret_acc": per_pair.regret_acc.max(),
+                          "worst_pair_regret_h": per_pair.regret_h.max(),
                           "rho_trial_acc": r.rho_trial_acc, "rho_trial_h": r.rho_trial_h,
                           "rho_ckpt_acc": r.rho_ckpt_acc, "rho_ckpt_h": r.rho_ckpt_h}
     n_trials = records.groupby(["pair", "method", "seed"])["trial"].nunique()
     setup = (f"bench/selection.py: {records.pair.nunique()} pairs ({', '.join(sorted(records.pair.unique()))}) x "
-             f"{records.method.nunique()} methods ({', '.join(sorted(records.method.unique()))}) x {records.seed.nunique()} seeds, "
-             f"{n_trials.min()} random-search trials each, size {args.size}, {args.steps} steps, {args.evals} checkpoints per trial")
+             f"{records.method.nunique()} methods ({', '.join(sorted(records.method.unique()))}) "
+             f"x {records.seed.nunique()} seeds, "
+             f"{n_trials.min()} random-search trials each, size {args.size}, "
+             f"{args.steps} steps, {args.evals} checkpoints per trial")
     clean = {c: {k: (None if v != v else round(float(v), 5)) for k, v in d.items()} for c, d in criteria.items()}
-    refs = {name: {"regret_acc": round(float(overall.loc[name].regret_acc), 5), "regret_h": round(float(overall.loc[name].regret_h), 5)}
+    refs = {name: {"regret_acc": round(float(overall.loc[name].regret_acc), 5),
+                   "regret_h": round(float(overall.loc[name].regret_h), 5)}
             for name in (RANDOM, NOISE_FLOOR) if name in overall.index}
     BENCHMARK_FILE.write_text(json.dumps({"setup": setup, "criteria": clean, "references": refs}, indent=1) + "\n")
     print(f"wrote {BENCHMARK_FILE}")
@@ -127,7 +131,8 @@ def main() -> None:
     ap.add_argument("--data-root", type=Path, default=ROOT / "data")
     ap.add_argument("--analyse-only", action="store_true")
     ap.add_argument("--publish", action="store_true",
-                    help="write the per-criterion regrets to sweeps/selection_benchmark.json (promote's tags, the default objective)")
+                    help="write the per-criterion regrets to sweeps/selection_benchmark.json "
+                         "(promote's tags, the default objective)")
     args = ap.parse_args()
     (args.out / "records").mkdir(parents=True, exist_ok=True)
 
@@ -145,7 +150,8 @@ def main() -> None:
                 print(f"done: {path} ({time.time() - t0:.0f} s)", flush=True)
 
     from uda_core.data.tasks import get_task
-    from uda_core.evaluation.selection import NOISE_FLOOR, RANDOM, load_records, plot_selection, selection_summary, summary_table
+    from uda_core.evaluation.selection import (NOISE_FLOOR, RANDOM, load_records, plot_selection, selection_summary,
+                                               summary_table)
     from uda_core.evaluation.validators import combined_score
 
     records = load_records(sorted((args.out / "records").glob("*.jsonl")))
@@ -153,7 +159,8 @@ def main() -> None:
     # seed-0 sweeps) are scored with the definition the code uses now.
     num_known = get_task("universal").num_known
     records["label_free/combined"] = [combined_score(a, i, g, num_known) for a, i, g in
-                                      zip(records["source_val/acc"], records["label_free/im"], records["label_free/agreement"])]
+                                      zip(records["source_val/acc"], records["label_free/im"],
+                                          records["label_free/agreement"])]
     summary = selection_summary(records)
     summary.to_csv(args.out / "selection.csv", index=False)
     table = summary_table(summary)

@@ -62,7 +62,8 @@ def main():
     groups = {"photometry (flux, colour)": [0, 1, 2, 3, 4], "+ size": [0, 1, 2, 3, 4, 5],
               "+ size, concentration": [0, 1, 2, 3, 4, 5, 6], "+ size, concentration, axis ratio": list(range(8))}
     out = {}
-    for domain, train_key, test_key in (("source", "source/train", "source/test"), ("target", "target/train", "target/test")):
+    for domain, train_key, test_key in (("source", "source/train", "source/test"),
+                                        ("target", "target/train", "target/test")):
         sets = []
         for key in (train_key, test_key):
             cat = data[key].catalogue
@@ -82,7 +83,8 @@ def main():
     photometry = max(v for d in out.values() for k, v in d.items() if k.startswith("photometry"))
     issue_list = max(v for d in out.values() for k, v in d.items() if k.startswith("+ size, concentration /"))
     print(json.dumps({"bench": "shortcuts", "size": a.size, "pair": f"{a.source}->{a.target}", "chance": chance,
-                      "balanced_acc": out, "max_photometry_only": photometry, "max_flux_colour_size_concentration": issue_list,
+                      "balanced_acc": out, "max_photometry_only": photometry,
+                      "max_flux_colour_size_concentration": issue_list,
                       "goal_max": round(chance + 0.15, 3), "goal_met_photometry": photometry <= chance + 0.15,
                       "goal_met_flux_colour_size_concentration": issue_list <= chance + 0.15}))
 

@@ -39,13 +39,15 @@ def main():
     results = {}
     for name in ("decals", "sdss", "bass_mzls", "lsst_y1"):
         s = SURVEYS[name]
-        classes = _sample_classes(rng, task.target_priors, a.n // 2) + _sample_classes(rng, task.source_priors, a.n // 2)
+        classes = (_sample_classes(rng, task.target_priors, a.n // 2)
+                   + _sample_classes(rng, task.source_priors, a.n // 2))
         p = draw_population(rng, classes, s, a.size * s.pixel_arcsec)
         p["seed"] = rng.integers(0, 2**62, len(classes))
         rate(p, s, a.size, 128)  # warm-up (PSF caches)
         batched = rate(p, s, a.size, 128)
         single = rate({k: v[:64] for k, v in p.items()}, s, a.size, 1)
-        results[name] = {"stamps_per_s_per_core": round(batched, 1), "one_by_one": round(single, 1), "speedup": round(batched / single, 2)}
+        results[name] = {"stamps_per_s_per_core": round(batched, 1), "one_by_one": round(single, 1),
+                         "speedup": round(batched / single, 2)}
         print(f"{name:10s} batched {batched:7.1f} stamps/s/core   one-by-one {single:6.1f}   x{batched / single:.1f}")
     worst = min(r["stamps_per_s_per_core"] for r in results.values())
     print(json.dumps({"bench": "simulator", "size_px": a.size, "bands": 3, "surveys": results,

@@ -6,7 +6,8 @@ scored at its LAST evaluation (nothing is selected on target labels). Ye et al. 
 sphkmeans's source phase is as long as the baselines' whole run (`--steps`), and its adaptation adds
 `--adapt-frac` x as many steps. Its hyperparameters are the method's defaults, untuned on the target: the paper's
 confidence 0.1, threshold 0.9 - 0.005 per re-clustering and tau 0.05, plus this project's choices (source loss
-kept at weight 1 where the paper drops it, the tree filter, 0.1 x the learning rate, re-clustering every 50 steps). Target numbers need the target's votes, so
+kept at weight 1 where the paper drops it, the tree filter, 0.1 x the learning rate, re-clustering every 50 steps).
+Target numbers need the target's votes, so
 they are oracle numbers: reported here, never used to choose anything. Per question: accuracy on galaxies whose top
 vote fraction exceeds 0.5 (acc50) or 0.8 (acc80) with enough votes and the parent-answer condition; mean +-
 standard error over seeds, and the paired difference sphkmeans - adabn per seed. The class-label task runs in the
@@ -113,7 +114,8 @@ def summarise(pair: str, rows: dict[str, list[dict]]) -> dict:
             n = mean_se([r[f"oracle/target_test/votes/{q}/n{cut}"] for r in rows[src]])[0]
             t_acc = {m: mean_se([r[f"oracle/target_test/votes/{q}/acc{cut}"] for r in rows[m]]) for m in methods}
             table[f"{q}/acc{cut}"] = {"source_test": s_acc, "n_target": n, **t_acc}
-            print(f"             {q:18s} {fmt(s_acc):>12s} {n:5.0f} " + " ".join(f"{fmt(t_acc[m]):>12s}" for m in methods))
+            print(f"             {q:18s} {fmt(s_acc):>12s} {n:5.0f} " + " ".join(f"{fmt(t_acc[m]):>12s}"
+                                                                                 for m in methods))
         means = {m: mean_se([r[f"oracle/target_test/votes/mean_acc{cut}"] for r in rows[m]]) for m in methods}
         s_mean = mean_se([r[f"source_test/votes/mean_acc{cut}"] for r in rows[src]])
         table[f"mean/acc{cut}"] = {"source_test": s_mean, **means}
@@ -136,7 +138,8 @@ def summarise(pair: str, rows: dict[str, list[dict]]) -> dict:
         out["questions_n>=50_source_minus_sphkmeans_acc50"] = {q: round(100 * g, 1) for q, g in gaps}
         out["goals"] = {"every_question_within_3_points": bool(gaps) and all(g <= 0.03 for _, g in gaps),
                         "mean_5_points_above_adabn": out["sphkmeans_minus_adabn_mean_acc50"][0] >= 0.05}
-        print(f"\n  sphkmeans - adabn, mean acc50 (paired over seeds): {fmt(out['sphkmeans_minus_adabn_mean_acc50'])} points; "
+        print(f"\n  sphkmeans - adabn, mean acc50 (paired over seeds): "
+              f"{fmt(out['sphkmeans_minus_adabn_mean_acc50'])} points; "
               f"goals {out['goals']}")
     return out
 
@@ -148,7 +151,8 @@ def main():
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--adapt-frac", type=float, default=0.5, help="sphkmeans adaptation steps / --steps")
-    ap.add_argument("--width", type=int, default=16, help="model.width (16 keeps 3 seeds x 2 pairs near an hour on 2 cores)")
+    ap.add_argument("--width", type=int, default=16,
+                    help="model.width (16 keeps 3 seeds x 2 pairs near an hour on 2 cores)")
     ap.add_argument("--methods", default=",".join(RUNS), help=f"any of {list(RUNS)}")
     ap.add_argument("--threads", type=int, default=None, help="torch threads per run")
     ap.add_argument("--root", default="data")
@@ -158,7 +162,8 @@ def main():
     a.methods = a.methods.split(",")
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    result = {"bench": "votes", "size": a.size, "seeds": a.seeds, "steps": a.steps, "adapt_frac": a.adapt_frac, "width": a.width, "pairs": {}}
+    result = {"bench": "votes", "size": a.size, "seeds": a.seeds, "steps": a.steps,
+              "adapt_frac": a.adapt_frac, "width": a.width, "pairs": {}}
     for pair in a.pairs.split(","):
         rows = run_pair(pair, a, out)
         (out / f"raw_{pair.replace(':', '-')}.json").write_text(json.dumps(rows, indent=1))

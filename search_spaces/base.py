@@ -166,14 +166,16 @@ class Space:
                 try:
                     build_config(apply_params(base, {key: value}), source=where)
                 except ConfigError as e:
-                    raise ConfigError(f"{e} (the run config does not accept this value of {key}; keep the range inside what it accepts)") from None
+                    raise ConfigError(f"{e} (the run config does not accept this value of {key}; "
+                                      "keep the range inside what it accepts)") from None
         return replace(self, params=tuple(params))
 
     def check(self, base: dict) -> None:
         """Every endpoint of every range must be a valid run config (catches a space wider than the method allows)."""
         for p in self.params:
             for value in [p.fixed] if p.is_fixed else p.endpoints():
-                build_config(apply_params(base, {p.key: value}), source=f"search space {self.name!r}, {p.key}={value!r}")
+                build_config(apply_params(base, {p.key: value}),
+                             source=f"search space {self.name!r}, {p.key}={value!r}")
 
     def default_point(self, base: dict) -> dict[str, Any]:
         """The base run config's own values of the searched parameters, to be evaluated first.
@@ -205,7 +207,8 @@ class Space:
 
 def _override(p: Param, spec: Any, where: str) -> Param:
     if spec is None:
-        raise ConfigError(f"{where}: empty override; give a value to fix, {{low, high}} or {{choices}}, or remove the key")
+        raise ConfigError(f"{where}: empty override; give a value to fix, {{low, high}} or {{choices}}, "
+                          "or remove the key")
     if not isinstance(spec, dict):
         if isinstance(p, Categorical) and spec not in p.choices and not isinstance(spec, (int, float, str, bool)):
             raise ConfigError(f"{where}: a fixed value must be a number, string or boolean, got {spec!r}")
@@ -230,7 +233,8 @@ def _override(p: Param, spec: Any, where: str) -> Param:
     if not isinstance(log, bool):
         raise ConfigError(f"{where}.log: must be true or false, got {log!r}")
     if not low < high:
-        raise ConfigError(f"{where}: low < high must hold, but got low={low!r}, high={high!r} (to fix a value, give it plainly)")
+        raise ConfigError(f"{where}: low < high must hold, but got low={low!r}, high={high!r} "
+                          "(to fix a value, give it plainly)")
     if log and low <= 0:
         raise ConfigError(f"{where}.low: a log-scale range needs low > 0, got {low!r}")
     return replace(p, low=kind(low), high=kind(high), log=log)

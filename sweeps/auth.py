@@ -50,7 +50,7 @@ def password_in_uri(uri: str, where: str) -> str | None:
     if not has_password:
         return None
     shown = uri.replace(f":{parts.password}@", ":***@", 1)
-    fix = HOW if parts.scheme in ("http", "https") else ("give the database's password through its client's "
-                                                         "environment variable (e.g. PGPASSWORD) from your secret store")
+    database = "give the database's password through its client's variable (e.g. PGPASSWORD) from your secret store"
+    fix = HOW if parts.scheme in ("http", "https") else database
     return (f"{where}: {shown} has a password in it, which would be stored in the sweep's files, MLflow and logs; "
             f"drop `user:password@` from the URI and {fix}")

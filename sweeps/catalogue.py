@@ -106,8 +106,8 @@ def on_model_grid(source, clf):
     log.warning("%s: stamps of %s px at %.3f\"/px, bands %s, are put on the model's grid (%d px at %.3f\"/px, bands "
                 "%s): flux-conserving resampling and a centred crop%s", where, source.stamp_shape[1], scale,
                 source.bands, grid.stamp_px, grid.pixel_arcsec, list(grid.bands),
-                " (zero-padded: the stamps cover less sky than the model's)" if padded(source.stamp_shape[1:],
-                                                                                       source.pixel_arcsec, grid) else "")
+                " (zero-padded: the stamps cover less sky than the model's)"
+                if padded(source.stamp_shape[1:], source.pixel_arcsec, grid) else "")
     return ConformedSource(source, grid)
 
 

@@ -32,6 +32,32 @@ def non_negative_int(text: str) -> int:
     return _int_at_least(text, 0)
 
 
+def positive_seconds(text: str) -> float:
+    """argparse type: a finite number of seconds > 0."""
+    value = _finite(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} must be more than 0 seconds")
+    return value
+
+
+def fraction(text: str) -> float:
+    """argparse type: a number in [0, 1] (an accuracy floor)."""
+    value = _finite(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text} is outside [0, 1]: give an accuracy, e.g. 0.5")
+    return value
+
+
+def _finite(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
 def _int_at_least(text: str, low: int) -> int:
     try:
         value = int(text)
@@ -121,7 +147,8 @@ def _train(a: argparse.Namespace) -> None:
     if best is None:
         print(f"done: {out / 'metrics.json'}; {cfg.eval.select_by} was never finite, so no evaluation is marked best")
     else:
-        print(f"done: {out / 'metrics.json'}; best {cfg.eval.select_by} = {best['metrics'][cfg.eval.select_by]:.4f} at step {best['step']}")
+        print(f"done: {out / 'metrics.json'}; best {cfg.eval.select_by} = "
+              f"{best['metrics'][cfg.eval.select_by]:.4f} at step {best['step']}")
 
 
 def _nothing_to_promote(rows: list[dict], sweep) -> str | None:
@@ -258,11 +285,14 @@ def _predict(a: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="uda-sweep", description="Hyperparameter sweeps for universal domain adaptation of galaxy classifiers.")
+    p = argparse.ArgumentParser(
+        prog="uda-sweep", description="Hyperparameter sweeps for universal domain adaptation of galaxy classifiers.")
     p.add_argument("-v", "--verbose", action="store_true", help="log every evaluation")
     sub = p.add_subparsers(dest="command", required=True)
 
-    data = sub.add_parser("data", help="data sets: generate simulated survey pairs, import real cutouts, show stamps").add_subparsers(dest="data_command", required=True)
+    data = sub.add_parser(
+        "data", help="data sets: generate simulated survey pairs, import real cutouts, show stamps",
+    ).add_subparsers(dest="data_command", required=True)
     g = data.add_parser("generate", help="render a data set folder (catalogue.parquet, pixels.npy, manifest.json)")
     g.add_argument("--task", default="universal", help="class layout: universal (shared, source-private and "
                                                       "target-only classes) or deepastro3 (default: universal)")
@@ -272,7 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--source", default="decals", help=f"{survey_help} (default: decals)")
     g.add_argument("--target", default="sdss", help=f"{survey_help}; its bands must match the source's (default: sdss)")
     g.add_argument("--size", default="small", choices=["tiny", "small", "default", "large"],
-                   help="stamps and counts: tiny 32 px (tests), small 48 px, default 64 px, large 96 px (default: small)")
+                   help="stamps and counts: tiny 32 px (tests), small 48 px, default 64 px, large 96 px "
+                        "(default: small)")
     g.add_argument("--seed", type=int, default=0, help="seed of the galaxies drawn (default 0)")
     g.add_argument("--label-noise", type=float, default=0.0,
                    help="fraction of source/train labels flipped to another known class, in [0, 0.5) (default 0)")
@@ -308,11 +339,14 @@ def build_parser() -> argparse.ArgumentParser:
                                              "(recorded in the manifest), e.g. lens,artifact")
     i.add_argument("--bands", help="bands to import, in this order (e.g. grz or g,r,z), picked from each input's own "
                                    "bands; default: the source's")
-    i.add_argument("--stamp-px", type=int, help="stamp size (pixels) to centre-crop or zero-pad to; default: the source's")
+    i.add_argument("--stamp-px", type=int,
+                   help="stamp size (pixels) to centre-crop or zero-pad to; default: the source's")
     i.add_argument("--pixel-arcsec", type=float, help="pixel scale to resample every stamp to (flux-conserving); "
                                                       "default: the source's")
-    i.add_argument("--source-pixel-arcsec", type=float, help="the source cutouts' pixel scale when files do not record it")
-    i.add_argument("--target-pixel-arcsec", type=float, help="the target cutouts' pixel scale when files do not record it")
+    i.add_argument("--source-pixel-arcsec", type=float,
+                   help="the source cutouts' pixel scale when files do not record it")
+    i.add_argument("--target-pixel-arcsec", type=float,
+                   help="the target cutouts' pixel scale when files do not record it")
     i.add_argument("--source-bands", help="the bands of the source files' planes, in order, when files do not record "
                                           "them (.npy stamps without cutouts.json)")
     i.add_argument("--target-bands", help="as --source-bands, for the target files")
@@ -326,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--seed", type=int, default=0, help="seed of the splits (default 0)")
     i.add_argument("--skip-bad", action="store_true", help="leave out files or rows that fail a check and list them, "
                                                            "with reasons, in skipped.csv in the data set")
-    i.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
+    i.add_argument("--workers", type=positive_int, default=min(8, os.cpu_count() or 1),
                    help="processes reading and resampling cutouts (default: the CPUs, at most 8)")
     i.add_argument("--out", required=True, help="the new data set folder (must not exist)")
     i.set_defaults(func=_data_import)
@@ -355,7 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("status", help="table of a sweep's trials (works while it runs)")
     r.add_argument("name", help="the sweep's name (its file's `name`)")
     r.add_argument("--storage", default="runs/sweeps", help="the sweep file's storage.path (default runs/sweeps)")
-    r.add_argument("--watch", type=float, metavar="SECONDS", help="refresh every SECONDS until interrupted")
+    r.add_argument("--watch", type=positive_seconds, metavar="SECONDS", help="refresh every SECONDS until interrupted")
     r.set_defaults(func=_status)
 
     r = sub.add_parser("promote", help="register a sweep's best trial in the MLflow registry (alias challenger; "
@@ -363,8 +397,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("name", help="the sweep's name")
     r.add_argument("--storage", default="runs/sweeps", help="the sweep file's storage.path (default runs/sweeps)")
     r.add_argument("--trial", help="promote this trial id instead of the best one")
-    r.add_argument("--model-name", help="registered model name (default: the sweep file's tracking.model_name, else the sweep's name)")
-    r.add_argument("--min-source-val-acc", type=float, help="guard floor (default: the sweep's objective.min_source_val_acc)")
+    r.add_argument("--model-name", help="registered model name (default: the sweep file's tracking.model_name, "
+                                        "else the sweep's name)")
+    r.add_argument("--min-source-val-acc", type=fraction,
+                   help="guard floor (default: the sweep's objective.min_source_val_acc)")
     r.add_argument("--force", action="store_true", help="make it the champion even if it does not beat the current one")
     r.add_argument("--dry-run", action="store_true", help="say what would happen; change nothing")
     r.set_defaults(func=_promote)
@@ -382,13 +418,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("model_uri", help="models:/NAME@champion, models:/NAME/VERSION, runs:/..., or a model folder")
     r.add_argument("input", help="a data set folder, a Parquet file (or folder) of cutouts, a folder of FITS cutouts, "
                                  "or an HDF5 file in the Galaxy10 layout")
-    r.add_argument("--out", required=True, help="catalogue path (.parquet); a PNG of the most anomalous galaxies goes beside it")
+    r.add_argument("--out", required=True,
+                   help="catalogue path (.parquet); a PNG of the most anomalous galaxies goes beside it")
     r.add_argument("--domain", default="target", choices=["source", "target", "all"], help="rows of a data set folder")
     r.add_argument("--batch-size", type=positive_int, help="galaxies per forward pass (default: 64 on CPU, 512 on GPU)")
     r.add_argument("--views", type=int, default=8, choices=[1, 2, 4, 8],
                    help="dihedral views for the uncertainty (1: no uncertainty, 8x faster)")
     r.add_argument("--ray", action="store_true", help="run as a Ray Data job ($RAY_ADDRESS or a local Ray)")
-    r.add_argument("--workers", type=positive_int, help="model actors with --ray (default: one per GPU, else half the CPUs)")
+    r.add_argument("--workers", type=positive_int,
+                   help="model actors with --ray (default: one per GPU, else half the CPUs)")
     r.add_argument("--top-n", type=non_negative_int, default=25, help="galaxies in the anomaly picture (0: none)")
     r.add_argument("--skip-bad", action="store_true", help="leave out files that cannot be read and stamps with "
                                                            "non-finite pixels, listed with reasons in OUT_skipped.csv")
@@ -403,7 +441,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s: %(message)s")
     try:
         args.func(args)
     except UdaError as e:

@@ -119,19 +119,19 @@ def _credentials_problems(raw: dict) -> list[str]:
 
 def _command_problems(key: str, cmd: str) -> list[str]:
     shown = f"`{cmd[:60]}...`"
-    problems = [f"{key}: {m.group(1)}=... writes a password into the cluster file; {_from_store(m.group(1))}, and "
-                "change the password: it may have been shared"
-                for m in _LITERAL_PASSWORD.finditer(cmd) if m.group(1) != "mlflow_tracking_password"]
+    literal = {m.group(1) for m in _LITERAL_PASSWORD.finditer(cmd)} - {"mlflow_tracking_password"}
+    problems = [f"{key}: {var}=... writes a password into the cluster file; {_from_store(var)}, and change the "
+                "password: it may have been shared" for var in sorted(literal)]
     if _CREDENTIALS_FILE.search(cmd):
         problems.append(f"{key}: {shown} writes MLflow's credentials file, a password on the node's disk; remove it "
                         f"and {_from_store(PASSWORD)}")
     if _TRACING.search(cmd):
         problems.append(f"{key}: {shown} traces the shell, printing the password into Ray's logs; remove set -x")
-    if re.search(r"\bray start\b", cmd) and not _sets_from_store(PASSWORD, cmd):
+    if re.search(r"\bray start\b", cmd) and not _sets_from_store(PASSWORD, cmd) and PASSWORD not in literal:
         problems.append(f"{key}: `ray start` does not set {PASSWORD}, so trials on this node get 401 from MLflow; "
                         f"{_from_store(PASSWORD)}")
     admin = "MLFLOW_AUTH_ADMIN_PASSWORD"
-    if re.search(r"\bmlflow server\b", cmd) and not _sets_from_store(admin, cmd):
+    if re.search(r"\bmlflow server\b", cmd) and not _sets_from_store(admin, cmd) and admin not in literal:
         problems.append(f"{key}: `mlflow server` does not set {admin}, so its admin keeps MLflow's published default "
                         f"password; {_from_store(admin)}")
     return problems

@@ -18,7 +18,8 @@ from uda_core.config import DIRECTIONS, RunConfig, _format, did_you_mean, read_y
 from uda_core.errors import ConfigError
 from uda_core.evaluation.names import OBJECTIVES, is_oracle
 
-__all__ = ["SweepConfig", "load_sweep", "parse_sweep", "DEFAULT_OBJECTIVE", "check_target_labels", "has_labelled_target"]
+__all__ = ["SweepConfig", "load_sweep", "parse_sweep", "DEFAULT_OBJECTIVE",
+           "check_target_labels", "has_labelled_target"]
 
 # What a sweep optimises unless told otherwise: the label-free criterion with the lowest regret measured by
 # bench/selection.py (sweeps/selection_benchmark.json; README, "Choosing the objective"): the mean of source
@@ -175,7 +176,8 @@ class SweepConfig(_Strict):
     @classmethod
     def _name(cls, v):
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", v):
-            raise ValueError(f"{v!r}: use letters, digits, '_', '-', '.' (it names folders, the MLflow experiment and the study)")
+            raise ValueError(f"{v!r}: use letters, digits, '_', '-', '.' "
+                             "(it names folders, the MLflow experiment and the study)")
         return v
 
     @field_validator("baselines")

@@ -70,7 +70,8 @@ def model_signature(classifier_dir: Path):
     clf = Classifier.load(classifier_dir)
     m = clf.meta
     example = np.zeros((2, len(m["bands"]), m["stamp_px"], m["stamp_px"]), np.float32)
-    return infer_signature(example, to_frame(clf.predict(example, views=1), clf.class_names, clf.vote_tree), params={"views": 8}), example
+    frame = to_frame(clf.predict(example, views=1), clf.class_names, clf.vote_tree)
+    return infer_signature(example, frame, params={"views": 8}), example
 
 
 @dataclass(frozen=True)
@@ -156,7 +157,8 @@ def log_finalists(sweep: SweepConfig, exp_dir: Path, state: dict, rows: list[dic
         ckpt = checkpoint_at(Path(r["path"]), r["best_step"])
         run = trial_run(client, state["experiment_id"], r["trial_id"])
         if ckpt is None or run is None:
-            log.warning("trial %s: no checkpoint at its best step %s or no MLflow run; model not logged", r["trial_id"], r["best_step"])
+            log.warning("trial %s: no checkpoint at its best step %s or no MLflow run; model not logged",
+                        r["trial_id"], r["best_step"])
             continue
         model = log_trial_model(client, state["tracking_uri"], run, ckpt, r["best_step"], model_metric_keys(sweep, run))
         logged.append(model.uri)

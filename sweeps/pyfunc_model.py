@@ -47,7 +47,8 @@ class GalaxyClassifier(PythonModel):
     def predict(self, context, model_input: np.ndarray, params: dict | None = None) -> pd.DataFrame:
         views = int((params or {}).get("views", 8))
         clf = self.classifier
-        return to_frame(clf.predict(np.asarray(model_input, dtype=np.float32), views=views), clf.class_names, clf.vote_tree)
+        return to_frame(clf.predict(np.asarray(model_input, dtype=np.float32), views=views),
+                        clf.class_names, clf.vote_tree)
 
 
 mlflow.models.set_model(GalaxyClassifier())

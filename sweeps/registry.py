@@ -99,7 +99,8 @@ def _pick(exp_dir: Path, sweep: SweepConfig, trial_id: str | None, floor: float)
     if trial_id is not None:
         ranked = [r for r in rows if r["trial_id"] == trial_id]
         if not ranked:
-            raise PromotionRefused(f"sweep {sweep.name}: no trial {trial_id!r}; trials: {[r['trial_id'] for r in rows]}")
+            raise PromotionRefused(f"sweep {sweep.name}: no trial {trial_id!r}; "
+                                   f"trials: {[r['trial_id'] for r in rows]}")
         if ranked[0]["best_step"] < 0:
             raise PromotionRefused(f"trial {trial_id} has no checkpoint that passed the objective's guard")
     refusals = []
@@ -175,6 +176,7 @@ def registered_model(client, name: str, where: str, store: str):
     try:
         return client.get_registered_model(name)
     except MlflowException as e:
+        _raise_if_refused(e)
         if not _not_found(e):
             raise ConfigError(f"{where}: {e.message}") from None
     names = sorted(m.name for m in client.search_registered_models(max_results=1000))
@@ -284,7 +286,8 @@ def _version_tags(sweep: SweepConfig, state: dict, row: dict, metrics: dict, par
 
     m = sweep.objective.metrics[0]
     tags = {
-        "sweep": sweep.name, "sweep_path": state["path"], "trial_id": row["trial_id"], "trial_step": str(row["best_step"]),
+        "sweep": sweep.name, "sweep_path": state["path"], "trial_id": row["trial_id"],
+        "trial_step": str(row["best_step"]),
         "trial_key": f"{state['experiment_id']}/{row['trial_id']}/{row['best_step']}", "method": row["method"],
         "selected_by": m, "objective_mode": sweep.objective.modes[0],
         "objective_value_in_sweep": str(row[f"best/{m}"]), "objective_value_reevaluated": str(score),
@@ -319,7 +322,8 @@ def _description(sweep: SweepConfig, state: dict, row: dict, rows: list[dict], r
     lines = [(f"{k} ({'oracle, ' if N.is_oracle(k) else ''}{md})", f"best/{k}")
              for k, md in zip(sweep.objective.metrics, sweep.objective.modes)]
     if labelled:
-        lines += [(f"{k} (oracle, max)", f"at_best/{k}") for k in (N.ORACLE_H, N.ORACLE_ACC) if k not in sweep.objective.metrics]
+        lines += [(f"{k} (oracle, max)", f"at_best/{k}")
+                  for k in (N.ORACLE_H, N.ORACLE_ACC) if k not in sweep.objective.metrics]
     baselines = [r for r in rows if r["kind"] == "baseline"]
     # A difference, not a "gain": for a metric to minimise, negative is better (each row says its direction).
     table = ["| | this trial | " + " | ".join(f"this trial − {b['method']}" for b in baselines) + " |",
@@ -408,8 +412,8 @@ def promote(name: str, *, storage: str = "runs/sweeps", workdir: Path | None = N
         else:
             result.champion_score = _champion_score(client, model_name, champion, data, sweep, metric)
             beats = result.champion_score is not None and _better(score, result.champion_score, mode)
-            vs = f"{metric} {score:.4f} vs champion's {result.champion_score:.4f}" if result.champion_score is not None \
-                else "the champion cannot be scored on this sweep's data"
+            vs = f"{metric} {score:.4f} vs champion's {result.champion_score:.4f}" \
+                if result.champion_score is not None else "the champion cannot be scored on this sweep's data"
             result.became_champion = beats or force
             result.reason = (f"{vs}, re-evaluated on {sweep.name}'s data" if not force or beats
                              else f"--force ({vs})")
@@ -425,7 +429,8 @@ def promote(name: str, *, storage: str = "runs/sweeps", workdir: Path | None = N
         if existing is None:
             model = log_trial_model(client, uri, run, ckpt, row["best_step"], model_metric_keys(sweep, run))
             try:
-                client.create_registered_model(model_name, description="galaxy classifiers promoted from uda-sweep sweeps")
+                client.create_registered_model(model_name,
+                                               description="galaxy classifiers promoted from uda-sweep sweeps")
             except MlflowException as e:
                 _raise_if_refused(e)  # else it exists
             existing = client.create_model_version(model_name, model.uri, run_id=run.info.run_id, tags=tags,
@@ -437,7 +442,8 @@ def promote(name: str, *, storage: str = "runs/sweeps", workdir: Path | None = N
         decide(_champion(client, model_name))
         if result.became_champion and result.champion_before != result.version:
             if result.champion_before is not None:
-                client.set_model_version_tag(model_name, result.version, "previous_champion", str(result.champion_before))
+                client.set_model_version_tag(model_name, result.version, "previous_champion",
+                                             str(result.champion_before))
             client.set_model_version_tag(model_name, result.version, "champion_reason", result.reason[:5000])
             client.set_registered_model_alias(model_name, CHAMPION, result.version)  # the one atomic switch
     return result

@@ -44,7 +44,8 @@ def sweep_dir(name: str, storage: str | Path = "runs/sweeps", workdir: Path | No
     return (Path(workdir or Path.cwd()) / storage).resolve() / name
 
 
-def open_sweep(name: str, storage: str | Path = "runs/sweeps", workdir: Path | None = None) -> tuple[Path, SweepConfig, dict]:
+def open_sweep(name: str, storage: str | Path = "runs/sweeps",
+               workdir: Path | None = None) -> tuple[Path, SweepConfig, dict]:
     """An existing sweep's folder, its sweep file (data paths already absolute) and its state."""
     path = sweep_dir(name, storage, workdir)
     if not (path / STATE_FILE).exists():
@@ -80,7 +81,8 @@ def _provenance() -> dict[str, str]:
         here = Path(__file__).resolve().parent
         rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
         dirty = subprocess.run(["git", "status", "--porcelain"], cwd=here, capture_output=True, text=True, timeout=10)
-        out["git.revision"] = rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "") if rev.returncode == 0 else "unknown"
+        out["git.revision"] = (rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+                               if rev.returncode == 0 else "unknown")
     except (OSError, subprocess.SubprocessError):
         out["git.revision"] = "unknown"
     return out
@@ -118,6 +120,7 @@ def run_sweep(sweep_file: str | Path, *, address: str | None = None, workdir: Pa
     if (exp_dir / STATE_FILE).exists():
         raise ConfigError(f"{sweep_file}: a sweep named {sweep.name!r} already exists at {exp_dir}; continue it with "
                           f"`uda-sweep resume {sweep.name}`, or give this sweep another name (nothing was changed)")
+    _check_storage(exp_dir, sweep_file)
     # Before any Ray or MLflow work: what needs target labels the data set lacks, then data errors, surface first.
     check_target_labels(sweep, str(sweep_file), workdir)
     uri = _tracking_uri(sweep, address, workdir)
@@ -141,7 +144,8 @@ def run_sweep(sweep_file: str | Path, *, address: str | None = None, workdir: Pa
     space = get_space(sweep.space_name).with_overrides(sweep.search.overrides, sweep.run.model_dump())
     data_manifest = _data_manifest(sweep)
     parent.log_start(
-        params={"search.space": space.name, "search.algorithm": sweep.search.algorithm, "search.num_trials": sweep.search.num_trials,
+        params={"search.space": space.name, "search.algorithm": sweep.search.algorithm,
+                "search.num_trials": sweep.search.num_trials,
                 "objective": ",".join(sweep.objective.metrics), "objective.mode": ",".join(sweep.objective.modes),
                 "data.fingerprint": data_manifest.get("fingerprint", "unknown"),
                 "data.target_labels": data_manifest.get("target_labels", "simulated"), **_provenance()},
@@ -223,7 +227,8 @@ def _data_folder(sweep: SweepConfig) -> tuple[str, Path]:
     d = sweep.run.data
     if d.path:
         return "run.data.path", Path(d.path)
-    return "run.data.root", Path(d.root) / DataSpec(d.task, d.source, d.target, d.size, d.seed, d.label_noise).folder_name()
+    return "run.data.root", Path(d.root) / DataSpec(d.task, d.source, d.target, d.size, d.seed,
+                                                    d.label_noise).folder_name()
 
 
 def _data_manifest(sweep: SweepConfig) -> dict:
@@ -248,20 +253,23 @@ def _trial_name(trial) -> str:
     return f"trial_{trial.trial_id}"  # Tune's default folder name spells out every parameter
 
 
-def _fit(sweep: SweepConfig, exp_dir: Path, state: dict, address: str | None, trainable, progress: bool, restore: bool) -> SweepSummary:
+def _fit(sweep: SweepConfig, exp_dir: Path, state: dict, address: str | None, trainable, progress: bool,
+         restore: bool) -> SweepSummary:
     """Run the Tuner under a lock: two drivers on one sweep would run its trials twice."""
     with open(exp_dir / "driver.lock", "w") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise ConfigError(f"sweep {sweep.name!r} is already being run by another driver (lock {exp_dir / 'driver.lock'}); "
+            raise ConfigError(f"sweep {sweep.name!r} is already being run by another driver "
+                              f"(lock {exp_dir / 'driver.lock'}); "
                               "wait for it, or stop it first") from None
         if restore:  # under the lock: a refused second driver must not rewrite the running one's state
             state = _reattach_tracking(sweep, exp_dir, state, address)
         return _fit_locked(sweep, exp_dir, state, address, trainable, progress, restore)
 
 
-def _fit_locked(sweep: SweepConfig, exp_dir: Path, state: dict, address: str | None, trainable, progress: bool, restore: bool) -> SweepSummary:
+def _fit_locked(sweep: SweepConfig, exp_dir: Path, state: dict, address: str | None, trainable, progress: bool,
+                restore: bool) -> SweepSummary:
     import optuna
     import ray
     from ray import tune
@@ -310,7 +318,8 @@ def _fit_locked(sweep: SweepConfig, exp_dir: Path, state: dict, address: str | N
         if sweep.search.algorithm == "tpe":
             # Multivariate TPE over grouped conditional sub-spaces; constant liar because parallel trials are
             # asked for before earlier ones are told (optuna 5 defaults, set explicitly for clarity).
-            sampler = optuna.samplers.TPESampler(seed=sweep.search.seed, multivariate=True, group=True, constant_liar=True,
+            sampler = optuna.samplers.TPESampler(seed=sweep.search.seed, multivariate=True, group=True,
+                                                 constant_liar=True,
                                                  n_startup_trials=sweep.search.n_startup)
         else:
             sampler = optuna.samplers.RandomSampler(seed=sweep.search.seed)
@@ -321,7 +330,8 @@ def _fit_locked(sweep: SweepConfig, exp_dir: Path, state: dict, address: str | N
             max_step=sweep.run.train.steps, method=sweep.run.method.name, study_attrs=_study_links(sweep, state))
         if sweep.scheduler.type == "asha":
             scheduler = ASHAScheduler(time_attr="step", metric=metrics[0], mode=modes[0], max_t=sweep.run.train.steps,
-                                      grace_period=sweep.grace_period, reduction_factor=sweep.scheduler.reduction_factor)
+                                      grace_period=sweep.grace_period,
+                                      reduction_factor=sweep.scheduler.reduction_factor)
         else:
             scheduler = FIFOScheduler()
         tuner = tune.Tuner(
@@ -361,6 +371,17 @@ def _fit_locked(sweep: SweepConfig, exp_dir: Path, state: dict, address: str | N
         except Exception as e:
             log.warning("could not close the sweep's MLflow runs: %s", e)
         raise
+
+
+def _check_storage(exp_dir: Path, sweep_file) -> None:
+    """The sweep's folder can be made: its nearest existing ancestor is a folder this user may write in."""
+    existing = next(p for p in (exp_dir, *exp_dir.parents) if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"{sweep_file}: storage.path: {existing} is a file, not a folder; give a folder "
+                          "(it is made if missing)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{sweep_file}: storage.path: {existing} is not writable by this user; give a folder "
+                          "you may write in")
 
 
 def _start_ray(address: str | None, progress: bool) -> None:

@@ -34,7 +34,8 @@ def selection_tags(criterion: str) -> dict[str, str]:
     tags = {"selection.criterion": criterion, "selection.benchmark": bench["setup"]}
     measured = bench["criteria"].get(criterion)
     if measured is None:
-        return tags | {"selection.benchmark_regret": "not measured (bench/selection.py measures label-free criteria only)"}
+        return tags | {"selection.benchmark_regret": "not measured (bench/selection.py "
+                                                     "measures label-free criteria only)"}
     for key in ("regret_acc", "regret_h", "worst_pair_regret_acc", "worst_pair_regret_h"):
         tags[f"selection.benchmark_{key}"] = f"{measured[key]:.4f}"
     return tags

@@ -84,7 +84,8 @@ def metrics_at(exp_dir: Path, trial_id: str, step: int) -> dict[str, float]:
     if not len(match):
         return {}
     row = match.iloc[-1]
-    return {k: float(v) for k, v in row.items() if "/" in str(k) and isinstance(v, numbers.Real) and not isinstance(v, bool)}
+    return {k: float(v) for k, v in row.items()
+            if "/" in str(k) and isinstance(v, numbers.Real) and not isinstance(v, bool)}
 
 
 def ranked_rows(rows: list[dict], sweep: SweepConfig) -> list[dict]:
@@ -125,7 +126,8 @@ def format_table(rows: list[dict], sweep: SweepConfig, max_params: int = 4) -> s
            [titles[m] for m in reported] + [k.split(".")[-1] for k in keys]
     lines = []
     for r in rows:
-        cells = [r["trial_id"], _fmt(r.get("optuna_trial")), r["status"], r["method"] if r["kind"] == "baseline" else "search",
+        cells = [r["trial_id"], _fmt(r.get("optuna_trial")), r["status"],
+                 r["method"] if r["kind"] == "baseline" else "search",
                  f"{r['step']}/{sweep.run.train.steps}"]
         cells += [_fmt(r.get(f"best/{m}")) for m in metrics]
         cells += [_fmt(r.get(f"at_best/{m}")) for m in reported]
@@ -164,7 +166,8 @@ def summarise(sweep: SweepConfig, exp_dir: Path, state: dict, parent):
                               {r["trial_id"]: r["status"] for r in rows})
     if closed:
         log.info("closed %d stale MLflow runs: %s", len(closed), closed)
-    runs = {c.data.tags.get("trial_id"): c for c in child_runs(state["tracking_uri"], state["experiment_id"], state["parent_run_id"])
+    runs = {c.data.tags.get("trial_id"): c for c in child_runs(state["tracking_uri"], state["experiment_id"],
+                                                               state["parent_run_id"])
             if not c.data.tags.get("orphan")}
     for r in rows:  # the links between Ray's trial, Optuna's trial number and the MLflow run, also in trials.csv
         run = runs.get(r["trial_id"])

@@ -24,7 +24,8 @@ from uda_core.errors import ConfigError
 
 from .tracking_uri import default_tracking_uri, existing_store, local_store_path  # noqa: F401 (light, re-exported)
 
-__all__ = ["default_tracking_uri", "existing_store", "read_client", "check_access", "check_sweep_run", "open_experiment", "SweepRun", "TrialRun", "child_runs", "close_stale_runs", "TUNE_TO_MLFLOW"]
+__all__ = ["default_tracking_uri", "existing_store", "read_client", "check_access", "check_sweep_run",
+           "open_experiment", "SweepRun", "TrialRun", "child_runs", "close_stale_runs", "TUNE_TO_MLFLOW"]
 
 log = logging.getLogger(__name__)
 
@@ -117,17 +118,23 @@ def check_sweep_run(uri: str, run_id: str, sweep: str) -> None:
            "store (on the shared mount) and whose MLFLOW_TRACKING_URI names that server")
     path = local_store_path(uri)
     if path is not None and not path.exists():  # MLflow would create an empty store there
-        raise ConfigError(f"sweep {sweep!r}: no MLflow store at {path} (tracking URI {uri}); nothing was created; {fix}")
+        raise ConfigError(f"sweep {sweep!r}: no MLflow store at {path} (tracking URI {uri}); "
+                          f"nothing was created; {fix}")
     if uri.startswith(("http://", "https://")):
         try:
             urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=10)  # one try, not MLflow's retries
         except urllib.error.HTTPError:
             pass  # it answers (an auth proxy may refuse /health); get_run below says more
         except OSError as e:
-            raise ConfigError(f"sweep {sweep!r}: its MLflow server {uri} does not answer ({e}); start it, or, {fix}") from None
+            raise ConfigError(f"sweep {sweep!r}: its MLflow server {uri} does not answer ({e}); "
+                              f"start it, or, {fix}") from None
     try:
         MlflowClient(uri).get_run(run_id)
     except MlflowException as e:
+        from .auth import refusal
+
+        if refused := refusal(e):  # not a missing run: this process's credentials
+            raise ConfigError(refused) from None
         raise ConfigError(f"sweep {sweep!r}: the MLflow store {uri} has no parent run {run_id} of this sweep "
                           f"({e.message}); {fix}") from None
 
@@ -160,7 +167,8 @@ def read_client(uri: str) -> MlflowClient:
 class SweepRun:
     """The parent run: the sweep file, the search space, provenance; at the end the best trial and summaries."""
 
-    def __init__(self, uri: str, experiment_id: str, run_id: str | None = None, name: str = "", tags: dict | None = None):
+    def __init__(self, uri: str, experiment_id: str, run_id: str | None = None, name: str = "",
+                 tags: dict | None = None):
         self.client = MlflowClient(uri)
         self.uri, self.experiment_id = uri, experiment_id
         if run_id is None:
@@ -177,7 +185,8 @@ class SweepRun:
             self.client.log_dict(self.run_id, d, name)
 
     def log_metrics(self, metrics: dict[str, float]) -> None:
-        _log_metrics(self.client, self.run_id, {k: v for k, v in metrics.items() if v is not None and math.isfinite(v)}, 0)
+        _log_metrics(self.client, self.run_id,
+                     {k: v for k, v in metrics.items() if v is not None and math.isfinite(v)}, 0)
 
     def log_figure(self, fig, name: str) -> None:
         self.client.log_figure(self.run_id, fig, name, save_kwargs={"bbox_inches": "tight"})  # no label cut off
@@ -230,7 +239,8 @@ class TrialRun:
                  params: dict[str, Any], tags: dict[str, str]):
         self.client = MlflowClient(uri)
         found = self.client.search_runs(
-            [experiment_id], filter_string=f"tags.trial_id = '{trial_id}' and tags.mlflow.parentRunId = '{parent_run_id}'"
+            [experiment_id],
+            filter_string=f"tags.trial_id = '{trial_id}' and tags.mlflow.parentRunId = '{parent_run_id}'"
         )
         if found:
             self.run_id = found[0].info.run_id
@@ -246,7 +256,8 @@ class TrialRun:
             self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in params.items()])
             self.logged_step, self.restarts, self.previous_failure = -1, 0, None
 
-    def log_evaluation(self, step: int, metrics: dict[str, float], files: dict[str, Any], best_files: dict[str, Any]) -> None:
+    def log_evaluation(self, step: int, metrics: dict[str, float], files: dict[str, Any],
+                       best_files: dict[str, Any]) -> None:
         """Metrics as step `step`; `files` under evaluations/step_N/ and `best_files` under best/.
 
         File values are dicts (written as JSON) or callables `fn(path)` that draw a picture. A step already logged

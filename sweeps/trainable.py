@@ -100,7 +100,8 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
             state = json.loads((Path(resume_dir) / OBJECTIVE_STATE).read_text()) if resume_dir else None
             if state:  # a retry (failed trial or lost node) or a resumed sweep: say where this attempt starts
                 run.set_tags({"resumed_from_step": state.get("step", "unknown")})
-            tracker = ObjectiveTracker(list(ctx.objective_metrics), list(ctx.objective_modes), ctx.min_source_val_acc, state)
+            tracker = ObjectiveTracker(list(ctx.objective_metrics), list(ctx.objective_modes), ctx.min_source_val_acc,
+                                       state)
             with tempfile.TemporaryDirectory(prefix=f"{trial_name}-") as workdir:
 
                 def report(ev: Evaluation, checkpoint_dir: Path) -> None:
@@ -167,7 +168,8 @@ def _best_files(ev: Evaluation, embedding: str) -> dict:
 
     files: dict = {"evaluation.json": ev.to_json()}
     for split, conf in ev.confusion.items():
-        files[f"confusion_{split}.png"] = lambda p, c=conf, s=split: plot_confusion(c, p, title=f"{s}, best step {ev.step}")
+        files[f"confusion_{split}.png"] = lambda p, c=conf, s=split: plot_confusion(
+            c, p, title=f"{s}, best step {ev.step}")
     for split, votes in ev.votes.items():  # vote head only; the target's split is named oracle_target_test
         files[f"votes_confusion_{split}.png"] = lambda p, v=votes, s=split: plot_vote_confusions(
             v, p, title=f"{s} votes, best step {ev.step}")

@@ -1,4 +1,5 @@
-"""Sweep files and test doubles for the sweep tests, shipped to Ray workers by value (cloudpickle.register_pickle_by_value).
+"""Sweep files and test doubles for the sweep tests, shipped to Ray workers by value
+(cloudpickle.register_pickle_by_value).
 
 `flaky_trial` is the real trainable except for two injected faults: the source_only baseline's training raises, and the
 search trial at the seeded default point (lr = 0.002) gets a NaN loss weight, so the real divergence path runs.

@@ -66,6 +66,10 @@ def no_credentials(tmp_path, monkeypatch):
     (which MLflow's client would read, and this machine's user may have)."""
     for var in CREDENTIAL_VARS:
         monkeypatch.delenv(var, raising=False)
+    # Ray keeps its cluster token under the home too, and caches it in this process: it must stay the real one, or
+    # every later Ray in the test session fails with InvalidAuthToken.
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", os.environ.get("RAY_AUTH_TOKEN_PATH")
+                       or str(Path.home() / ".ray" / "auth_token"))
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
 
 
@@ -148,7 +152,7 @@ def test_nobody_without_the_password_gets_in(server, no_credentials, data_root, 
 
 
 def test_sweep_with_the_password_logs_and_stores_it_nowhere(server, data_root, tiny_folder, tmp_path, monkeypatch,
-                                                            no_credentials):
+                                                            no_credentials, capsys):
     """The credentials reach the trials through the environment of the Ray the driver starts (as through `ray start`
     on a node): Tune's trial folders, MLflow's params, tags and artifacts must not record them."""
     import ray
@@ -180,6 +184,13 @@ def test_sweep_with_the_password_logs_and_stores_it_nowhere(server, data_root, t
     assert any(p.name == "params.json" for p in files) and any(p.name == "evaluation.json" for p in files)
     leaks = [p for p in files if USER.encode() in p.read_bytes() or PASSWORD.encode() in p.read_bytes()]
     assert not leaks, f"a credential is stored in {leaks}"
+
+    # A resume with a wrong password stops before any Ray work, saying so (not "no parent run").
+    _send(monkeypatch, USER, "not-the-password")
+    capsys.readouterr()
+    assert main(["resume", "guarded", "--storage", str(storage)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: the MLflow tracking server refused the credentials") and "Traceback" not in err
 
 
 @pytest.mark.parametrize("flag", ["sweep file", "--tracking-uri", "MLFLOW_TRACKING_URI"])
@@ -219,5 +230,6 @@ def test_an_unreachable_tracking_server_fails_at_once(tmp_path, monkeypatch, cap
     assert main(["run", str(sweep)]) == 2
     err = capsys.readouterr().err
     assert time.time() - started < 30  # not MLflow's minutes of retries
-    assert err.startswith(f"error: {sweep}: tracking.uri: the MLflow server {uri} does not answer") and "Traceback" not in err
+    assert err.startswith(f"error: {sweep}: tracking.uri: the MLflow server {uri} does not answer")
+    assert "Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lonely.yaml"]

@@ -92,9 +92,9 @@ def test_confident_vs_uniform_order():
         assert (sc[name] > su[name]) == HIGHER_IS_BETTER[name]
 
 
-def _dev_naive(w, l):
+def _dev_naive(w, loss):
     n = len(w)
-    wl = [a * b for a, b in zip(w, l)]
+    wl = [a * b for a, b in zip(w, loss)]
     mw, mwl = sum(w) / n, sum(wl) / n
     cov = sum((a - mwl) * (b - mw) for a, b in zip(wl, w)) / (n - 1)
     var = sum((b - mw) ** 2 for b in w) / (n - 1)
@@ -105,12 +105,12 @@ def _dev_naive(w, l):
 def test_dev_matches_naive_formula_and_its_guards():
     rng = np.random.default_rng(5)
     w = rng.lognormal(0.0, 0.7, 200)
-    l = (rng.random(200) < 0.3).astype(float)
-    assert dev_risk(w, l) == pytest.approx(_dev_naive(w, l), rel=1e-10)
+    loss = (rng.random(200) < 0.3).astype(float)
+    assert dev_risk(w, loss) == pytest.approx(_dev_naive(w, loss), rel=1e-10)
     # the control variate removes the error of mean(w) around 1: scaling all weights does not change the estimate
     # as much as the plain weighted mean (which scales with them)
-    assert abs(dev_risk(2 * w, l) - dev_risk(w, l)) < abs(np.mean(2 * w * l) - np.mean(w * l))
-    assert dev_risk(np.ones(50), l[:50]) == pytest.approx(l[:50].mean())  # Var(w) = 0: plain mean, not nan
+    assert abs(dev_risk(2 * w, loss) - dev_risk(w, loss)) < abs(np.mean(2 * w * loss) - np.mean(w * loss))
+    assert dev_risk(np.ones(50), loss[:50]) == pytest.approx(loss[:50].mean())  # Var(w) = 0: plain mean, not nan
     assert math.isnan(dev_risk([1.0], [0.0]))
     assert math.isnan(dev_risk([1.0, np.inf], [0.0, 1.0]))
 

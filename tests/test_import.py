@@ -33,7 +33,8 @@ def _stamps(n: int, px: int, seed: int, sky=None) -> np.ndarray:
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[:px, :px] - (px - 1) / 2
     blob = np.exp(-(x**2 + y**2) / (2 * (px / 10) ** 2))
-    flux = rng.normal(0, 1, (n, 3, px, px)) * np.asarray(sky)[None, :, None, None] + 10 * blob / blob.sum() * rng.uniform(0.5, 2, (n, 3, 1, 1))
+    flux = (rng.normal(0, 1, (n, 3, px, px)) * np.asarray(sky)[None, :, None, None]
+            + 10 * blob / blob.sum() * rng.uniform(0.5, 2, (n, 3, 1, 1)))
     return flux.astype(np.float32)
 
 

@@ -2,7 +2,7 @@
 
 One fresh interpreter (this test process has imported everything already) imports the config modules and the CLI,
 parses every shipped run config and sweep file, then runs argument and config errors of several subcommands; after
-each step it lists the heavy packages that step loaded. Nothing is timed here (bench/error_speed.py times it).
+each step it lists the heavy packages that step loaded. Nothing is timed here (bench/bad_inputs.py times it).
 """
 
 from __future__ import annotations

@@ -174,7 +174,8 @@ def test_a_bad_vote_table_is_named_and_nothing_is_created(inputs, tmp_path, case
 
 def test_a_cutout_without_votes_stops_the_import_or_is_skipped(inputs, tmp_path):
     bad = _mend(inputs, lambda t: t.drop(index=[7]))  # src007's votes
-    with pytest.raises(DataError, match=r"id 'src007' has no row in the source vote table .*bad_votes\.csv.*--skip-bad"):
+    with pytest.raises(DataError,
+                       match=r"id 'src007' has no row in the source vote table .*bad_votes\.csv.*--skip-bad"):
         import_dataset(_spec(inputs, source_votes=str(bad)), tmp_path / "ds", progress=False)
     assert not (tmp_path / "ds").exists() and not list(tmp_path.glob(".ds.*"))
     r = import_dataset(_spec(inputs, source_votes=str(bad), skip_bad=True), tmp_path / "ds", progress=False)

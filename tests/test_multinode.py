@@ -46,7 +46,8 @@ class MlflowServer:
             [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.port),
              "--backend-store-uri", f"sqlite:///{self.folder / 'server.db'}",
              "--artifacts-destination", str(self.folder / "artifacts"), "--workers", "1"],
-            stdout=open(self.folder / "mlflow.log", "a"), stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
+            stdout=open(self.folder / "mlflow.log", "a"), stderr=subprocess.STDOUT, env=self.env,
+            start_new_session=True)
         for _ in range(120):
             try:
                 urllib.request.urlopen(f"{self.uri}/health", timeout=1)
@@ -69,7 +70,8 @@ class RayNode:
     def __init__(self, address: str, env: dict, cpus: int, log: Path):
         known = set(alive_nodes(address, env))
         self.proc = subprocess.Popen(
-            [str(BIN / "ray"), "start", f"--address={address}", f"--num-cpus={cpus}", "--node-ip-address=127.0.0.1", "--block"],
+            [str(BIN / "ray"), "start", f"--address={address}", f"--num-cpus={cpus}",
+             "--node-ip-address=127.0.0.1", "--block"],
             stdout=open(log, "a"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
         deadline = time.time() + 120
         while time.time() < deadline:
@@ -107,11 +109,13 @@ print(*[n["NodeID"] for n in sorted(alive, key=lambda n: n["Resources"].get("CPU
 def cluster(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cluster")
     # Token authentication on every node and for every client, as cluster.yaml sets it up.
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token",
+           "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     port = _free_port()
     address = f"127.0.0.1:{port}"
     server = MlflowServer(tmp, env)
-    _ray("start", "--head", f"--port={port}", "--num-cpus=0", "--include-dashboard=false", "--node-ip-address=127.0.0.1", env=env)
+    _ray("start", "--head", f"--port={port}", "--num-cpus=0", "--include-dashboard=false",
+         "--node-ip-address=127.0.0.1", env=env)
     try:
         info = {"address": address, "uri": server.uri, "server": server, "tmp": tmp, "env": env}
         info["add_node"] = lambda: RayNode(address, env, 2, tmp / "nodes.log")
@@ -132,7 +136,8 @@ def test_sweep_runs_on_the_second_node_and_logs_to_the_server(cluster, data_root
     tmp, env = cluster["tmp"], cluster["env"]
     storage = tmp / "shared" / "sweeps"
     sweep = write_sweep(tmp, data_root, "multinode", search={"num_trials": 2}, baselines=[],
-                        tracking={"uri": cluster["uri"], "embedding": "pca", "finalists": 0}, storage={"path": str(storage)})
+                        tracking={"uri": cluster["uri"], "embedding": "pca", "finalists": 0},
+                        storage={"path": str(storage)})
     # The driver is a separate process, as under `ray job submit`: Ray reads the token settings when it starts.
     done = subprocess.run([str(BIN / "uda-sweep"), "run", str(sweep), "--address", cluster["address"]], cwd=tmp,
                           env=env, capture_output=True, text=True, timeout=900)
@@ -166,7 +171,8 @@ def test_mlflow_server_restart_mid_sweep_loses_no_metrics(cluster, data_root, ti
     sweep = write_sweep(tmp, data_root, "restart", search={"num_trials": 2}, baselines=[],
                         run={"train": {"steps": 20 * EVERY, "eval_every": EVERY, "precision": "fp32"}},
                         scheduler={"type": "none"},
-                        tracking={"uri": cluster["uri"], "embedding": "pca", "finalists": 0}, storage={"path": str(storage)})
+                        tracking={"uri": cluster["uri"], "embedding": "pca", "finalists": 0},
+                        storage={"path": str(storage)})
     driver = subprocess.Popen([str(BIN / "uda-sweep"), "run", str(sweep), "--address", cluster["address"]], cwd=tmp,
                               env=env, stdout=subprocess.DEVNULL, stderr=open(tmp / "restart.log", "w"))
     client = MlflowClient(cluster["uri"])
@@ -185,11 +191,13 @@ def test_mlflow_server_restart_mid_sweep_loses_no_metrics(cluster, data_root, ti
     overlapped = False
     for run in runs:
         history = client.get_metric_history(run.info.run_id, "source_val/acc")
-        assert sorted(m.step for m in history) == expected  # every evaluation logged exactly once: nothing lost or doubled
+        # every evaluation logged exactly once: nothing lost or doubled
+        assert sorted(m.step for m in history) == expected
         # A trial evaluates every ~2 s, so the outage met one of its calls: either a metric stamped while the server
         # was down, or two evaluations stamped either side of it (the uploads between them waited it out).
         stamps = sorted(m.timestamp / 1000 for m in history)
-        overlapped |= any(down <= t <= up for t in stamps) or any(a < down and b > up for a, b in zip(stamps, stamps[1:]))
+        overlapped |= any(down <= t <= up for t in stamps) or any(a < down and b > up
+                                                                  for a, b in zip(stamps, stamps[1:]))
     assert overlapped, "no trial was logging while the server was down: the retry path was not exercised"
 
 
@@ -220,7 +228,8 @@ def test_node_lost_mid_trial_resumes_from_checkpoint_on_new_capacity(cluster, da
     sweep = write_sweep(tmp, data_root, "nodeloss", search={"num_trials": 1}, baselines=[],
                         run={"train": {"steps": steps, "eval_every": EVERY, "precision": "fp32"}},
                         scheduler={"type": "none"}, failure={"max_retries": 2},
-                        tracking={"uri": cluster["uri"], "embedding": "none", "finalists": 0}, storage={"path": str(storage)})
+                        tracking={"uri": cluster["uri"], "embedding": "none", "finalists": 0},
+                        storage={"path": str(storage)})
     driver = subprocess.Popen([str(BIN / "uda-sweep"), "run", str(sweep), "--address", cluster["address"]], cwd=tmp,
                               env=env, stdout=subprocess.DEVNULL, stderr=open(tmp / "nodeloss.log", "w"))
     client = MlflowClient(cluster["uri"])

@@ -81,7 +81,8 @@ def _assert_linked_to_its_logged_model(summary, version, trial: dict, run_before
         {"name": v["name"], "version": str(v["version"])} for v in json.loads(model.tags["mlflow.modelVersions"])]
     linked = model.metrics or []  # None when it has none
     on_model = {m.key: m for m in linked}
-    assert {"label_free/im", "source_val/acc", "oracle/target_test/h_score", "oracle/target_test/acc_shared"} <= set(on_model)
+    assert {"label_free/im", "source_val/acc", "oracle/target_test/h_score",
+            "oracle/target_test/acc_shared"} <= set(on_model)
     assert {m.step for m in linked} == {trial["best_step"]}
     assert on_model["label_free/im"].value == pytest.approx(trial["best/label_free/im"], abs=1e-6)
     for key in run.data.metrics:  # re-logging for the model added no second point to the run's history
@@ -127,7 +128,8 @@ def test_champion_lifecycle(in_workdir, capsys):
     measured = load_benchmark()["criteria"]["label_free/im"]
     assert tags["selection.criterion"] == "label_free/im" and "bench/selection.py" in tags["selection.benchmark"]
     assert float(tags["selection.benchmark_regret_h"]) == pytest.approx(measured["regret_h"], abs=1e-4)
-    assert float(tags["selection.benchmark_worst_pair_regret_acc"]) == pytest.approx(measured["worst_pair_regret_acc"], abs=1e-4)
+    assert float(tags["selection.benchmark_worst_pair_regret_acc"]) == pytest.approx(measured["worst_pair_regret_acc"],
+                                                                                     abs=1e-4)
     assert _alias(summary, "reg", CHAMPION) == _alias(summary, "reg", CHALLENGER) == str(v1.version)
     _assert_linked_to_its_logged_model(summary, v1, best, best_run)
 
@@ -167,7 +169,8 @@ def test_guards_refuse_with_reasons(in_workdir):
 def test_concurrent_promotions_leave_one_version(in_workdir):
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
     cmd = [PYTHON, "-m", "sweeps.cli", "promote", "reg", "--model-name", "racing"]
-    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     (only,) = _versions(in_workdir, "racing")
@@ -191,7 +194,8 @@ def test_champion_loads_in_a_fresh_process_and_matches_the_trials_evaluation(in_
         mlflow.set_tracking_uri({summary.tracking_uri!r})
         model = mlflow.pyfunc.load_model("models:/reg@champion")
         model.predict(np.load({str(tmp_path / 'flux.npy')!r})).to_parquet({str(tmp_path / 'out.parquet')!r})
-        model.predict(np.load({str(tmp_path / 'train.npy')!r}), params={{"views": 1}}).to_parquet({str(tmp_path / 'train.parquet')!r})
+        model.predict(np.load({str(tmp_path / 'train.npy')!r}), params={{"views": 1}}).to_parquet(\
+{str(tmp_path / 'train.parquet')!r})
     """)
     subprocess.run([PYTHON, "-c", script], check=True, cwd=tmp_path, timeout=300)
     out = pq.read_table(tmp_path / "out.parquet").to_pandas()
@@ -255,7 +259,8 @@ def test_predict_catalogue_from_data_set_and_fits(in_workdir, fresh_target, tmp_
     some = cat.iloc[:5]
     fits_dir = _write_fits(tmp_path / "fits", some["id"], pixels[some["source_index"].to_numpy()].astype(np.float32))
     out2 = tmp_path / "fits.parquet"
-    assert main(["predict", "models:/reg@champion", str(fits_dir), "--out", str(out2), "--tracking-uri", summary.tracking_uri]) == 0
+    assert main(["predict", "models:/reg@champion", str(fits_dir), "--out", str(out2),
+                 "--tracking-uri", summary.tracking_uri]) == 0
     again = pq.read_table(out2).to_pandas().set_index("id").loc[some["id"]]
     np.testing.assert_allclose(again[[c for c in cat.columns if c.startswith("prob_")]].to_numpy(),
                                probs[:5], atol=1e-5)
@@ -263,7 +268,8 @@ def test_predict_catalogue_from_data_set_and_fits(in_workdir, fresh_target, tmp_
 
     # Nothing stored is overwritten, and a refused run leaves the catalogue as it was.
     before = out.read_bytes()
-    assert main(["predict", "models:/reg@champion", str(fresh_target), "--out", str(out), "--tracking-uri", summary.tracking_uri]) == 2
+    assert main(["predict", "models:/reg@champion", str(fresh_target), "--out", str(out),
+                 "--tracking-uri", summary.tracking_uri]) == 2
     assert out.read_bytes() == before
 
 
@@ -273,7 +279,8 @@ def test_predict_puts_other_grids_on_the_models_and_refuses_missing_bands(in_wor
     flux = np.full((1, 3, 32, 32), 0.01, np.float32)
     bands = _write_fits(tmp_path / "bands", ["a"], flux, bands="gri")
     out = tmp_path / "bands.parquet"
-    assert main(["predict", "models:/reg@champion", str(bands), "--out", str(out), "--tracking-uri", summary.tracking_uri]) == 2
+    assert main(["predict", "models:/reg@champion", str(bands), "--out", str(out),
+                 "--tracking-uri", summary.tracking_uri]) == 2
     err = capsys.readouterr().err
     assert str(bands) in err and "missing ['z']" in err and not out.exists()
 
@@ -281,7 +288,8 @@ def test_predict_puts_other_grids_on_the_models_and_refuses_missing_bands(in_wor
     big = np.full((1, 3, 64, 64), 0.01, np.float32)
     other = _write_fits(tmp_path / "scale", ["a"], big, pixel_arcsec=0.262)
     out = tmp_path / "scale.parquet"
-    assert main(["predict", "models:/reg@champion", str(other), "--out", str(out), "--tracking-uri", summary.tracking_uri]) == 0
+    assert main(["predict", "models:/reg@champion", str(other), "--out", str(out),
+                 "--tracking-uri", summary.tracking_uri]) == 0
     notice = [r.getMessage() for r in caplog.records if "put on the model's grid" in r.getMessage()]
     assert len(notice) == 1 and "64 px at 0.262" in notice[0]
     assert pq.read_table(out).num_rows == 1
@@ -294,7 +302,8 @@ def test_predict_as_a_ray_data_job_matches_the_local_catalogue(in_workdir, fresh
     promote("reg")
     kw = dict(tracking_uri=summary.tracking_uri, rows_per_shard=64, progress=False, top_n=3)
     local = predict_catalogue("models:/reg@champion", fresh_target, tmp_path / "local.parquet", **kw)
-    distributed = predict_catalogue("models:/reg@champion", fresh_target, tmp_path / "ray.parquet", use_ray=True, workers=1, **kw)
+    distributed = predict_catalogue("models:/reg@champion", fresh_target, tmp_path / "ray.parquet",
+                                    use_ray=True, workers=1, **kw)
     assert distributed.rows == local.rows
     a = pq.read_table(local.path).to_pandas().set_index("id").sort_index()
     b = pq.read_table(distributed.path).to_pandas().set_index("id").sort_index()

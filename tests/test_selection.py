@@ -29,11 +29,13 @@ def _sweep(rng, trials=6, ckpts=5) -> pd.DataFrame:
     for t in range(trials):
         for c in range(ckpts):
             acc = rng.uniform(0.3, 0.9)
-            rows.append({"trial": t, "oracle/target_test/acc_shared": acc, "oracle/target_test/h_score": acc - 0.2 + rng.normal(0, 0.05),
+            rows.append({"trial": t, "oracle/target_test/acc_shared": acc,
+                         "oracle/target_test/h_score": acc - 0.2 + rng.normal(0, 0.05),
                          "source_val/acc": rng.uniform(0.3, 1.0)})
     df = pd.DataFrame(rows)
     df["label_free/im"] = df["oracle/target_test/acc_shared"] + rng.normal(0, 0.1, len(df))   # noisy but right
-    df["label_free/entropy"] = df["oracle/target_test/acc_shared"]                            # lower is better: exactly backwards
+    # lower is better: exactly backwards
+    df["label_free/entropy"] = df["oracle/target_test/acc_shared"]
     df["label_free/snd"] = rng.normal(size=len(df))
     return df
 
@@ -94,7 +96,8 @@ def test_summary_over_sweeps_records_round_trip(tmp_path):
             for seed in (0, 1, 2):
                 df = _sweep(rng, trials=4, ckpts=3)
                 lines = [json.dumps({"pair": pair, "seed": seed, "method": method, "trial": int(r.trial), "params": {},
-                                     "metrics": {k: v for k, v in r.items() if k != "trial"}}) for _, r in df.iterrows()]
+                                     "metrics": {k: v for k, v in r.items() if k != "trial"}})
+                         for _, r in df.iterrows()]
                 (tmp_path / f"{pair[0]}_{method}_{seed}.jsonl").write_text("\n".join(lines) + "\n")
     records = load_records(sorted(tmp_path.glob("*.jsonl")))
     assert len(records) == 2 * 2 * 3 * 12 and records.groupby(["pair", "method", "seed", "trial"]).size().eq(3).all()
@@ -102,7 +105,8 @@ def test_summary_over_sweeps_records_round_trip(tmp_path):
     one = records[(records.pair == "a:b") & (records.method == "dance")]
     per_seed = [sweep_selection(g.reset_index(drop=True)).set_index("criterion").loc["label_free/im", "regret_acc"]
                 for _, g in one.groupby("seed")]
-    row = summary[(summary.pair == "a:b") & (summary.method == "dance") & (summary.criterion == "label_free/im")].iloc[0]
+    row = summary[(summary.pair == "a:b") & (summary.method == "dance")
+                  & (summary.criterion == "label_free/im")].iloc[0]
     assert row.n == 3 and row.regret_acc == pytest.approx(np.mean(per_seed))
     assert row.regret_acc_se == pytest.approx(np.std(per_seed, ddof=1) / math.sqrt(3))
     overall = summary[(summary.pair == "all") & (summary.criterion == "label_free/im")].iloc[0]

@@ -94,7 +94,8 @@ def test_classes_overlap_in_brightness_and_size():
     e, s = slice(0, 300), slice(300, 600)
     # The brightness and size distributions overlap: neither is a template a summary statistic could read.
     assert abs(np.median(p["r_mag"][e]) - np.median(p["r_mag"][s])) < np.std(p["r_mag"][s])
-    assert abs(np.log(np.median(p["hlr_arcsec"][e]) / np.median(p["hlr_arcsec"][s]))) < np.std(np.log(p["hlr_arcsec"][s]))
+    assert abs(np.log(np.median(p["hlr_arcsec"][e])
+                      / np.median(p["hlr_arcsec"][s]))) < np.std(np.log(p["hlr_arcsec"][s]))
 
 
 def test_bass_resampling_correlates_the_noise():

@@ -101,7 +101,8 @@ def test_optuna_study_speaks_in_training_steps_and_marks_asha_stops_pruned(tmp_p
     again.on_trial_result("ray_b", {"best/m": 0.36, "step": 4})
     again.on_trial_complete("ray_b", {"best/m": 0.36, "step": 4})
     again.on_trial_complete("ray_a", {"best/m": 0.5, "step": 6})
-    after = {t.number: (t.state, t.value) for t in optuna.load_study(study_name="s", storage=study_storage(tmp_path)).trials}
+    after = {t.number: (t.state, t.value)
+             for t in optuna.load_study(study_name="s", storage=study_storage(tmp_path)).trials}
     assert after[1] == (optuna.trial.TrialState.PRUNED, 0.35) and after[0] == (optuna.trial.TrialState.COMPLETE, 0.5)
 
 
@@ -142,7 +143,8 @@ def test_tracking_uri_local_default_and_cluster_rule(tmp_path):
     from uda_core.errors import ConfigError
 
     sweep = parse_sweep({"name": "s", "run": {}}, "s.yaml")
-    assert _tracking_uri(sweep, None, tmp_path) == f"sqlite:///{tmp_path / 'mlflow.db'}"  # absolute: trials run elsewhere
+    # absolute: trials run elsewhere
+    assert _tracking_uri(sweep, None, tmp_path) == f"sqlite:///{tmp_path / 'mlflow.db'}"
     with pytest.raises(ConfigError, match="tracking.uri.*MLflow server"):
         _tracking_uri(sweep, "ray://head:10001", tmp_path)  # a local sqlite file is unreachable from other nodes
     remote = parse_sweep({"name": "s", "run": {}, "tracking": {"uri": "http://10.0.0.1:5000"}}, "s.yaml")

@@ -49,7 +49,8 @@ def test_sweep_nests_trial_runs_under_one_parent(finished):
     plots = {a.path for a in client.list_artifacts(summary.parent_run_id, "optuna")}
     assert "optuna/optimization_history.png" in plots
     # ORACLE selection analysis of the sweep's own checkpoints (the pair is simulated, so target labels exist)
-    assert "selection/criteria_vs_oracle_ORACLE.png" in {a.path for a in client.list_artifacts(summary.parent_run_id, "selection")}
+    assert "selection/criteria_vs_oracle_ORACLE.png" in {a.path for a in client.list_artifacts(summary.parent_run_id,
+                                                                                               "selection")}
     regrets = {k: v for k, v in parent.data.metrics.items() if k.startswith("oracle/selection/regret_h/")}
     assert "oracle/selection/regret_h/label_free/dev" in regrets and all(0 <= v <= 1 for v in regrets.values())
 
@@ -66,7 +67,8 @@ def test_every_evaluation_has_metrics_and_confusion_matrices(finished):
             folder = f"evaluations/step_{step:07d}/confusion"
             files = {a.path.rsplit("/", 1)[1] for a in client.list_artifacts(child.info.run_id, folder)}
             assert files == {"source_test.json", "source_test.png", "oracle_target_test.json", "oracle_target_test.png"}
-        local = client.download_artifacts(child.info.run_id, f"evaluations/step_{steps[-1]:07d}/confusion/source_test.json")
+        local = client.download_artifacts(child.info.run_id,
+                                          f"evaluations/step_{steps[-1]:07d}/confusion/source_test.json")
         conf = json.loads(Path(local).read_text())
         assert sum(map(sum, conf["matrix"])) > 0
         best = {a.path for a in client.list_artifacts(child.info.run_id, "best")}
@@ -88,7 +90,8 @@ def test_mlflow_and_optuna_show_the_same_trials_linked_and_named(finished):
     """What the two UIs display, read back through their own client APIs."""
     summary, _, _ = finished
     client = MlflowClient(summary.tracking_uri)
-    runs = {c.data.tags["trial_id"]: c for c in child_runs(summary.tracking_uri, summary.experiment_id, summary.parent_run_id)}
+    runs = {c.data.tags["trial_id"]: c for c in child_runs(summary.tracking_uri, summary.experiment_id,
+                                                           summary.parent_run_id)}
     study = optuna.load_study(study_name="nest", storage=study_storage(summary.path))
     assert study.metric_names == ["best/label_free/im"]  # not "Objective 0"
     assert study.user_attrs["mlflow_parent_run_id"] == summary.parent_run_id
@@ -107,7 +110,8 @@ def test_mlflow_and_optuna_show_the_same_trials_linked_and_named(finished):
         assert run.data.tags["optuna_trial"] == str(trial.number) == str(row["optuna_trial"])
         assert "optuna_trial" not in run.data.params  # the number is a link, not a searched parameter
         # Optuna's steps are training steps, the last report included; ASHA's early stops are PRUNED
-        assert set(trial.intermediate_values) <= {EVERY, 2 * EVERY, STEPS} and max(trial.intermediate_values) == row["step"]
+        assert (set(trial.intermediate_values) <= {EVERY, 2 * EVERY, STEPS}
+                and max(trial.intermediate_values) == row["step"])
         stopped = row["step"] < STEPS
         assert trial.state == (optuna.trial.TrialState.PRUNED if stopped else optuna.trial.TrialState.COMPLETE)
         assert (run.data.tags.get("stopped_early") == "true") == stopped
@@ -115,7 +119,8 @@ def test_mlflow_and_optuna_show_the_same_trials_linked_and_named(finished):
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # lands on runs, not GenAI traces
     note = client.get_run(summary.parent_run_id).data.tags["mlflow.note.content"]
     best = summary.best
-    assert f"runs/{best['mlflow_run_id']}" in note and best["mlflow_run_name"] in note and "baseline · source_only" in note
+    assert (f"runs/{best['mlflow_run_id']}" in note and best["mlflow_run_name"] in note
+            and "baseline · source_only" in note)
     csv = client.download_artifacts(summary.parent_run_id, "trials.csv")
     assert {"optuna_trial", "mlflow_run_id", "mlflow_run_name"} <= set(Path(csv).read_text().splitlines()[0].split(","))
 
@@ -124,7 +129,8 @@ def test_best_trial_and_finalist_model(finished):
     summary, _, _ = finished
     best = summary.best
     assert best is not None and best["kind"] == "search"
-    scores = [r["best/label_free/im"] for r in summary.trials if r["kind"] == "search" and r["best/label_free/im"] is not None]
+    scores = [r["best/label_free/im"] for r in summary.trials
+              if r["kind"] == "search" and r["best/label_free/im"] is not None]
     assert best["best/label_free/im"] == max(scores)
     client = MlflowClient(summary.tracking_uri)
     (run,) = client.search_runs([summary.experiment_id], filter_string=f"tags.trial_id = '{best['trial_id']}'")
@@ -191,7 +197,8 @@ def test_failing_and_diverging_trials_do_not_stop_the_sweep(tmp_path, data_root,
 
 def test_resume_after_driver_sigkill(tmp_path, data_root, tiny_folder):
     """Kill the driver (and its local Ray) mid-sweep; resume finishes with every trial run once in MLflow."""
-    path = write_sweep(tmp_path, data_root, "killed", run={"train": {"steps": 40, "eval_every": 10, "precision": "fp32"}},
+    path = write_sweep(tmp_path, data_root, "killed",
+                       run={"train": {"steps": 40, "eval_every": 10, "precision": "fp32"}},
                        search={"num_trials": 4, "overrides": {"model.width": 8, "optim.batch_size": 16}},
                        scheduler={"type": "none"})
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"PYTHONUNBUFFERED": "1"}  # its own Ray
@@ -260,4 +267,5 @@ def test_multi_objective_sweep_on_a_user_defined_survey(tmp_path, data_root, tin
     assert [d.name for d in study.directions] == ["MINIMIZE", "MAXIMIZE"]
     assert all(len(t.values) == 2 for t in study.trials)
     tags = MlflowClient(summary.tracking_uri).get_run(summary.parent_run_id).data.tags
-    assert tags["pareto_trial_ids"] and set(tags["pareto_trial_ids"].split(",")) <= {r["trial_id"] for r in summary.trials}
+    assert tags["pareto_trial_ids"] and set(tags["pareto_trial_ids"].split(",")) <= {r["trial_id"]
+                                                                                     for r in summary.trials}

@@ -79,7 +79,8 @@ def _no_oracle(keys) -> list[str]:
 def test_evaluation_without_target_labels_is_the_label_free_part_of_the_labelled_one(unlabelled, tiny_folder):
     labelled = load_dataset(tiny_folder)
     assert labelled.has_target_labels and not unlabelled.has_target_labels
-    assert (unlabelled["target/test"].y == UNLABELLED).all() and (unlabelled["target/train"].train_y == UNLABELLED).all()
+    assert ((unlabelled["target/test"].y == UNLABELLED).all()
+            and (unlabelled["target/train"].train_y == UNLABELLED).all())
     cfg = build_config(_run(tiny_folder))
     torch.manual_seed(0)
     model = build_model(cfg.model, labelled.in_channels, labelled.num_known)
@@ -100,7 +101,8 @@ def test_evaluation_without_target_labels_is_the_label_free_part_of_the_labelled
 
 @pytest.mark.parametrize("where, labels, match", [
     ("source", "none", r"catalogue.parquet: \d+ source rows have no class label"),
-    ("target", "simulated", r"catalogue.parquet: \d+ target rows have no class label .* target_labels: 'simulated'.*'none'"),
+    ("target", "simulated", r"catalogue.parquet: \d+ target rows have no class label "
+                            r".* target_labels: 'simulated'.*'none'"),
     ("target", "eval", r"target_labels: 'eval'"),
 ])
 def test_missing_labels_are_refused_where_labels_are_promised(tiny_folder, tmp_path, where, labels, match):
@@ -124,7 +126,8 @@ def test_train_command_end_to_end_on_an_unlabelled_target(tiny_unlabelled_folder
         assert _no_oracle(record["metrics"]) == []
     for step in (2, 4):
         d = out / "evals" / f"step_{step:07d}"
-        assert {p.name for p in d.iterdir()} == {"evaluation.json", "confusion_source_test.json", "confusion_source_test.png"}
+        assert {p.name for p in d.iterdir()} == {"evaluation.json", "confusion_source_test.json",
+                                                 "confusion_source_test.png"}
         assert "oracle" not in (d / "evaluation.json").read_text()
     pictures = {p.name for p in out.glob("*.png")}
     assert pictures == {"embedding.png"}  # no picture that needs labels (oracle embedding, accuracy vs magnitude)
@@ -156,7 +159,8 @@ def test_training_on_target_labels_is_refused_before_it_starts(tiny_unlabelled_f
 
 
 def test_eval_labels_still_give_oracle_metrics(eval_folder, tmp_path):
-    last = train(build_config(_run(eval_folder, "source_only", train={"steps": 2, "eval_every": 2})), lambda *a: None, tmp_path)
+    last = train(build_config(_run(eval_folder, "source_only", train={"steps": 2, "eval_every": 2})),
+                 lambda *a: None, tmp_path)
     assert math.isfinite(last.metrics["oracle/target_test/acc_shared"]) and "oracle_target_test" in last.confusion
 
 
@@ -232,7 +236,8 @@ def test_sweep_on_an_unlabelled_target_logs_no_oracle_number(unlabelled_sweep, c
     assert client.list_artifacts(summary.parent_run_id, "selection") == []  # no ORACLE selection picture
     for child in child_runs(summary.tracking_uri, summary.experiment_id, summary.parent_run_id):
         assert "label_free/combined" in child.data.metrics and _no_oracle(child.data.metrics) == []
-        confusion = {a.path.rsplit("/", 1)[1] for a in client.list_artifacts(child.info.run_id, "evaluations/step_0000002/confusion")}
+        confusion = {a.path.rsplit("/", 1)[1]
+                     for a in client.list_artifacts(child.info.run_id, "evaluations/step_0000002/confusion")}
         assert confusion == {"source_test.json", "source_test.png"}
         best = {a.path.rsplit("/", 1)[1] for a in client.list_artifacts(child.info.run_id, "best")}
         assert "embedding.png" in best and _no_oracle(best) == []

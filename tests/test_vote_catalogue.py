@@ -110,7 +110,8 @@ def test_vote_head_is_exported_and_its_catalogue_has_vote_columns_and_the_tree(t
     flux = pixels[:12].astype(np.float32)
     one = clf.predict(flux, views=1)
     _, f = predict(clf.model, preprocess(flux, meta["softening"]), TARGET)
-    np.testing.assert_allclose(one["vote_alpha"], alpha_from_cosine(clf.model.answer_logits(torch.from_numpy(f))).detach().numpy(),
+    np.testing.assert_allclose(one["vote_alpha"],
+                               alpha_from_cosine(clf.model.answer_logits(torch.from_numpy(f))).detach().numpy(),
                                rtol=1e-5)
     assert one["vote_fraction_std"].shape == (12, len(tree.questions)) and (one["vote_fraction_std"] == 0).all()
     eight = clf.predict(flux, views=8)
@@ -122,7 +123,8 @@ def test_vote_head_is_exported_and_its_catalogue_has_vote_columns_and_the_tree(t
         frame = mlflow.pyfunc.load_model(str(model_dir)).predict(flux)
     assert not [w for w in caught if "type hint" in str(w.message)], [str(w.message) for w in caught]
     names = _vote_names(tree)
-    assert list(frame.columns[-len(names):]) == names and list(frame.columns[-len(names) - 6: -len(names)]) == CLASS_COLUMNS
+    assert (list(frame.columns[-len(names):]) == names
+            and list(frame.columns[-len(names) - 6: -len(names)]) == CLASS_COLUMNS)
 
     # The catalogue (local path) from the data set folder's target rows.
     out = tmp_path / "votes.parquet"

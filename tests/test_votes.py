@@ -138,7 +138,8 @@ def test_sphkmeans_adapts_with_the_classifier_frozen(tiny_config, tiny_folder, t
     cfg = build_config(raw)
     last = train(cfg, lambda *a: None, tmp_path)
     assert last.metrics["train/proto_ce"] > 0 and "train/votes" in last.metrics
-    states = [torch.load(tmp_path / "checkpoints" / f"step_{s:07d}" / CHECKPOINT_FILE, weights_only=True) for s in (3, 6)]
+    states = [torch.load(tmp_path / "checkpoints" / f"step_{s:07d}" / CHECKPOINT_FILE,
+                         weights_only=True) for s in (3, 6)]
     for key in ("prototypes", "answer_prototypes"):
         assert torch.equal(states[0]["model"][key], states[1]["model"][key]), key
     assert not torch.equal(states[0]["model"]["embed.weight"], states[1]["model"]["embed.weight"])

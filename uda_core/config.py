@@ -16,7 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import ConfigError
 
-__all__ = ["DataConfig", "ModelConfig", "MethodConfig", "OptimConfig", "TrainConfig", "EvalConfig", "RunConfig", "load_config", "read_yaml"]
+__all__ = ["DataConfig", "ModelConfig", "MethodConfig", "OptimConfig", "TrainConfig", "EvalConfig", "RunConfig",
+           "load_config", "read_yaml"]
 
 
 class _Strict(BaseModel):

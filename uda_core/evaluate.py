@@ -32,7 +32,8 @@ from .methods import Method
 from .models import SOURCE, TARGET, UdaNet, reestimate_bn
 from .votes import alpha_from_cosine, dirichlet_multinomial_nll
 
-__all__ = ["Evaluation", "evaluate", "predict", "vote_alpha", "dihedral", "entropy_rho", "rejection_threshold", "OBJECTIVES", "is_oracle"]
+__all__ = ["Evaluation", "evaluate", "predict", "vote_alpha", "dihedral", "entropy_rho",
+           "rejection_threshold", "OBJECTIVES", "is_oracle"]
 
 
 @dataclass
@@ -65,7 +66,8 @@ def default_batch_size(device: torch.device) -> int:
 
 
 @torch.no_grad()
-def predict(model: UdaNet, x: torch.Tensor, domain: int, batch_size: int | None = None, autocast=contextlib.nullcontext) -> tuple[np.ndarray, np.ndarray]:
+def predict(model: UdaNet, x: torch.Tensor, domain: int, batch_size: int | None = None,
+            autocast=contextlib.nullcontext) -> tuple[np.ndarray, np.ndarray]:
     """Logits (N, K) and normalised features (N, D) as float32 numpy arrays, in eval mode."""
     batch_size = batch_size or default_batch_size(x.device)
     was = model.training
@@ -202,12 +204,15 @@ def _oracle_metrics(o: _Outputs, rule: _Rejection, data: UdaData, cfg: RunConfig
     out[N.ORACLE_TRAIN_ACC], out[N.ORACLE_TRAIN_H] = tt["acc_shared"], tt["h_score"]
     for s in ANOMALY_SCORES:
         out[f"{t}/auroc/{s}"] = M.auroc_unknown(y_te, rule.scores_te[s], K)
-        out[f"{t}/h_score/{s}_gmm"] = M.open_set_metrics(y_te, pred_te, rule.scores_te[s] > rule.thresholds[s], K, shared)["h_score"]
+        out[f"{t}/h_score/{s}_gmm"] = M.open_set_metrics(y_te, pred_te, rule.scores_te[s] > rule.thresholds[s],
+                                                         K, shared)["h_score"]
     # Per unknown class (e.g. lenses vs artifacts): which anomalies the primary score can see at all.
     for u in range(K, len(data.class_names)):
         keep = (y_te < K) | (y_te == u)
-        out[f"{t}/auroc_by_class/{data.class_names[u]}"] = M.auroc_unknown(y_te[keep], rule.scores_te[ev.reject_score][keep], K)
-    out[f"{t}/h_score/entropy_rho"] = M.open_set_metrics(y_te, pred_te, rule.scores_te["entropy"] > rule.rho, K, shared)["h_score"]
+        out[f"{t}/auroc_by_class/{data.class_names[u]}"] = M.auroc_unknown(y_te[keep],
+                                                                           rule.scores_te[ev.reject_score][keep], K)
+    out[f"{t}/h_score/entropy_rho"] = M.open_set_metrics(y_te, pred_te, rule.scores_te["entropy"] > rule.rho,
+                                                         K, shared)["h_score"]
     clusters = M.cluster_rejected(o.f_te, y_te, rule.rejected_te, ev.unknown_clusters)
     out[f"{t}/unknown_cluster_purity"] = clusters["purity"]
     out[f"{t}/unknown_cluster_nmi"] = clusters["nmi"]
@@ -260,7 +265,8 @@ def _vote_metrics(model: UdaNet, o: _Outputs, data: UdaData) -> tuple[dict[str, 
     return out, tables
 
 
-def evaluate(model: UdaNet, method: Method, data: UdaData, cfg: RunConfig, step: int, autocast=contextlib.nullcontext) -> Evaluation:
+def evaluate(model: UdaNet, method: Method, data: UdaData, cfg: RunConfig, step: int,
+             autocast=contextlib.nullcontext) -> Evaluation:
     if model.domain_bn:
         # Exact target statistics over the unlabelled target/train split (AdaBN); needs no labels.
         reestimate_bn(model, data["target/train"].x, TARGET, autocast=autocast)

@@ -111,7 +111,8 @@ class Classifier:
             raise DataError(f"{folder}: not an exported classifier ({type(e).__name__}: {e}); "
                             f"it needs {WEIGHTS} and {CONFIG} written by export_classifier") from None
         if meta.get("format", {}).get("name") != FORMAT["name"] or meta["format"].get("version", 0) > FORMAT["version"]:
-            raise DataError(f"{folder / CONFIG}: format {meta.get('format')} is not {FORMAT} or older; upgrade galaxy-uda-sweeps")
+            raise DataError(f"{folder / CONFIG}: format {meta.get('format')} is not {FORMAT} or older; "
+                            "upgrade galaxy-uda-sweeps")
         cfg = RunConfig.model_validate(meta["run_config"])
         # Exports older than the vote head have no "vote_tree": no head, as before.
         tree = tree_from_dict(meta["vote_tree"]) if meta.get("vote_tree") else None
@@ -131,7 +132,8 @@ class Classifier:
         """The Galaxy Zoo decision tree the vote head predicts, or None for a model without one."""
         return self.model.vote_tree
 
-    def check_input(self, bands: list[str], stamp_shape: tuple[int, ...], pixel_arcsec: float | None, where: str) -> None:
+    def check_input(self, bands: list[str], stamp_shape: tuple[int, ...], pixel_arcsec: float | None,
+                    where: str) -> None:
         """One clear error when an input cannot be what the model was trained on (before any prediction)."""
         m = self.meta
         want = (len(m["bands"]), m["stamp_px"], m["stamp_px"])
@@ -142,7 +144,8 @@ class Classifier:
             problems.append(f"stamps of shape {tuple(stamp_shape)} but the model needs {want} (bands, H, W): "
                             f"cut {m['stamp_px']}x{m['stamp_px']} px cutouts")
         if pixel_arcsec is None:
-            log.warning("%s does not record its pixel scale; assuming %.3f\"/px (%s)", where, m["pixel_arcsec"], m["target_survey"])
+            log.warning("%s does not record its pixel scale; assuming %.3f\"/px (%s)",
+                        where, m["pixel_arcsec"], m["target_survey"])
         elif abs(pixel_arcsec / m["pixel_arcsec"] - 1) > PIXEL_SCALE_RTOL:
             problems.append(f"pixel scale {pixel_arcsec:.4f}\"/px but the model was trained on {m['target_survey']} at "
                             f"{m['pixel_arcsec']:.4f}\"/px: resample the cutouts (e.g. Legacy Survey pixscale=)")
@@ -181,7 +184,8 @@ class Classifier:
         probs = p_views[0]
         rule = self.meta["rejection"]
         protos = torch.nn.functional.normalize(self.model.prototypes.detach().float(), dim=1).cpu().numpy()
-        score = M.anomaly_scores(logits, feats, protos, self.source_features, self.model.temperature, k=rule["knn_k"])[rule["score"]]
+        score = M.anomaly_scores(logits, feats, protos, self.source_features,
+                                 self.model.temperature, k=rule["knn_k"])[rule["score"]]
         mean_p = p_views.mean(0)
         mutual_info = M.entropy(mean_p) - np.mean([M.entropy(p) for p in p_views], axis=0)
         pred = probs.argmax(1)
@@ -235,9 +239,12 @@ def evaluate_classifier(folder: Path | str, data: UdaData, scoring: RunConfig) -
     """
     clf = Classifier.load(folder, device="cpu")
     meta, model = clf.meta, clf.model
-    if list(meta["bands"]) != list(data.bands) or meta["stamp_px"] != data.stamp_px or meta["class_names"] != data.class_names:
-        raise DataError(f"{folder}: trained on bands {meta['bands']}, {meta['stamp_px']} px, classes {meta['class_names']}; "
-                        f"the data set {data.folder} has {data.bands}, {data.stamp_px} px, {data.class_names}: not comparable")
+    if (list(meta["bands"]) != list(data.bands) or meta["stamp_px"] != data.stamp_px
+            or meta["class_names"] != data.class_names):
+        raise DataError(f"{folder}: trained on bands {meta['bands']}, {meta['stamp_px']} px, "
+                        f"classes {meta['class_names']}; "
+                        f"the data set {data.folder} has {data.bands}, {data.stamp_px} px, "
+                        f"{data.class_names}: not comparable")
     own = RunConfig.model_validate(meta["run_config"])
     cfg = own.model_copy(update={"eval": scoring.eval, "data": scoring.data})
     method = get_method(cfg.method.name)(cfg.method.parsed(), model, data.num_known, len(data["target/train"]))

@@ -72,7 +72,8 @@ class _Block(nn.Module):
 
 def _resnet(cfg: ModelConfig, in_ch: int) -> tuple[nn.Module, int]:
     """Three stages (width, 2 width, 4 width) of `depth` basic blocks each."""
-    layers: list[nn.Module] = [nn.Conv2d(in_ch, cfg.width, 3, padding=1, bias=False), _norm(cfg.width, cfg.domain_bn), nn.ReLU(inplace=True)]
+    layers: list[nn.Module] = [nn.Conv2d(in_ch, cfg.width, 3, padding=1, bias=False), _norm(cfg.width, cfg.domain_bn),
+                               nn.ReLU(inplace=True)]
     ch = cfg.width
     for stage in range(3):
         out = cfg.width * 2**stage
@@ -132,7 +133,8 @@ def build_model(cfg: ModelConfig, in_channels: int, num_classes: int, vote_tree:
 
 
 @torch.no_grad()
-def reestimate_bn(model: UdaNet, x: torch.Tensor, domain: int, batch_size: int = 256, autocast=contextlib.nullcontext) -> None:
+def reestimate_bn(model: UdaNet, x: torch.Tensor, domain: int, batch_size: int = 256,
+                  autocast=contextlib.nullcontext) -> None:
     """AdaBN: replace `domain`'s batch-norm statistics by their exact average over `x` (no labels needed)."""
     bns = [m.bns[domain] for m in model.modules() if isinstance(m, DomainBatchNorm2d)]
     if not bns:

@@ -46,7 +46,8 @@ class FileReporter:
             plot_vote_confusions(votes, d / f"votes_confusion_{name}.png", title=f"{name} votes, step {ev.step}")
             plot_vote_table(votes, d / f"votes_table_{name}.png", title=f"{name} votes, step {ev.step}")
         value = ev.metrics.get(self.select_by)
-        record = {"step": ev.step, "checkpoint": str(checkpoint_dir), "metrics": {k: _finite(v) for k, v in ev.metrics.items()}}
+        record = {"step": ev.step, "checkpoint": str(checkpoint_dir),
+                  "metrics": {k: _finite(v) for k, v in ev.metrics.items()}}
         if value is not None and math.isfinite(value):
             old = None if self.best is None else self.best["metrics"].get(self.select_by)
             if old is None or (value > old if self.mode == "max" else value < old):
@@ -73,4 +74,5 @@ class FileReporter:
                            title=f"features at step {ev.step} (PCA; oracle: unknowns marked by true label)")
         if ev.acc_by_mag:
             plot_accuracy_by_bin(ev.acc_by_mag, self.out / "accuracy_vs_r_mag.png",
-                                 "r magnitude (target test, shared classes)", title="oracle: target accuracy vs magnitude")
+                                 "r magnitude (target test, shared classes)",
+                                 title="oracle: target accuracy vs magnitude")

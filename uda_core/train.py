@@ -31,7 +31,8 @@ from .methods import Batch, get_method
 from .models import build_model
 from .votes import VoteTree
 
-__all__ = ["train", "train_step", "load_data", "check_target_label_use", "vote_tree_for", "resolve_device", "autocast_factory",
+__all__ = ["train", "train_step", "load_data", "check_target_label_use", "vote_tree_for",
+           "resolve_device", "autocast_factory",
            "TrainingDiverged", "CHECKPOINT_FILE"]
 
 log = logging.getLogger(__name__)
@@ -188,7 +189,8 @@ def _labelled_target_rows(cfg: RunConfig, data: UdaData, target_labels: str) -> 
     return torch.cat(rows)
 
 
-def _save_checkpoint(path: Path, cfg: RunConfig, step: int, model, opt, method, gen, target_sampler, best: dict | None) -> None:
+def _save_checkpoint(path: Path, cfg: RunConfig, step: int, model, opt, method, gen,
+                     target_sampler, best: dict | None) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.mkdir(parents=True, exist_ok=True)
     state = {
@@ -236,13 +238,15 @@ def train(
     torch.manual_seed(cfg.train.seed)
     # channels_last in every precision: measured 1.23x vs 1.08x for contiguous fp32 on this CPU (bench/core_throughput).
     tree = vote_tree_for(cfg, data)
-    model = build_model(cfg.model, data.in_channels, data.num_known, tree).to(device).to(memory_format=torch.channels_last)
+    model = build_model(cfg.model, data.in_channels,
+                        data.num_known, tree).to(device).to(memory_format=torch.channels_last)
     n_target = len(data["target/train"])
     method = method_cls(cfg.method.parsed(), model, data.num_known, n_target, vote_weight=cfg.train.vote_weight)
     params = list(model.parameters())
     o = cfg.optim
     if o.optimizer == "sgd":
-        opt = torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, nesterov=o.momentum > 0, weight_decay=o.weight_decay)
+        opt = torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, nesterov=o.momentum > 0,
+                              weight_decay=o.weight_decay)
     else:
         opt = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
     gen = torch.Generator().manual_seed(cfg.train.seed)  # on the CPU whatever the device: one stream to checkpoint
@@ -316,7 +320,8 @@ def train(
             _save_checkpoint(ckpt, cfg, step, model, opt, method, gen, target_sampler, best)
             _prune(ckpt_root, cfg.train.keep_checkpoints, best)
             bar.set_postfix(loss=f"{loss.item():.3f}", src_val=f"{evaluation.metrics['source_val/acc']:.3f}")
-            log.info("step %d/%d %s", step, total, {k: round(v, 4) for k, v in evaluation.metrics.items() if "/" in k and k.count("/") == 1})
+            log.info("step %d/%d %s", step, total, {k: round(v, 4) for k, v in evaluation.metrics.items()
+                                                    if "/" in k and k.count("/") == 1})
             report(evaluation, ckpt)
             last = evaluation
             t0, images = time.perf_counter(), 0

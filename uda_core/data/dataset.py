@@ -63,7 +63,8 @@ class UdaData:
 
     @property
     def has_target_labels(self) -> bool:
-        """Whether target rows carry class labels (manifest `target_labels` is not "none"): oracle/ metrics need them."""
+        """Whether target rows carry class labels (manifest `target_labels` is not "none"): oracle/ metrics need
+        them."""
         return has_target_labels(self.manifest)
 
 
@@ -135,7 +136,8 @@ def load_dataset(folder: Path, verify_content: bool = True) -> UdaData:
     if missing:
         raise DataError(f"{folder / CATALOGUE}: missing columns {missing}; a data set needs {list(REQUIRED_COLUMNS)}")
     if len(pixels) != len(cat) or pixels.shape[1] != len(manifest["bands"]):
-        raise DataError(f"{folder}: {PIXELS} shape {pixels.shape} does not match the catalogue ({len(cat)} rows, bands {manifest['bands']})")
+        raise DataError(f"{folder}: {PIXELS} shape {pixels.shape} does not match the catalogue "
+                        f"({len(cat)} rows, bands {manifest['bands']})")
     _check_labels(cat, manifest, folder)
     softening = manifest["surveys"]["source"]["sky_sigma_nmgy"]
     tree, vote_domains = vote_setup(manifest, cat, folder)

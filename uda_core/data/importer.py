@@ -10,7 +10,8 @@ Steps, cheapest first, so bad input fails in seconds:
   4. seeded splits stratified by class, the catalogue, a units check against the survey's depth, the manifest
      with its fingerprint; then the folder is renamed into place.
 With `workers` > 1 the pre-scan and the reading and resampling run in that many processes; the checks and
-writes stay in order in the calling process, so the result is the same. The user's input files are only read. With `skip_bad`, files or rows that fail a check are left out and listed
+writes stay in order in the calling process, so the result is the same. The user's input files are only read.
+With `skip_bad`, files or rows that fail a check are left out and listed
 with their reasons in skipped.csv inside the data set; without it, the first failing check stops the import with
 every problem found so far counted.
 """
@@ -107,7 +108,8 @@ class ImportSpec:
                 raise ConfigError(f"{flag} {path}: does not exist")
         for name in self.unknown_classes:
             if not CLASS_NAME.fullmatch(name):
-                raise ConfigError(f"--unknown-classes: {name!r} must start with a letter and use letters, digits, _ . -")
+                raise ConfigError(f"--unknown-classes: {name!r} must start with a letter "
+                                  "and use letters, digits, _ . -")
 
 
 @dataclass
@@ -190,7 +192,8 @@ def _read_labels(spec: ImportSpec, votes: dict | None = None) -> tuple[pd.Series
                                 "map them with --class-map (e.g. '0=elliptical,1=spiral')")
     known = {cmap[v] if cmap is not None else v for v in src.unique()} - {None}
     if not known:
-        raise DataError(f"{spec.source.labels or spec.source.votes}: --class-map drops every source label value; keep at least one class")
+        raise DataError(f"{spec.source.labels or spec.source.votes}: --class-map drops every source label value; "
+                        "keep at least one class")
     clash = sorted(set(spec.unknown_classes) & known)
     if clash:
         raise ConfigError(f"--unknown-classes {clash}: these are labelled in the source, so they are known classes")
@@ -222,7 +225,8 @@ def _file_layouts(files: list[str], npy_bands: list[str] | None, scale: float | 
     return out
 
 
-def _scan_folder(folder: Path, domain: str, dom: DomainInput, problems: _Problems, bar, pool=None) -> list[CutoutSource]:
+def _scan_folder(folder: Path, domain: str, dom: DomainInput, problems: _Problems,
+                 bar, pool=None) -> list[CutoutSource]:
     """Pre-scan every FITS or .npy file of a folder (headers only); one source per distinct layout."""
     kind, files = _stamp_files(folder)
     npy = kind == "npy"
@@ -354,7 +358,8 @@ def _units_warnings(domain: str, raw: np.ndarray, bands: list[str], file: str, s
     return out
 
 
-def _stratified_splits(labels: np.ndarray, fractions: tuple[float, ...], names: tuple[str, ...], seed: int) -> np.ndarray:
+def _stratified_splits(labels: np.ndarray, fractions: tuple[float, ...], names: tuple[str, ...],
+                       seed: int) -> np.ndarray:
     """Split names per row: within each class a seeded shuffle cut at the fractions (a class of n rows puts
     round(n f) in each later split, the rest in the first), so every split keeps the class proportions."""
     rng = np.random.default_rng(seed)
@@ -574,7 +579,8 @@ def _import(spec: ImportSpec, out: str | Path, progress: bool, pool) -> ImportRe
         _add_votes(cat, votes)
         pq.write_table(pa.Table.from_pandas(cat, preserve_index=False), tmp / CATALOGUE)
         counts = {f"{d}/{s}": int(((cat["domain"] == d) & (cat["split"] == s)).sum())
-                  for d, s in (("source", "train"), ("source", "val"), ("source", "test"), ("target", "train"), ("target", "test"))}
+                  for d, s in (("source", "train"), ("source", "val"), ("source", "test"),
+                               ("target", "train"), ("target", "test"))}
         empty = [k for k, v in counts.items() if v == 0]
         if empty:
             raise DataError(f"too few stamps: split(s) {empty} would be empty ({counts}); import more cutouts or "
@@ -671,7 +677,8 @@ def _assign_labels_and_splits(cat: pd.DataFrame, task: dict, spec: ImportSpec) -
     cat["class_name"] = cat["class_name"].fillna("")
     split = np.empty(len(cat), dtype=object)
     src = (cat["domain"] == "source").to_numpy()
-    split[src] = _stratified_splits(cat["label"].to_numpy()[src], spec.source_split, ("train", "val", "test"), spec.seed)
+    split[src] = _stratified_splits(cat["label"].to_numpy()[src],
+                                    spec.source_split, ("train", "val", "test"), spec.seed)
     tgt = ~src
     split[tgt] = _stratified_splits(cat["label"].to_numpy()[tgt], (1 - spec.target_test_frac, spec.target_test_frac),
                                     ("train", "test"), spec.seed + 1)

@@ -133,7 +133,8 @@ def read_vote_table(path: str | Path, id_column: str, tree: VoteTree = GZ_DECALS
 
     def counts(column: str) -> np.ndarray:
         raw = table[column]
-        values = pd.to_numeric(raw.astype(str).str.strip() if raw.dtype == object else raw, errors="coerce").to_numpy(np.float64)
+        values = pd.to_numeric(raw.astype(str).str.strip() if raw.dtype == object else raw,
+                               errors="coerce").to_numpy(np.float64)
         bad = ~np.isfinite(values)
         what = "empty, NaN or not a number"
         if not bad.any():

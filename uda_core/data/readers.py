@@ -158,7 +158,8 @@ class _DatasetSource(CutoutSource):
             cat = pq.read_table(folder / CATALOGUE, columns=["id", "row", "domain"]).to_pandas()
             pixels = np.load(folder / PIXELS, mmap_mode="r")  # reads the header only
         except Exception as e:  # pyarrow and numpy raise many types on missing or corrupt files
-            raise DataError(f"{folder}: cannot read ({type(e).__name__}: {e}); {mend_advice(folder, manifest)}") from None
+            raise DataError(f"{folder}: cannot read ({type(e).__name__}: {e}); "
+                            f"{mend_advice(folder, manifest)}") from None
         if domain != "all":
             cat = cat[cat["domain"] == domain]
         self.path, self.bands = folder, list(manifest["bands"])
@@ -405,7 +406,8 @@ class _ParquetSource(CutoutSource):
         try:
             table = pq.ParquetFile(file).read_row_groups(list(groups), columns=["id", "flux"])
         except Exception as e:
-            raise DataError(f"{file}: row groups {list(groups)} cannot be read ({type(e).__name__}: {e}); {MEND}") from None
+            raise DataError(f"{file}: row groups {list(groups)} "
+                            f"cannot be read ({type(e).__name__}: {e}); {MEND}") from None
         if table.num_rows == 0:
             return [], np.zeros((0, *self.stamp_shape), dtype=np.float32)
         return table.column("id").to_pylist(), table.column("flux").combine_chunks().to_numpy_ndarray()
@@ -566,7 +568,8 @@ class _NpySource(CutoutSource):
         self.num_rows = len(self._files)
 
     def shards(self, rows_per_shard: int = 1024) -> list[Shard]:
-        return [Shard(str(self.path), lo, hi, tuple(self._files[lo:hi])) for lo, hi in _steps(self.num_rows, rows_per_shard)]
+        return [Shard(str(self.path), lo, hi, tuple(self._files[lo:hi]))
+                for lo, hi in _steps(self.num_rows, rows_per_shard)]
 
     def read(self, shard: Shard) -> CutoutBatch:
         files = shard.files or tuple(self._files[shard.start : shard.stop])

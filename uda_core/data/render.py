@@ -83,7 +83,8 @@ def _components(cls: str, p: dict, idx: np.ndarray, grid: _Grid, pix: float):
     comps: list[tuple[torch.Tensor, torch.Tensor, str]] = []  # (image, weight of total r flux, colour set)
 
     def bulge_disk(x, y, h, w_total, disk_q, disk_pa):
-        comps.append((_sersic(grid, x, y, h * 0.35, T("bulge_n"), torch.clamp(disk_q + 0.4, max=1.0), disk_pa), w_total * bf, "bulge"))
+        comps.append((_sersic(grid, x, y, h * 0.35, T("bulge_n"), torch.clamp(disk_q + 0.4, max=1.0), disk_pa),
+                      w_total * bf, "bulge"))
         comps.append((_sersic(grid, x, y, h, ones, disk_q, disk_pa), w_total * (1 - bf), "disk"))
 
     if cls in ("elliptical", "lens"):
@@ -181,7 +182,8 @@ def _artifact_layer(p, idx, grid, pix, total_r, nb, survey_name: str):
             c = colour * bands
         else:
             dx, dy = (grid.x - px).abs(), (grid.y - py).abs()
-            spikes = torch.exp(-0.5 * (torch.minimum(dx, dy) / 0.15) ** 2) * torch.exp(-torch.maximum(dx, dy) / (0.25 * half))
+            spikes = (torch.exp(-0.5 * (torch.minimum(dx, dy) / 0.15) ** 2)
+                      * torch.exp(-torch.maximum(dx, dy) / (0.25 * half)))
             core = torch.exp(-0.5 * (dx * dx + dy * dy) / grid.step**2)
             img = _unit((core + 0.02 * spikes)[None])[0]
             c = colour
@@ -239,7 +241,8 @@ def render(
         img = img[..., lo : lo + n_native, lo : lo + n_native]
         noise = torch.stack(
             [
-                torch.randn(nb, n_native, n_native, generator=torch.Generator().manual_seed(_galaxy_seed(s, survey.name)))
+                torch.randn(nb, n_native, n_native,
+                            generator=torch.Generator().manual_seed(_galaxy_seed(s, survey.name)))
                 for s in np.asarray(params["seed"])[idx]
             ]
         )

@@ -198,7 +198,8 @@ def generate(spec: DataSpec, out: Path, batch: int = 128, progress: bool = True)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        pixels = np.lib.format.open_memmap(tmp / PIXELS, mode="w+", dtype=np.float16, shape=(total, nb, size.stamp_px, size.stamp_px))
+        pixels = np.lib.format.open_memmap(tmp / PIXELS, mode="w+", dtype=np.float16,
+                                           shape=(total, nb, size.stamp_px, size.stamp_px))
         rng = np.random.default_rng([spec.seed, 7])
         columns: dict[str, list] = {}
         row = 0
@@ -234,7 +235,8 @@ def generate(spec: DataSpec, out: Path, batch: int = 128, progress: bool = True)
             }
             for b_i, b in enumerate(survey.bands):
                 rec[f"mag_{b}"] = 22.5 - 2.5 * np.log10(np.maximum(fluxes[:, b_i], 1e-12))
-            for key in ("redshift", "r_mag", "abs_mag_r", "hlr_arcsec", "sersic_n", "axis_ratio", "pa_deg", "bulge_frac", "seed"):
+            for key in ("redshift", "r_mag", "abs_mag_r", "hlr_arcsec", "sersic_n",
+                        "axis_ratio", "pa_deg", "bulge_frac", "seed"):
                 rec[key] = params[key]
             rec["artifact_kind"] = np.where(np.asarray(classes) == "artifact", params["artifact_kind"], "")
             # Volunteer votes draw from a stream of their own, so every pixel and column above is what it was
@@ -374,7 +376,8 @@ def read_manifest(folder: Path) -> dict:
 
         raise DataError(f"{path} is damaged: {_format(e)}; {mend_advice(folder, manifest)}") from None
     if str(manifest["generator_version"]).split(".")[0] != GENERATOR_VERSION.split(".")[0]:
-        raise DataError(f"{path}: made by generator {manifest['generator_version']}, this code reads {GENERATOR_VERSION}; "
+        raise DataError(f"{path}: made by generator {manifest['generator_version']}, "
+                        f"this code reads {GENERATOR_VERSION}; "
                         f"{mend_advice(folder, manifest)}")
     return manifest
 

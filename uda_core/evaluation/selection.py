@@ -32,11 +32,12 @@ from scipy.stats import spearmanr  # noqa: E402
 from . import names as N  # noqa: E402
 from .validators import LABEL_FREE_CRITERIA  # noqa: E402
 
-__all__ = ["CRITERIA", "ORACLE", "GUARD", "RANDOM", "NOISE_FLOOR", "load_records", "sweep_selection", "selection_summary", "summary_table",
-           "plot_selection", "plot_criteria_vs_oracle"]
+__all__ = ["CRITERIA", "ORACLE", "GUARD", "RANDOM", "NOISE_FLOOR", "load_records", "sweep_selection",
+           "selection_summary", "summary_table", "plot_selection", "plot_criteria_vs_oracle"]
 
 # Every criterion an evaluation reports, with its direction (+1: higher is better).
-CRITERIA: dict[str, int] = {N.SOURCE_VAL_ACC: 1, **{c.metric: 1 if c.higher_is_better else -1 for c in LABEL_FREE_CRITERIA}}
+CRITERIA: dict[str, int] = {N.SOURCE_VAL_ACC: 1,
+                            **{c.metric: 1 if c.higher_is_better else -1 for c in LABEL_FREE_CRITERIA}}
 ORACLE = {"acc": N.ORACLE_ACC, "h": N.ORACLE_H}
 GUARD = (N.SOURCE_VAL_ACC, 0.5)  # the sweep's default objective.min_source_val_acc
 RANDOM = "random checkpoint: expected"
@@ -116,12 +117,15 @@ def selection_summary(records: pd.DataFrame) -> pd.DataFrame:
         per_sweep.append(s)
     ps = pd.concat(per_sweep, ignore_index=True)
     ps["regret"] = (ps["regret_acc"] + ps["regret_h"]) / 2
-    groups = [(["pair", "method"], ps), (["pair"], ps.assign(method="both")), ([], ps.assign(pair="all", method="both"))]
+    groups = [(["pair", "method"], ps), (["pair"], ps.assign(method="both")),
+              ([], ps.assign(pair="all", method="both"))]
     rows = []
     for keys, frame in groups:
-        for key, g in frame.groupby(keys + ["criterion"], sort=False) if keys else frame.groupby(["criterion"], sort=False):
+        for key, g in (frame.groupby(keys + ["criterion"], sort=False) if keys
+                       else frame.groupby(["criterion"], sort=False)):
             key = key if isinstance(key, tuple) else (key,)
-            r = dict(zip(keys + ["criterion"], key)) | {"pair": g["pair"].iloc[0], "method": g["method"].iloc[0], "n": len(g)}
+            r = dict(zip(keys + ["criterion"], key)) | {"pair": g["pair"].iloc[0],
+                                                        "method": g["method"].iloc[0], "n": len(g)}
             for stat in _STATS + ("regret",):
                 v = g[stat].to_numpy(dtype=float)
                 v = v[np.isfinite(v)]
@@ -157,8 +161,10 @@ def summary_table(summary: pd.DataFrame) -> str:
         r = both[(both["pair"] == "all") & (both["criterion"] == crit)]
         if not r.empty:
             r = r.iloc[0]
-            lines.append(f"| `{crit}` | {_pm(r.rho_ckpt_acc, r.rho_ckpt_acc_se, '{:+.2f}')} / {_pm(r.rho_ckpt_h, r.rho_ckpt_h_se, '{:+.2f}')} "
-                         f"| {_pm(r.rho_trial_acc, r.rho_trial_acc_se, '{:+.2f}')} / {_pm(r.rho_trial_h, r.rho_trial_h_se, '{:+.2f}')} |")
+            lines.append(f"| `{crit}` | {_pm(r.rho_ckpt_acc, r.rho_ckpt_acc_se, '{:+.2f}')} "
+                         f"/ {_pm(r.rho_ckpt_h, r.rho_ckpt_h_se, '{:+.2f}')} "
+                         f"| {_pm(r.rho_trial_acc, r.rho_trial_acc_se, '{:+.2f}')} "
+                         f"/ {_pm(r.rho_trial_h, r.rho_trial_h_se, '{:+.2f}')} |")
     return "\n".join(lines)
 
 
@@ -183,7 +189,8 @@ def plot_selection(summary: pd.DataFrame):
     axes[0].axvline(0.02, color="r", ls="--", lw=0.8)
     axes[1].axvline(0.02, color="r", ls="--", lw=0.8)
     axes[2].legend(fontsize=8, loc="lower right")
-    fig.suptitle("Label-free model selection against target labels (ORACLE): lower regret is better; red: the 2-point goal")
+    fig.suptitle("Label-free model selection against target labels (ORACLE): lower regret is better; "
+                 "red: the 2-point goal")
     fig.tight_layout()
     return fig
 

@@ -173,10 +173,10 @@ def dev_risk(weights: Any, losses: Any) -> float:
     cancels the error of mean(w) around its expectation 1. Lower is better. With constant weights (Var(w) = 0) eta
     is 0 and R is the plain mean loss; nan if fewer than 2 points or any weight is not finite.
     """
-    w, l = to_numpy(weights, np.float64), to_numpy(losses, np.float64)
-    if len(w) < 2 or not np.all(np.isfinite(w)) or not np.all(np.isfinite(l)):
+    w, loss = to_numpy(weights, np.float64), to_numpy(losses, np.float64)
+    if len(w) < 2 or not np.all(np.isfinite(w)) or not np.all(np.isfinite(loss)):
         return float("nan")
-    wl = w * l
+    wl = w * loss
     var = np.var(w, ddof=1)
     eta = 0.0 if var < 1e-12 else -np.cov(wl, w, ddof=1)[0, 1] / var
     return float(wl.mean() + eta * w.mean() - eta)
