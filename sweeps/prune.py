@@ -54,10 +54,27 @@ def restart_points(exp_dir: Path) -> dict[str, tuple[str, int]]:
         return {}
     points = {}
     for trial_json, run_metadata in json.loads(snapshots[-1].read_text())["trial_data"]:
-        last = json.loads(run_metadata).get("last_result") or {}
-        if last.get("checkpoint_dir_name"):
-            points[json.loads(trial_json)["relative_logdir"]] = (last["checkpoint_dir_name"], _best_step(last))
+        metadata = json.loads(run_metadata)
+        last = metadata.get("last_result") or {}
+        restored = _restored_checkpoint(metadata)
+        if last.get("checkpoint_dir_name") and restored:
+            # Tune restores from its checkpoint manager's latest, which a snapshot may write one report behind the
+            # last result (the result and its checkpoint are registered in two steps): keep from the older of both.
+            points[json.loads(trial_json)["relative_logdir"]] = (min(last["checkpoint_dir_name"], restored),
+                                                                 _best_step(last))
     return points
+
+
+def _restored_checkpoint(metadata: dict) -> str | None:
+    """The checkpoint folder name Tune would restore the trial from: its checkpoint manager's latest, pickled in the
+    snapshot. None when it cannot be read: then nothing of the trial is deleted."""
+    from ray import cloudpickle
+
+    try:
+        manager = cloudpickle.loads(bytes.fromhex(metadata["checkpoint_manager"]["value"]))
+        return Path(manager.latest_checkpoint_result.checkpoint.path).name
+    except Exception:  # an unknown layout (another Ray version): keep everything rather than guess
+        return None
 
 
 def _delete(folders: list[Path]) -> int:

@@ -131,3 +131,34 @@ def test_an_unknown_retention_is_refused_before_anything_starts(tmp_path, data_r
     err = capsys.readouterr().err
     assert "storage.keep_checkpoints" in err and "'best_and_latest' or 'all'" in err and "Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]  # no runs/, no mlflow.db
+
+
+def test_retention_keeps_what_the_snapshot_restores_when_its_result_is_a_report_ahead(tmp_path):
+    """A snapshot can be written between a report and the registration of its checkpoint: its last result names
+    checkpoint 3 while Tune would restore from checkpoint 2 (its checkpoint manager's latest). Checkpoint 2 stays."""
+    import json
+
+    from ray import cloudpickle
+    from ray.train import Checkpoint, CheckpointConfig
+    from ray.train._internal.checkpoint_manager import _CheckpointManager
+    from ray.train._internal.session import _TrainingResult
+
+    from sweeps.finalists import OBJECTIVE_STATE
+    from sweeps.prune import keep_best_and_latest
+
+    trial = tmp_path / "trial_a"
+    for i in range(4):
+        (trial / f"checkpoint_00000{i}").mkdir(parents=True)
+        (trial / f"checkpoint_00000{i}" / OBJECTIVE_STATE).write_text(json.dumps({"step": 2 * (i + 1)}))
+    manager = _CheckpointManager(CheckpointConfig())
+    for i in range(3):  # checkpoints 0-2 registered; 3 not yet
+        manager.register_checkpoint(_TrainingResult(Checkpoint(str(trial / f"checkpoint_00000{i}")), {"step": 2 * i}))
+    metadata = {"last_result": {"checkpoint_dir_name": "checkpoint_000003", "best_step": 2},
+                "checkpoint_manager": {"_type": "CLOUDPICKLE_FALLBACK", "value": cloudpickle.dumps(manager).hex()}}
+    snapshot = {"trial_data": [[json.dumps({"relative_logdir": "trial_a"}), json.dumps(metadata)]]}
+    (tmp_path / "experiment_state-2026-12-03_00-00-00.json").write_text(json.dumps(snapshot))
+
+    assert restart_points(tmp_path) == {"trial_a": ("checkpoint_000002", 2)}
+    keep_best_and_latest(tmp_path)
+    # kept: the best (step 2 = checkpoint 0), what the snapshot restores (2) and what came after it (3)
+    assert sorted(p.name for p in trial.iterdir()) == ["checkpoint_000000", "checkpoint_000002", "checkpoint_000003"]
