@@ -92,9 +92,23 @@ def keep_best_and_latest(exp_dir: Path) -> int:
 
     freed = 0
     for trial_dir, (restart, best) in restart_points(exp_dir).items():
-        older = [c for c in _checkpoints(Path(exp_dir) / trial_dir) if c.name < restart]  # Tune numbers them in order
-        freed += _delete([c for c in older if checkpoint_step(c) not in (best, None)])
+        folders = _checkpoints(Path(exp_dir) / trial_dir)
+        older = [c for c in folders if c.name < restart]  # Tune numbers them in order
+        # Also the best each kept checkpoint records: a trial resumed from one of them reports that best again (the
+        # snapshot's result may already hold a newer best that a rerun need not reproduce).
+        keep = {best, None} | {_recorded_best(c) for c in folders if c.name >= restart}
+        freed += _delete([c for c in older if checkpoint_step(c) not in keep])
     return freed
+
+
+def _recorded_best(checkpoint: Path) -> int | None:
+    """The trial's best step as the checkpoint's own objective state holds it (None if unreadable or none yet)."""
+    from .finalists import OBJECTIVE_STATE
+
+    try:
+        return int(json.loads((checkpoint / OBJECTIVE_STATE).read_text())["best"]["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 class RetainBestAndLatest(tune.Callback):

@@ -154,7 +154,7 @@ def run_sweep(sweep_file: str | Path, *, address: str | None = None, workdir: Pa
     )
     state = {"name": sweep.name, "tracking_uri": uri, "experiment_id": experiment_id, "parent_run_id": parent.run_id,
              "study_name": sweep.name, "address": address, "workdir": str(workdir),
-             "path": str(exp_dir)}
+             "path": str(exp_dir), "tune_loggers": "csv,json"}
     parent.set_tags({"optuna_study": state["study_name"], "optuna_journal": str(exp_dir / STUDY_FILE)})
     from .notes import sweep_note
 
@@ -185,9 +185,13 @@ def _reattach_tracking(sweep: SweepConfig, exp_dir: Path, state: dict, address: 
     at `run`; a sweep file's own tracking.uri is kept. Call it holding the driver lock."""
     from .tracking import check_sweep_run
 
+    from .auth import password_in_uri
+
     uri = state["tracking_uri"]
     if address and sweep.tracking.uri is None:
         uri = os.environ.get("MLFLOW_TRACKING_URI") or uri
+        if problem := password_in_uri(uri, "MLFLOW_TRACKING_URI"):  # it would be stored in the state and the study
+            raise ConfigError(problem)
     check_sweep_run(uri, state["parent_run_id"], sweep.name)
     if uri == state["tracking_uri"]:
         return state
@@ -287,8 +291,9 @@ def _fit_locked(sweep: SweepConfig, exp_dir: Path, state: dict, address: str | N
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # MLflow holds the metrics: Tune's own CSV/JSON logs are kept (below) but not its TensorBoard one, which warned
-    # on every NaN a diverging trial reported.
-    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
+    # on every NaN a diverging trial reported. A sweep started before (no "tune_loggers" in its state) restores a
+    # run config without those two loggers: it keeps Tune's defaults, or its results would stop reaching result.json.
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1" if state.get("tune_loggers") else "0"
     obj = sweep.objective
     metrics = [f"best/{m}" for m in obj.metrics]
     modes = obj.modes

@@ -89,29 +89,39 @@ def check_access(uri: str, where: str) -> None:
     (ConfigError: the URI is stored with the sweep), does not answer (ConfigError after one try, not
     MLflow's minutes of retries), or refuses this process's credentials (MlflowException 401/403, which `uda-sweep`
     names, see sweeps/auth.py)."""
-    import urllib.error
-    import urllib.request
-
     from .auth import password_in_uri
 
     if problem := password_in_uri(uri, where):
         raise ConfigError(problem)
+    if (why := _unreachable(uri)) is not None:
+        raise ConfigError(f"{where}: the MLflow server {uri} does not answer ({why}); start it, or give the address "
+                          "of one that runs")
+    MlflowClient(uri).search_experiments(max_results=1)
+
+
+def _unreachable(uri: str) -> str | None:
+    """Why the server at `uri` does not answer one quick try of /health (MLflow's own client retries for minutes),
+    or None if it answers. TLS errors are left to MLflow's client, which has its own CA and certificate settings."""
+    import ssl
+    import urllib.error
+    import urllib.request
+
     try:
         urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=10)
     except urllib.error.HTTPError:
-        pass  # it answers (a proxy in front may guard /health too)
+        return None  # it answers (the auth app or a proxy may guard /health)
+    except urllib.error.URLError as e:
+        return None if isinstance(e.reason, ssl.SSLError) else str(e)
+    except ssl.SSLError:
+        return None
     except OSError as e:
-        raise ConfigError(f"{where}: the MLflow server {uri} does not answer ({e}); start it, or give the address "
-                          "of one that runs") from None
-    MlflowClient(uri).search_experiments(max_results=1)
+        return str(e)
+    return None
 
 
 def check_sweep_run(uri: str, run_id: str, sweep: str) -> None:
     """ConfigError unless the store at `uri` answers and holds the sweep's parent run. A resume against a server that
     is down (or serves another database) would otherwise fail every trial, each after minutes of HTTP retries."""
-    import urllib.error
-    import urllib.request
-
     from mlflow.exceptions import MlflowException
 
     fix = ("if the head was replaced, resume on the new head, whose MLflow server must serve the sweep's backend "
@@ -121,13 +131,9 @@ def check_sweep_run(uri: str, run_id: str, sweep: str) -> None:
         raise ConfigError(f"sweep {sweep!r}: no MLflow store at {path} (tracking URI {uri}); "
                           f"nothing was created; {fix}")
     if uri.startswith(("http://", "https://")):
-        try:
-            urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=10)  # one try, not MLflow's retries
-        except urllib.error.HTTPError:
-            pass  # it answers (an auth proxy may refuse /health); get_run below says more
-        except OSError as e:
-            raise ConfigError(f"sweep {sweep!r}: its MLflow server {uri} does not answer ({e}); "
-                              f"start it, or, {fix}") from None
+        if (why := _unreachable(uri)) is not None:
+            raise ConfigError(f"sweep {sweep!r}: its MLflow server {uri} does not answer ({why}); "
+                              f"start it, or, {fix}")
     try:
         MlflowClient(uri).get_run(run_id)
     except MlflowException as e:
@@ -143,20 +149,13 @@ def read_client(uri: str) -> MlflowClient:
     """A client of the existing store `uri`, for commands that only read it (and move an alias): a local store
     must exist (else MLflow creates an empty one), a server must answer (else MLflow retries for minutes), and
     a URI MLflow cannot use is one error, not a traceback."""
-    import urllib.error
-    import urllib.request
-
     from mlflow.exceptions import MlflowException
 
     existing_store(uri)
     if uri.startswith(("http://", "https://")):
-        try:
-            urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=10)  # one try, not MLflow's retries
-        except urllib.error.HTTPError:
-            pass  # it answers
-        except OSError as e:
-            raise ConfigError(f"the MLflow server {uri} does not answer ({e}); start it (`mlflow server ...`) or "
-                              "check --tracking-uri / MLFLOW_TRACKING_URI") from None
+        if (why := _unreachable(uri)) is not None:
+            raise ConfigError(f"the MLflow server {uri} does not answer ({why}); start it (`mlflow server ...`) or "
+                              "check --tracking-uri / MLFLOW_TRACKING_URI")
     try:
         return MlflowClient(uri, registry_uri=uri)
     except MlflowException as e:

@@ -233,3 +233,25 @@ def test_an_unreachable_tracking_server_fails_at_once(tmp_path, monkeypatch, cap
     assert err.startswith(f"error: {sweep}: tracking.uri: the MLflow server {uri} does not answer")
     assert "Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lonely.yaml"]
+
+
+def test_a_tls_problem_is_left_to_mlflows_own_client(tmp_path):
+    """The quick /health probe only asks whether something answers: a TLS failure (here, https to a plain HTTP
+    server; in practice a company CA that MLflow trusts through REQUESTS_CA_BUNDLE) is not "does not answer"."""
+    import http.server
+    import socket
+    import threading
+
+    from sweeps.tracking import _unreachable
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        assert _unreachable(f"https://127.0.0.1:{server.server_port}") is None
+        assert _unreachable(f"http://127.0.0.1:{server.server_port}") is None  # it answers (501), so it is up
+    finally:
+        server.shutdown()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        free = s.getsockname()[1]
+    assert "refused" in (_unreachable(f"http://127.0.0.1:{free}") or "")

@@ -215,3 +215,17 @@ def test_resume_without_its_mlflow_store_fails_at_once_and_changes_nothing(store
             "missing": f"no MLflow store at {tmp_path / 'other' / 'mlflow.db'}"}[store] in err
     assert "shared mount" in err and "MLFLOW_TRACKING_URI" in err
     assert contents(tmp_path) == before  # no state rewritten, no store created, no Ray session folder
+
+
+def test_resume_refuses_a_password_in_the_new_heads_tracking_uri(tmp_path, data_root, monkeypatch, capsys):
+    """The URI a resume adopts is written into the sweep's state and the study: one with a password is refused."""
+    from sweeps.cli import main
+
+    exp_dir = stored_sweep(tmp_path, data_root, f"http://127.0.0.1:{_free_port()}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://sweeps:s3cret@127.0.0.1:5000")
+    monkeypatch.chdir(tmp_path)
+    before = contents(tmp_path)
+    assert main(["resume", "lost", "--storage", str(exp_dir.parent), "--address", "127.0.0.1:1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: MLFLOW_TRACKING_URI: http://sweeps:***@") and "s3cret" not in err
+    assert contents(tmp_path) == before

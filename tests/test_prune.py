@@ -135,7 +135,8 @@ def test_an_unknown_retention_is_refused_before_anything_starts(tmp_path, data_r
 
 def test_retention_keeps_what_the_snapshot_restores_when_its_result_is_a_report_ahead(tmp_path):
     """A snapshot can be written between a report and the registration of its checkpoint: its last result names
-    checkpoint 3 while Tune would restore from checkpoint 2 (its checkpoint manager's latest). Checkpoint 2 stays."""
+    checkpoint 3 (a new best) while Tune would restore from checkpoint 2 (its checkpoint manager's latest), whose own
+    state says the best is checkpoint 1. A resume from 2 need not reach 3's best again: 1, 2 and 3 stay."""
     import json
 
     from ray import cloudpickle
@@ -149,16 +150,18 @@ def test_retention_keeps_what_the_snapshot_restores_when_its_result_is_a_report_
     trial = tmp_path / "trial_a"
     for i in range(4):
         (trial / f"checkpoint_00000{i}").mkdir(parents=True)
-        (trial / f"checkpoint_00000{i}" / OBJECTIVE_STATE).write_text(json.dumps({"step": 2 * (i + 1)}))
+        best = {"step": 2 * (i + 1)} if i in (0, 1, 3) else {"step": 4}  # steps 2, 4, 6, 8; 6 was no new best
+        (trial / f"checkpoint_00000{i}" / OBJECTIVE_STATE).write_text(json.dumps({"best": best, "step": 2 * (i + 1)}))
     manager = _CheckpointManager(CheckpointConfig())
     for i in range(3):  # checkpoints 0-2 registered; 3 not yet
         manager.register_checkpoint(_TrainingResult(Checkpoint(str(trial / f"checkpoint_00000{i}")), {"step": 2 * i}))
-    metadata = {"last_result": {"checkpoint_dir_name": "checkpoint_000003", "best_step": 2},
+    metadata = {"last_result": {"checkpoint_dir_name": "checkpoint_000003", "best_step": 8},
                 "checkpoint_manager": {"_type": "CLOUDPICKLE_FALLBACK", "value": cloudpickle.dumps(manager).hex()}}
     snapshot = {"trial_data": [[json.dumps({"relative_logdir": "trial_a"}), json.dumps(metadata)]]}
     (tmp_path / "experiment_state-2026-12-03_00-00-00.json").write_text(json.dumps(snapshot))
 
-    assert restart_points(tmp_path) == {"trial_a": ("checkpoint_000002", 2)}
+    assert restart_points(tmp_path) == {"trial_a": ("checkpoint_000002", 8)}
     keep_best_and_latest(tmp_path)
-    # kept: the best (step 2 = checkpoint 0), what the snapshot restores (2) and what came after it (3)
-    assert sorted(p.name for p in trial.iterdir()) == ["checkpoint_000000", "checkpoint_000002", "checkpoint_000003"]
+    # kept: the best checkpoint 2 records (step 4 = checkpoint 1), what the snapshot restores (2) and what came after
+    # it (3, the snapshot's best); deleted: checkpoint 0
+    assert sorted(p.name for p in trial.iterdir()) == ["checkpoint_000001", "checkpoint_000002", "checkpoint_000003"]
