@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from uda_core.config import DIRECTIONS, RunConfig, _format, did_you_mean, read_yaml, wrong_kind_error
+from uda_core.config import DIRECTIONS, RunConfig, _format, check_top_level, did_you_mean, read_yaml
 from uda_core.errors import ConfigError
 from uda_core.evaluation.names import OBJECTIVES, is_oracle
 
@@ -224,15 +224,11 @@ def parse_sweep(raw: Any, source: str) -> SweepConfig:
     """Validate a sweep dict: the schema, then the search space and its overrides against the run config."""
     from search_spaces import get_space
 
-    if not raw:  # an empty file, or only comments
-        raise ConfigError(f"{source} is empty; a sweep file needs at least name and run (the run config every trial "
-                          "starts from), usually also search and objective: start from an example in "
-                          "sweeps/configs/*.yaml, e.g. sweeps/configs/quickstart.yaml")
-    wrong = wrong_kind_error(source, raw, "sweep", "uda-sweep run")
-    if wrong:
-        raise wrong
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: the top level must be a mapping with keys name, run, search, objective, ...")
+    raw = check_top_level(source, raw, "sweep", "uda-sweep run",
+                          empty="a sweep file needs at least name and run (the run config every trial starts from), "
+                                "usually also search and objective: start from an example in sweeps/configs/*.yaml, "
+                                "e.g. sweeps/configs/quickstart.yaml",
+                          mapping="keys name, run, search, objective, ...")
     try:
         sweep = SweepConfig(**raw)
     except ValidationError as e:

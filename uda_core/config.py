@@ -322,14 +322,22 @@ def wrong_kind_error(path: str | Path, raw: Any, takes: str, command: str) -> Co
     return ConfigError(f"{path} is {what}; `{command}` takes {FILE_KINDS[takes][0]}; {how.format(path=path)}")
 
 
-def load_config(path: str | Path) -> RunConfig:
-    raw = read_yaml(path)
-    if not raw:  # an empty file (or only comments) would silently train with every default
-        raise ConfigError(f"{path} is empty; a run config gives the sections {', '.join(RUN_SECTIONS)} (those left "
-                          "out keep their defaults): start from an example in configs/*.yaml, e.g. configs/dance.yaml")
-    wrong = wrong_kind_error(path, raw, "run", "uda-sweep train")
-    if wrong:
+def check_top_level(path: str | Path, raw: Any, takes: str, command: str, empty: str, mapping: str) -> dict:
+    """The parsed file `raw`, refused in one sentence when it is empty (or only comments: it would run with every
+    default, saying `empty`), another kind of file than `command` takes, or not a mapping (of `mapping`)."""
+    if not raw:
+        raise ConfigError(f"{path} is empty; {empty}")
+    if (wrong := wrong_kind_error(path, raw, takes, command)) is not None:
         raise wrong
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping with sections {', '.join(RUN_SECTIONS)}")
+        raise ConfigError(f"{path}: the top level must be a mapping with {mapping}")
+    return raw
+
+
+def load_config(path: str | Path) -> RunConfig:
+    sections = ", ".join(RUN_SECTIONS)
+    raw = check_top_level(path, read_yaml(path), "run", "uda-sweep train",
+                          empty=f"a run config gives the sections {sections} (those left out keep their defaults): "
+                                "start from an example in configs/*.yaml, e.g. configs/dance.yaml",
+                          mapping=f"sections {sections}")
     return build_config(raw, str(path))

@@ -5,7 +5,7 @@ so a config is validated without them. The functions below load their module on 
 """
 from __future__ import annotations
 
-import importlib
+from ..lazy import lazy_members
 
 # Public name -> the submodule that defines it.
 _HOME = {
@@ -20,9 +20,4 @@ _HOME = {
 __all__ = sorted(_HOME)
 
 
-def __getattr__(name: str):
-    if name not in _HOME:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_HOME[name]}", __name__), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
+__getattr__ = lazy_members(__name__, _HOME)

@@ -6,8 +6,7 @@ torch, so configs are validated without it. The classes (METHODS, get_method, Me
 
 from __future__ import annotations
 
-import importlib
-
+from ..lazy import lazy_members
 from .params import PARAMS, method_params
 
 __all__ = ["PARAMS", "method_params", "METHODS", "get_method", "Method", "Batch"]
@@ -16,9 +15,4 @@ __all__ = ["PARAMS", "method_params", "METHODS", "get_method", "Method", "Batch"
 _HOME = {"METHODS": "implementations", "get_method": "implementations", "Method": "base", "Batch": "base"}
 
 
-def __getattr__(name: str):
-    if name not in _HOME:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_HOME[name]}", __name__), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
+__getattr__ = lazy_members(__name__, _HOME)
