@@ -22,7 +22,7 @@ from mlflow.entities import Metric, Param
 
 from uda_core.errors import ConfigError
 
-from .tracking_uri import default_tracking_uri, existing_store, local_store_path  # noqa: F401 (light, re-exported)
+from .tracking_uri import default_tracking_uri, existing_store, missing_store  # noqa: F401 (light, re-exported)
 
 __all__ = ["default_tracking_uri", "existing_store", "read_client", "check_access", "check_sweep_run",
            "open_experiment", "SweepRun", "TrialRun", "child_runs", "close_stale_runs", "TUNE_TO_MLFLOW"]
@@ -93,10 +93,19 @@ def check_access(uri: str, where: str) -> None:
 
     if problem := password_in_uri(uri, where):
         raise ConfigError(problem)
-    if (why := _unreachable(uri)) is not None:
-        raise ConfigError(f"{where}: the MLflow server {uri} does not answer ({why}); start it, or give the address "
-                          "of one that runs")
+    if problem := store_problem(uri):
+        raise ConfigError(f"{where}: {problem}; start it, or give the address of one that runs")
     MlflowClient(uri).search_experiments(max_results=1)
+
+
+def store_problem(uri: str) -> str | None:
+    """Why the store `uri` cannot be used now, each caller adding its own fix: a local store that does not exist, or
+    a server that does not answer one quick try (MLflow's own client retries for minutes). None if it can."""
+    if problem := missing_store(uri):
+        return problem
+    if uri.startswith(("http://", "https://")) and (why := _unreachable(uri)) is not None:
+        return f"the MLflow server {uri} does not answer ({why})"
+    return None
 
 
 def _unreachable(uri: str) -> str | None:
@@ -126,14 +135,8 @@ def check_sweep_run(uri: str, run_id: str, sweep: str) -> None:
 
     fix = ("if the head was replaced, resume on the new head, whose MLflow server must serve the sweep's backend "
            "store (on the shared mount) and whose MLFLOW_TRACKING_URI names that server")
-    path = local_store_path(uri)
-    if path is not None and not path.exists():  # MLflow would create an empty store there
-        raise ConfigError(f"sweep {sweep!r}: no MLflow store at {path} (tracking URI {uri}); "
-                          f"nothing was created; {fix}")
-    if uri.startswith(("http://", "https://")):
-        if (why := _unreachable(uri)) is not None:
-            raise ConfigError(f"sweep {sweep!r}: its MLflow server {uri} does not answer ({why}); "
-                              f"start it, or, {fix}")
+    if problem := store_problem(uri):
+        raise ConfigError(f"sweep {sweep!r}: {problem}; if its server is down, start it; {fix}")
     try:
         MlflowClient(uri).get_run(run_id)
     except MlflowException as e:
@@ -151,11 +154,9 @@ def read_client(uri: str) -> MlflowClient:
     a URI MLflow cannot use is one error, not a traceback."""
     from mlflow.exceptions import MlflowException
 
-    existing_store(uri)
-    if uri.startswith(("http://", "https://")):
-        if (why := _unreachable(uri)) is not None:
-            raise ConfigError(f"the MLflow server {uri} does not answer ({why}); start it (`mlflow server ...`) or "
-                              "check --tracking-uri / MLFLOW_TRACKING_URI")
+    existing_store(uri)  # a missing local store, with the advice for commands that only read one
+    if problem := store_problem(uri):
+        raise ConfigError(f"{problem}; start it (`mlflow server ...`) or check --tracking-uri / MLFLOW_TRACKING_URI")
     try:
         return MlflowClient(uri, registry_uri=uri)
     except MlflowException as e:

@@ -12,7 +12,7 @@ from urllib.request import url2pathname
 
 from uda_core.errors import ConfigError
 
-__all__ = ["default_tracking_uri", "local_store_path", "existing_store"]
+__all__ = ["default_tracking_uri", "local_store_path", "missing_store", "existing_store"]
 
 
 def default_tracking_uri(workdir: Path | None = None) -> str:
@@ -33,12 +33,19 @@ def local_store_path(uri: str) -> Path | None:
     return Path(url2pathname(uri)).resolve() if scheme == "" else None
 
 
+def missing_store(uri: str) -> str | None:
+    """Why `uri` names a local store that does not exist (MLflow would create an empty one on first use), or None."""
+    path = local_store_path(uri)
+    if path is not None and not path.exists():
+        return f"no MLflow store at {path} (tracking URI {uri}); nothing was created there"
+    return None
+
+
 def existing_store(uri: str) -> str:
     """`uri` for a command that only reads it: MLflow creates a local store on first use, so a missing one
     would leave an empty mlflow.db behind and then say nothing is registered there."""
-    path = local_store_path(uri)
-    if path is not None and not path.exists():
-        raise ConfigError(f"no MLflow store at {path} (tracking URI {uri}); nothing was created there. Pass "
-                          "--tracking-uri of the store the sweep wrote to (e.g. sqlite:////abs/path/mlflow.db), set "
-                          "MLFLOW_TRACKING_URI, or run from the folder the sweep ran in (it holds mlflow.db)")
+    if problem := missing_store(uri):
+        raise ConfigError(f"{problem}. Pass --tracking-uri of the store the sweep wrote to (e.g. "
+                          "sqlite:////abs/path/mlflow.db), set MLFLOW_TRACKING_URI, or run from the folder the sweep "
+                          "ran in (it holds mlflow.db)")
     return uri
