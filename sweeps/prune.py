@@ -11,7 +11,6 @@ snapshot, present or future, can send a resume to it.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import shutil
@@ -188,19 +187,16 @@ def prune_sweep(name: str, *, storage: str | Path = "runs/sweeps", workdir: Path
                 dry_run: bool = False) -> PruneResult:
     """Delete every checkpoint of a finished sweep except each trial's best (the one `promote` exports)."""
     from .finalists import checkpoint_at
-    from .run import open_sweep
+    from .run import driver_lock, open_sweep
     from .summary import trial_rows
 
     exp_dir, sweep, _ = open_sweep(name, storage, workdir)
     lock_file = exp_dir / "driver.lock"
     if not lock_file.exists():  # the state file is written just before the first driver starts
         raise ConfigError(f"sweep {name!r} at {exp_dir} has not started a trial yet; nothing to prune")
-    with open(lock_file) as lock:  # held for the whole prune: no `resume` may start meanwhile
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ConfigError(f"sweep {name!r} is running (its driver holds {lock_file}); prune it once it has "
-                              "finished (nothing was deleted)") from None
+    # Held for the whole prune: no `resume` may start meanwhile.
+    with driver_lock(exp_dir, f"sweep {name!r} is running (its driver holds {{lock}}); prune it once it has "
+                              "finished (nothing was deleted)"):
         try:
             rows = trial_rows(exp_dir, sweep)
         except (FileNotFoundError, ValueError):  # Tune wrote no snapshot: the driver died before the first trial

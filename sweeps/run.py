@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import subprocess
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -257,16 +258,24 @@ def _trial_name(trial) -> str:
     return f"trial_{trial.trial_id}"  # Tune's default folder name spells out every parameter
 
 
-def _fit(sweep: SweepConfig, exp_dir: Path, state: dict, address: str | None, trainable, progress: bool,
-         restore: bool) -> SweepSummary:
-    """Run the Tuner under a lock: two drivers on one sweep would run its trials twice."""
-    with open(exp_dir / "driver.lock", "w") as lock:
+@contextmanager
+def driver_lock(exp_dir: Path, busy: str):
+    """Hold the sweep's driver lock: one driver (or `prune`) at a time. `busy`, with {lock} for the lock file's path,
+    is the ConfigError when another process holds it."""
+    path = exp_dir / "driver.lock"
+    with open(path, "a") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise ConfigError(f"sweep {sweep.name!r} is already being run by another driver "
-                              f"(lock {exp_dir / 'driver.lock'}); "
-                              "wait for it, or stop it first") from None
+            raise ConfigError(busy.format(lock=path)) from None
+        yield
+
+
+def _fit(sweep: SweepConfig, exp_dir: Path, state: dict, address: str | None, trainable, progress: bool,
+         restore: bool) -> SweepSummary:
+    """Run the Tuner under a lock: two drivers on one sweep would run its trials twice."""
+    with driver_lock(exp_dir, f"sweep {sweep.name!r} is already being run by another driver (lock {{lock}}); "
+                              "wait for it, or stop it first"):
         if restore:  # under the lock: a refused second driver must not rewrite the running one's state
             state = _reattach_tracking(sweep, exp_dir, state, address)
         return _fit_locked(sweep, exp_dir, state, address, trainable, progress, restore)
