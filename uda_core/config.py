@@ -163,6 +163,9 @@ class EvalConfig(_Strict):
     agreement_max_samples: int = Field(500, ge=10)  # target stamps seen in all 8 dihedral views
     knn_k: int = Field(5, ge=1, le=100)
     max_source_features: int = Field(2000, ge=50)
+    # Every metric of a split larger than this is computed on a fixed random sample of this many of its stamps
+    # (the same for every trial and step: UdaData.capped), so one evaluation costs the same at 250k stamps as at 20k.
+    split_max_samples: int = Field(20000, ge=100)
     select_by: str = "source_val/acc"  # which evaluation `metrics.json` calls best
     select_mode: Literal["max", "min"] = "max"
 

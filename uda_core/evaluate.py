@@ -23,6 +23,7 @@ import torch
 
 from .config import ANOMALY_SCORES, RunConfig
 from .data.dataset import UdaData
+from .data.stamps import Stamps
 from .evaluation import metrics as M
 from .evaluation import names as N
 from .evaluation.names import OBJECTIVES, is_oracle  # noqa: F401 (re-exported: the tables live in names)
@@ -66,16 +67,18 @@ def default_batch_size(device: torch.device) -> int:
 
 
 @torch.no_grad()
-def predict(model: UdaNet, x: torch.Tensor, domain: int, batch_size: int | None = None,
+def predict(model: UdaNet, x: torch.Tensor | Stamps, domain: int, batch_size: int | None = None,
             autocast=contextlib.nullcontext) -> tuple[np.ndarray, np.ndarray]:
-    """Logits (N, K) and normalised features (N, D) as float32 numpy arrays, in eval mode."""
-    batch_size = batch_size or default_batch_size(x.device)
+    """Logits (N, K) and normalised features (N, D) as float32 numpy arrays, in eval mode; `x` (a tensor or
+    mapped stamps) is read batch by batch and moved to the model's device."""
+    device = model.prototypes.device
+    batch_size = batch_size or default_batch_size(device)
     was = model.training
     model.eval()
     logits, feats = [], []
     for lo in range(0, len(x), batch_size):
         with autocast():
-            lg, f = model(x[lo : lo + batch_size], domain)
+            lg, f = model(x[lo : lo + batch_size].to(device), domain)
         logits.append(lg.float().cpu())
         feats.append(f.float().cpu())
     model.train(was)
@@ -267,6 +270,7 @@ def _vote_metrics(model: UdaNet, o: _Outputs, data: UdaData) -> tuple[dict[str, 
 
 def evaluate(model: UdaNet, method: Method, data: UdaData, cfg: RunConfig, step: int,
              autocast=contextlib.nullcontext) -> Evaluation:
+    data = data.capped(cfg.eval.split_max_samples)  # a bounded cost per evaluation, whatever the survey's size
     if model.domain_bn:
         # Exact target statistics over the unlabelled target/train split (AdaBN); needs no labels.
         reestimate_bn(model, data["target/train"].x, TARGET, autocast=autocast)

@@ -52,7 +52,7 @@ def export_classifier(checkpoint_dir: Path, out: Path, data: UdaData | None = No
     checkpoint_dir = Path(checkpoint_dir)
     cfg = RunConfig.model_validate_json((checkpoint_dir / "config.json").read_text())
     state = torch.load(checkpoint_dir / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
-    data = data or load_data(cfg, progress=False)
+    data = (data or load_data(cfg, progress=False)).capped(cfg.eval.split_max_samples)  # the rows evaluate() read
     tree = vote_tree_for(cfg, data)  # the vote head's answers, so its weights load and are saved
     model = build_model(cfg.model, data.in_channels, data.num_known, tree)
     model.load_state_dict(state["model"])

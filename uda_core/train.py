@@ -32,7 +32,7 @@ from .models import build_model
 from .votes import VoteTree
 
 __all__ = ["train", "train_step", "load_data", "check_target_label_use", "vote_tree_for",
-           "resolve_device", "autocast_factory",
+           "resolve_device", "autocast_factory", "private_memory_mb",
            "TrainingDiverged", "CHECKPOINT_FILE"]
 
 log = logging.getLogger(__name__)
@@ -44,12 +44,37 @@ class TrainingDiverged(UdaError, FloatingPointError):
     """A loss became NaN or infinite; the trial's hyperparameters are unusable."""
 
 
+# Loaded data sets of this process: a worker that runs trial after trial opens each data set once. Cheap to keep:
+# the pixels stay in the memory-mapped file, only labels and a few catalogue columns are in memory.
+_LOADED: dict[tuple, UdaData] = {}
+_LOADED_MAX = 2
+TRIAL_COLUMNS = ("r_mag",)  # catalogue columns a trial reads beyond data.dataset.REQUIRED_COLUMNS
+
+
 def load_data(cfg: RunConfig, progress: bool = True) -> UdaData:
+    """The run's data set: generated on first use (simulated) or read from `data.path`, opened once per process
+    and files' state (a data set rewritten in place is opened afresh)."""
     d = cfg.data
     if d.path:
-        return load_dataset(Path(d.path))
-    spec = DataSpec(d.task, d.source, d.target, d.size, d.seed, d.label_noise)
-    return load_dataset(ensure_dataset(spec, Path(d.root), progress=progress))
+        folder = Path(d.path)
+    else:
+        folder = ensure_dataset(DataSpec(d.task, d.source, d.target, d.size, d.seed, d.label_noise), Path(d.root),
+                                progress=progress)
+    try:
+        key = (str(folder.resolve()), _files_state(folder), cfg.model.vote_head)
+    except OSError:  # no such folder, or not one: load_dataset names what is wrong
+        return load_dataset(folder, votes=cfg.model.vote_head, columns=TRIAL_COLUMNS)
+    if key not in _LOADED:
+        data = load_dataset(folder, votes=cfg.model.vote_head, columns=TRIAL_COLUMNS)
+        while len(_LOADED) >= _LOADED_MAX:
+            _LOADED.pop(next(iter(_LOADED)))
+        _LOADED[key] = data
+    return _LOADED[key]
+
+
+def _files_state(folder: Path) -> tuple:
+    return tuple((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in sorted(folder.iterdir()) if p.is_file()
+                 and not p.name.startswith("."))
 
 
 def vote_tree_for(cfg: RunConfig, data: UdaData) -> VoteTree | None:
@@ -107,6 +132,17 @@ def train_step(method, opt: torch.optim.Optimizer, batch: Batch, autocast, step:
     opt.step()
     method.after_step()
     return losses, loss
+
+
+def private_memory_mb() -> float | None:
+    """This process's resident anonymous memory in MB (Linux): what a trial holds itself, without the pages of
+    the mapped pixel file, which the page cache shares between every trial on the node. None elsewhere."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    kb = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("RssAnon:")), None)
+    return None if kb is None else kb / 1024
 
 
 def _lr_factor(schedule: str, step: int, total: int) -> float:
@@ -251,19 +287,19 @@ def train(
         opt = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
     gen = torch.Generator().manual_seed(cfg.train.seed)  # on the CPU whatever the device: one stream to checkpoint
 
-    def to_dev(x):
-        x = x.to(device)
+    def to_dev(x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
 
-    xs, ys = to_dev(data["source/train"].x), data["source/train"].train_y.to(device)
+    # Stamps stay in the mapped file; each batch is read and stretched on the device (data.stamps).
+    xs, ys = data["source/train"].x.to(device), data["source/train"].train_y.to(device)
     vs = data["source/train"].votes.to(device) if tree is not None else None
-    xt = to_dev(data["target/train"].x)
+    xt = data["target/train"].x.to(device)
     source_sampler = _ClassBalancedSampler(data["source/train"].train_y, gen)
     target_sampler = _EpochSampler(n_target, gen)
     lab_rows = _labelled_target_rows(cfg, data, method_cls.target_labels)
     lab_sampler = None
     if lab_rows is not None:
-        lab_x, lab_y = to_dev(data["target/train"].x[lab_rows]), data["target/train"].y[lab_rows].to(device)
+        lab_x, lab_y = xt.subset(lab_rows), data["target/train"].y[lab_rows].to(device)
         lab_sampler = _ClassBalancedSampler(lab_y, gen)
 
     step, best = 0, None
@@ -289,14 +325,14 @@ def train(
         for g in opt.param_groups:
             g["lr"] = o.lr * _lr_factor(o.schedule, step, total) * method.lr_scale(step, total)
         method.prepare(step, total, xt, autocast)
-        i_s = source_sampler(bs).to(device)
-        batch = Batch(xs=xs[i_s], ys=ys[i_s], vs=None if vs is None else vs[i_s])
+        i_s = source_sampler(bs)
+        batch = Batch(xs=to_dev(xs[i_s]), ys=ys[i_s.to(device)], vs=None if vs is None else vs[i_s.to(device)])
         if method_cls.uses_target:
-            batch.it = target_sampler(bs).to(device)
-            batch.xt = xt[batch.it]
+            i_t = target_sampler(bs)
+            batch.it, batch.xt = i_t.to(device), to_dev(xt[i_t])
         if lab_sampler is not None:
-            i_l = lab_sampler(bs).to(device)
-            batch.xl, batch.yl = lab_x[i_l], lab_y[i_l]
+            i_l = lab_sampler(bs)
+            batch.xl, batch.yl = to_dev(lab_x[i_l]), lab_y[i_l.to(device)]
         if cfg.train.augment:
             for name in ("xs", "xt", "xl"):
                 if getattr(batch, name) is not None:
@@ -313,6 +349,8 @@ def train(
             evaluation.metrics["train/loss"] = float(loss.item())
             evaluation.metrics["train/lr"] = opt.param_groups[0]["lr"]
             evaluation.metrics["train/images_per_s"] = images / max(train_time, 1e-9)
+            if (private := private_memory_mb()) is not None:
+                evaluation.metrics["train/private_memory_mb"] = private
             value = evaluation.metrics.get(cfg.eval.select_by)
             if _better(value, None if best is None else best["value"], cfg.eval.select_mode):
                 best = {"step": step, "value": value, "metric": cfg.eval.select_by}

@@ -33,10 +33,11 @@ from .surveys import SURVEYS, Survey, get_survey
 from .tasks import get_task
 
 __all__ = ["SIZES", "DataSpec", "GENERATOR_VERSION", "generate", "ensure_dataset", "read_manifest", "verify",
-           "UNLABELLED", "TARGET_LABELS", "has_target_labels", "mend_advice"]
+           "UNLABELLED", "TARGET_LABELS", "has_target_labels", "mend_advice", "content_verified", "record_verified"]
 
 GENERATOR_VERSION = "1.4"  # 1.4: simulated Galaxy Zoo DECaLS vote counts (vote_sim)
 CATALOGUE, PIXELS, MANIFEST = "catalogue.parquet", "pixels.npy", "manifest.json"
+VERIFIED = ".verified.json"  # a passed content check and the file states it applies to (content_verified)
 
 # A catalogue row without a class label (an unlabelled target survey) has label = train_label = UNLABELLED.
 UNLABELLED = -1
@@ -382,8 +383,42 @@ def read_manifest(folder: Path) -> dict:
     return manifest
 
 
+def _file_state(folder: Path, manifest: dict) -> dict[str, list[int]]:
+    """Size, inode and change times of the manifest and every file it lists: any rewrite changes one of them."""
+    out = {}
+    for name in (MANIFEST, *manifest["files"]):
+        st = (folder / name).stat()
+        out[name] = [st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns]
+    return out
+
+
+def content_verified(folder: Path, manifest: dict) -> bool:
+    """Whether a full content check (fingerprint and pixels) already passed on exactly these files.
+
+    Hashing a survey-sized pixel file takes a minute; every trial of a sweep would pay it at start. The record
+    (VERIFIED, written by `record_verified`) is trusted only while no file has been touched since.
+    """
+    try:
+        record = json.loads((Path(folder) / VERIFIED).read_text())
+        return record == {"fingerprint": manifest["fingerprint"], "files": _file_state(Path(folder), manifest)}
+    except (OSError, ValueError, TypeError, KeyError):
+        return False
+
+
+def record_verified(folder: Path, manifest: dict) -> None:
+    """Note that the content check passed (best effort: a read-only data folder is checked at every load)."""
+    record = {"fingerprint": manifest["fingerprint"], "files": _file_state(Path(folder), manifest)}
+    tmp = Path(folder) / f"{VERIFIED}.{os.getpid()}.tmp"
+    try:
+        tmp.write_text(json.dumps(record))
+        os.replace(tmp, Path(folder) / VERIFIED)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+
+
 def verify(folder: Path, full: bool = True) -> dict:
-    """Check sizes (always) and the content fingerprint (when `full`) before any expensive work."""
+    """Check sizes (always) and the content fingerprint (when `full`, unless it already passed on these very
+    files) before any expensive work."""
     folder = Path(folder)
     manifest = read_manifest(folder)
     for name, size in manifest["files"].items():
@@ -392,7 +427,8 @@ def verify(folder: Path, full: bool = True) -> dict:
             got = p.stat().st_size if p.exists() else "missing"
             raise DataError(f"{p}: expected {size} bytes, found {got} (truncated or replaced); "
                             f"{mend_advice(folder, manifest)}")
-    if full and _sha256_files(folder, tuple(manifest["files"])) != manifest["fingerprint"]:
+    if full and not content_verified(folder, manifest) and \
+            _sha256_files(folder, tuple(manifest["files"])) != manifest["fingerprint"]:
         raise DataError(f"{folder}: content fingerprint does not match {MANIFEST} (corrupt files); "
                         f"{mend_advice(folder, manifest)}")
     return manifest
@@ -408,5 +444,5 @@ def ensure_dataset(spec: DataSpec, root: Path, progress: bool = True) -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not folder.exists():
             generate(spec, folder, progress=progress)
-    verify(folder)
+    verify(folder, full=False)  # the content is checked by load_dataset, which reads it next
     return folder

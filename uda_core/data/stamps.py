@@ -1,0 +1,59 @@
+"""Stamps read from the memory-mapped pixel file when a batch needs them, stretched on the device.
+
+A split holds row numbers, not pixels: `stamps[idx]` reads those rows of `pixels.npy` (float16 on disk) and maps
+them to network inputs there and then. Trials on one node therefore share the page cache's one copy of the file,
+and a trial's own memory does not grow with the data set.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+__all__ = ["Stamps", "stretch"]
+
+
+def stretch(flux: torch.Tensor, softening: list[float]) -> torch.Tensor:
+    """arcsinh(flux / s) / 3 with one softening s per band (nanomaggies): the same mapping for every domain, in
+    training and in prediction, computed wherever `flux` lives."""
+    s = torch.tensor(softening, dtype=torch.float32, device=flux.device)[None, :, None, None]
+    return torch.asinh(flux.float() / s) / 3.0
+
+
+class Stamps:
+    """Network inputs for `rows` of a (N, C, H, W) pixel array (usually a read-only memory map).
+
+    Indexing with a slice, an integer tensor or a numpy array returns a float32 tensor (n, C, H, W) on `device`;
+    `subset` and `to` return new views without reading anything.
+    """
+
+    def __init__(self, pixels: np.ndarray, rows: np.ndarray, softening: list[float],
+                 device: torch.device | str = "cpu"):
+        self.pixels, self.rows, self.softening = pixels, np.asarray(rows, dtype=np.int64), list(softening)
+        self.device = torch.device(device)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.rows), *self.pixels.shape[1:])
+
+    def _rows(self, index) -> np.ndarray:
+        if isinstance(index, torch.Tensor):
+            index = index.cpu().numpy()
+        return np.atleast_1d(self.rows[index])
+
+    def __getitem__(self, index) -> torch.Tensor:
+        rows = self._rows(index)
+        # Read in file order (the page cache and read-ahead like it), then put the stamps back in the asked order.
+        order = np.argsort(rows, kind="stable")
+        flux = np.empty((len(rows), *self.pixels.shape[1:]), dtype=self.pixels.dtype)
+        flux[order] = self.pixels[rows[order]]
+        return stretch(torch.from_numpy(flux).to(self.device), self.softening)
+
+    def subset(self, index) -> Stamps:
+        return Stamps(self.pixels, self._rows(index), self.softening, self.device)
+
+    def to(self, device: torch.device | str) -> Stamps:
+        return Stamps(self.pixels, self.rows, self.softening, device)
