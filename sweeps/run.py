@@ -353,6 +353,7 @@ def _fit_locked(sweep: SweepConfig, exp_dir: Path, state: dict, address: str | N
             tune_config=tune.TuneConfig(search_alg=BaselinesFirst(searcher, sweep.baselines), scheduler=scheduler,
                                         num_samples=sweep.search.num_trials + len(sweep.baselines),
                                         max_concurrent_trials=sweep.resources.concurrency,
+                                        reuse_actors=sweep.resources.reuse_workers,
                                         trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
             run_config=tune.RunConfig(
                 name=sweep.name, storage_path=str(exp_dir.parent),

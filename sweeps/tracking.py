@@ -8,6 +8,7 @@ closes whatever was left RUNNING when the sweep ends. This module and `registry`
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -232,12 +233,19 @@ def close_stale_runs(uri: str, experiment_id: str, parent_run_id: str, tune_stat
     return closed
 
 
+@functools.cache
+def _worker_client(uri: str) -> MlflowClient:
+    """One client per worker process: a reused worker (resources.reuse_workers) opens its store once, not per trial.
+    Only the client is shared; runs are always addressed by id, never through MLflow's per-process active run."""
+    return MlflowClient(uri)
+
+
 class TrialRun:
     """A trial's child run, reopened (same run id) if the trial restarts from a checkpoint."""
 
     def __init__(self, uri: str, experiment_id: str, parent_run_id: str, trial_id: str, trial_name: str,
                  params: dict[str, Any], tags: dict[str, str]):
-        self.client = MlflowClient(uri)
+        self.client = _worker_client(uri)
         found = self.client.search_runs(
             [experiment_id],
             filter_string=f"tags.trial_id = '{trial_id}' and tags.mlflow.parentRunId = '{parent_run_id}'"

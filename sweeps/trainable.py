@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +69,10 @@ def _finite(metrics: dict) -> dict:
 
 
 def run_trial(config: dict, ctx: TrialContext) -> None:
+    # A reused worker (resources.reuse_workers) gets its next trial once this one's thread has ended, and Tune waits
+    # TUNE_FUNCTION_THREAD_TIMEOUT_S (default 2 s) for that before failing the NEXT trial. After an ASHA stop this
+    # thread still closes its MLflow run, which can take longer on a busy server. Read by this process at its reset.
+    os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", "30")
     ctx_tune = tune.get_context()
     trial_id, trial_name = ctx_tune.get_trial_id(), ctx_tune.get_trial_name()
     baseline = config.get("baseline")

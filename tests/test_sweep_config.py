@@ -44,7 +44,9 @@ def test_defaults():
     s = parse_sweep(_sweep(), "s.yaml")
     assert s.objective.metrics == [DEFAULT_OBJECTIVE] and not DEFAULT_OBJECTIVE.startswith("oracle/")
     assert s.space_name == "dance"
-    assert s.grace_period == 2 * s.run.train.eval_every
+    # ASHA's first rung: the first evaluation from 3/4 of the budget (bench/search_efficiency's rank correlation)
+    assert (s.run.train.steps, s.run.train.eval_every, s.grace_period) == (1500, 250, 1250)
+    assert s.scheduler.reduction_factor == 3
     assert s.search.n_startup == 3  # 8 trials: TPE takes over after 3 random ones (Optuna's 10 would never)
     assert parse_sweep(_sweep(search={"num_trials": 200}), "s.yaml").search.n_startup == 10
 
