@@ -37,6 +37,10 @@ def write_sweep(folder: Path, data_root: Path, name: str, **over) -> Path:
     }
     for k, v in over.items():
         raw[k] = {**raw[k], **v} if isinstance(v, dict) and isinstance(raw.get(k), dict) else v
+    if "scheduler" not in over:  # an early rung (the default is 3/4 of the budget): short sweeps still see stops
+        train = raw["run"]["train"]
+        raw["scheduler"] = {"type": "asha", "grace_period": min(train["steps"], 2 * train["eval_every"]),
+                            "reduction_factor": 2}
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path

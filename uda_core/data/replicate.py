@@ -7,10 +7,6 @@ same factor; repeated rows get new ids and a "copy_of" column naming the origina
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import DataError
-from .store import CATALOGUE, MANIFEST, PIXELS, _sha256_files, verify
+from .store import CATALOGUE, PIXELS, folder_written_whole, verify, write_manifest
 
 __all__ = ["replicate_dataset"]
 
@@ -37,9 +33,7 @@ def replicate_dataset(folder: Path, out: Path, n_stamps: int, chunk: int = 8192)
         take = np.resize(np.arange(len(part)), max(1, round(len(part) * factor)))  # cycles through the split
         parts.append(part.iloc[take].assign(copy_of=part["id"].to_numpy()[take]))
     big = pa.Table.from_pandas(_renumber(parts), preserve_index=False)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with folder_written_whole(out) as tmp:
         source_rows = big.column("source_row").to_numpy()
         dest = np.lib.format.open_memmap(tmp / PIXELS, mode="w+", dtype=pixels.dtype,
                                          shape=(len(source_rows), *pixels.shape[1:]))
@@ -49,16 +43,9 @@ def replicate_dataset(folder: Path, out: Path, n_stamps: int, chunk: int = 8192)
         del dest
         pq.write_table(big.drop_columns(["source_row"]), tmp / CATALOGUE)
         counts = big.group_by(["domain", "split"]).aggregate([("id", "count")]).to_pylist()
-        manifest = {**manifest, "counts": {f"{c['domain']}/{c['split']}": c["id_count"] for c in counts},
-                    "origin": "replicated",
-                    "replicated_from": {"folder": str(folder), "fingerprint": manifest["fingerprint"]},
-                    "files": {name: (tmp / name).stat().st_size for name in (CATALOGUE, PIXELS)}}
-        manifest["fingerprint"] = _sha256_files(tmp)
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        write_manifest(tmp, {**manifest, "counts": {f"{c['domain']}/{c['split']}": c["id_count"] for c in counts},
+                             "origin": "replicated",
+                             "replicated_from": {"folder": str(folder), "fingerprint": manifest["fingerprint"]}})
     return out
 
 

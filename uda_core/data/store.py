@@ -11,6 +11,7 @@ under the real name, and a cached folder is reused only when its fingerprint che
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -196,9 +197,7 @@ def generate(spec: DataSpec, out: Path, batch: int = 128, progress: bool = True)
     total = sum(p[3] for p in plan)
     survey0 = source
     nb = len(survey0.bands)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with folder_written_whole(out) as tmp:
         pixels = np.lib.format.open_memmap(tmp / PIXELS, mode="w+", dtype=np.float16,
                                            shape=(total, nb, size.stamp_px, size.stamp_px))
         rng = np.random.default_rng([spec.seed, 7])
@@ -269,15 +268,30 @@ def generate(spec: DataSpec, out: Path, batch: int = 128, progress: bool = True)
             "origin": "generated",
             "target_labels": "simulated",
             "votes": {"tree": GZ_DECALS.to_dict(), "domains": ["source", "target"]},
-            "files": {name: (tmp / name).stat().st_size for name in (CATALOGUE, PIXELS)},
-            "fingerprint": _sha256_files(tmp),
         }
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        write_manifest(tmp, manifest)
+    return out
+
+
+@contextlib.contextmanager
+def folder_written_whole(out: Path):
+    """A temporary folder beside `out`, renamed to `out` when the block succeeds and removed when it fails, so
+    a crash never leaves half a data set under the real name."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        yield tmp
         os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return out
+
+
+def write_manifest(folder: Path, manifest: dict) -> None:
+    """`manifest` with the sizes and content fingerprint of the folder's catalogue and pixels, as manifest.json."""
+    manifest = {**manifest, "files": {name: (folder / name).stat().st_size for name in (CATALOGUE, PIXELS)},
+                "fingerprint": _sha256_files(folder)}
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
 
 
 _CACHE_NAME = re.compile(r".+-seed\d+-[0-9a-f]{10}")  # DataSpec.folder_name(): a generated cache folder
