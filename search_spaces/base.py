@@ -16,7 +16,16 @@ from typing import Any
 from uda_core.config import build_config
 from uda_core.errors import ConfigError
 
-__all__ = ["Float", "Int", "Categorical", "Param", "Space", "set_key", "get_key", "apply_params"]
+__all__ = ["Float", "Int", "Categorical", "Param", "Space", "set_key", "get_key", "apply_params", "key_of",
+           "METHOD_KEY"]
+
+METHOD_KEY = "method.name"  # the parameter a joint space searches first (search_spaces/joint.py)
+METHOD_SEP = ":"  # `method.params.tau:sphkmeans`: a joint space's name for a key two of its methods search
+
+
+def key_of(name: str) -> str:
+    """The run-config key a parameter name sets (a joint space names a key two methods search `<key>:<method>`)."""
+    return name.partition(METHOD_SEP)[0]
 
 
 @dataclass(frozen=True)
@@ -25,6 +34,12 @@ class _Base:
     # Conditional parameter: suggested only when another parameter took this value (e.g. momentum only for SGD).
     when: tuple[str, Any] | None = field(default=None, kw_only=True)
     fixed: Any = field(default=None, kw_only=True)  # set by an override: a constant, not searched
+    # Its name in Optuna, Tune, MLflow and the sweep file's overrides, if not its key (search_spaces/joint.py).
+    name: str | None = field(default=None, kw_only=True)
+
+    @property
+    def id(self) -> str:
+        return self.name or self.key
 
     @property
     def is_fixed(self) -> bool:
@@ -54,7 +69,7 @@ class _Range(_Base):
 @dataclass(frozen=True)
 class Float(_Range):
     def suggest(self, trial):
-        return trial.suggest_float(self.key, self.low, self.high, log=self.log)
+        return trial.suggest_float(self.id, self.low, self.high, log=self.log)
 
     def describe(self) -> str:
         return f"{'log-' if self.log else ''}uniform [{self.low:g}, {self.high:g}]"
@@ -65,7 +80,7 @@ class Int(_Range):
     _kinds = (int,)
 
     def suggest(self, trial):
-        return trial.suggest_int(self.key, self.low, self.high, log=self.log)
+        return trial.suggest_int(self.id, self.low, self.high, log=self.log)
 
     def describe(self) -> str:
         return f"integer {'log-' if self.log else ''}[{self.low}, {self.high}]"
@@ -82,7 +97,7 @@ class Categorical(_Base):
         return value in self.choices
 
     def suggest(self, trial):
-        return trial.suggest_categorical(self.key, list(self.choices))
+        return trial.suggest_categorical(self.id, list(self.choices))
 
     def describe(self) -> str:
         return "one of " + ", ".join(map(str, self.choices))
@@ -109,10 +124,17 @@ def set_key(raw: dict, key: str, value: Any) -> None:
 
 
 def apply_params(base: dict, params: dict[str, Any]) -> dict:
-    """A copy of the plain run-config dict `base` with each dotted key of `params` set."""
+    """A copy of the plain run-config dict `base` with each dotted key of `params` (or parameter name) set.
+
+    A patch that changes `method.name` drops the base's `method.params` first: they belong to the other method
+    (a joint space's trial chooses the method; its own parameters are in the patch, the rest are its defaults).
+    """
     raw = copy.deepcopy(base)
-    for key, value in params.items():
-        set_key(raw, key, value)
+    method = params.get(METHOD_KEY)
+    if method is not None and method != get_key(raw, METHOD_KEY):
+        set_key(raw, "method.params", {})
+    for name, value in params.items():
+        set_key(raw, key_of(name), value)
     return raw
 
 
@@ -133,20 +155,36 @@ class Space:
             if p.when is not None and chosen.get(p.when[0]) != p.when[1]:
                 continue
             if p.is_fixed:
-                constants[p.key] = chosen[p.key] = p.fixed
+                constants[p.id] = chosen[p.key] = p.fixed
             else:
                 chosen[p.key] = p.suggest(trial)
         return constants  # OptunaSearch merges these constants into the trial's config
 
     @property
     def keys(self) -> list[str]:
-        return [p.key for p in self.params]
+        """The parameters' names: their run-config keys, but for a key two methods of a joint space search."""
+        return [p.id for p in self.params]
 
-    def param(self, key: str) -> Param:
+    def param(self, name: str) -> Param:
         for p in self.params:
-            if p.key == key:
+            if p.id == name:
                 return p
-        raise KeyError(key)
+        raise KeyError(name)
+
+    def conditions(self, p: Param) -> dict[str, Any]:
+        """The values other parameters take whenever `p` is suggested (its condition, and that one's): the
+        context in which its range is checked, e.g. `method.name: dance` for DANCE's weights in a joint space."""
+        out: dict[str, Any] = {}
+        while p.when is not None and p.when[0] not in out:
+            key, value = p.when
+            out[key] = value
+            if key not in self.keys:
+                break
+            p = self.param(key)
+        return out
+
+    def _valid(self, base: dict, p: Param, value: Any, source: str) -> None:
+        build_config(apply_params(base, {**self.conditions(p), p.key: value}), source=source)
 
     def with_overrides(self, overrides: dict[str, Any], base: dict, source: str = "search.overrides") -> "Space":
         """Narrow, widen or fix parameters from a sweep file; anything the run config would refuse is an error.
@@ -164,7 +202,7 @@ class Space:
             params[i] = _override(params[i], spec, where)
             for value in params[i].endpoints() if not params[i].is_fixed else [params[i].fixed]:
                 try:
-                    build_config(apply_params(base, {key: value}), source=where)
+                    self._valid(base, params[i], value, where)
                 except ConfigError as e:
                     raise ConfigError(f"{e} (the run config does not accept this value of {key}; "
                                       "keep the range inside what it accepts)") from None
@@ -174,8 +212,7 @@ class Space:
         """Every endpoint of every range must be a valid run config (catches a space wider than the method allows)."""
         for p in self.params:
             for value in [p.fixed] if p.is_fixed else p.endpoints():
-                build_config(apply_params(base, {p.key: value}),
-                             source=f"search space {self.name!r}, {p.key}={value!r}")
+                self._valid(base, p, value, f"search space {self.name!r}, {p.key}={value!r}")
 
     def default_point(self, base: dict) -> dict[str, Any]:
         """The base run config's own values of the searched parameters, to be evaluated first.
@@ -192,7 +229,7 @@ class Space:
                 continue
             value = get_key(defaults, p.key)
             if p.contains(value):
-                point[p.key] = value
+                point[p.id] = value
         return point
 
     def describe(self) -> dict[str, str]:
@@ -201,7 +238,7 @@ class Space:
             text = f"fixed {p.fixed!r}" if p.is_fixed else p.describe()
             if p.when is not None:
                 text += f" (when {p.when[0]} = {p.when[1]!r})"
-            out[p.key] = text
+            out[p.id] = text
         return out
 
 

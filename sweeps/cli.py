@@ -301,9 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
     survey_help = f"a survey preset ({', '.join(sorted(SURVEYS))}) or a survey YAML file"
     g.add_argument("--source", default="decals", help=f"{survey_help} (default: decals)")
     g.add_argument("--target", default="sdss", help=f"{survey_help}; its bands must match the source's (default: sdss)")
-    g.add_argument("--size", default="small", choices=["tiny", "small", "default", "large"],
-                   help="stamps and counts: tiny 32 px (tests), small 48 px, default 64 px, large 96 px "
-                        "(default: small)")
+    g.add_argument("--size", default="small", choices=["tiny", "small", "bench", "default", "large"],
+                   help="stamps and counts: tiny 32 px (tests), small 48 px, bench 48 px with 3,000 target/test "
+                        "stamps (bench/adaptation), default 64 px, large 96 px (default: small)")
     g.add_argument("--seed", type=int, default=0, help="seed of the galaxies drawn (default 0)")
     g.add_argument("--label-noise", type=float, default=0.0,
                    help="fraction of source/train labels flipped to another known class, in [0, 0.5) (default 0)")

@@ -18,7 +18,7 @@ from uda_core.config import DIRECTIONS, RunConfig, _format, check_top_level, did
 from uda_core.errors import ConfigError
 from uda_core.evaluation.names import OBJECTIVES, is_oracle
 
-__all__ = ["SweepConfig", "load_sweep", "parse_sweep", "DEFAULT_OBJECTIVE",
+__all__ = ["SweepConfig", "load_sweep", "parse_sweep", "DEFAULT_OBJECTIVE", "ALL_METHODS",
            "check_target_labels", "has_labelled_target"]
 
 # What a sweep optimises unless told otherwise: the label-free criterion with the lowest regret measured by
@@ -33,8 +33,13 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
+ALL_METHODS = "all"  # search.space: every method that trains without target labels
+
+
 class SearchConfig(_Strict):
-    space: str | None = None  # default: the run's method
+    # Default: the run's method. A list of methods, or "all", is one joint space: each trial chooses its method,
+    # then that method's own parameters (search_spaces/joint.py).
+    space: str | list[str] | None = None
     algorithm: Literal["tpe", "random"] = "tpe"  # random: the benchmark's baseline
     num_trials: int = Field(8, ge=1, le=100_000)
     seed: int = Field(0, ge=0)
@@ -42,6 +47,24 @@ class SearchConfig(_Strict):
     # TPE samples at random until this many trials finished (Optuna's default 10 would make a sweep of 8 trials
     # pure random search). Default: a quarter of the trials, between 3 and 10.
     startup_trials: int | None = Field(None, ge=1)
+
+    @field_validator("space", mode="before")
+    @classmethod
+    def _methods(cls, v):
+        from uda_core.methods import PARAMS  # the method names, without torch
+
+        if v is None or v == ALL_METHODS:
+            return v
+        names = v if isinstance(v, list) else [v]
+        if not names or not all(isinstance(m, str) for m in names):
+            raise ValueError(f"give a method, a list of methods or {ALL_METHODS!r}, got {v!r}")
+        for m in names:
+            if m not in PARAMS:
+                raise ValueError(f"{m!r} is not a method{did_you_mean(m, PARAMS)}; choose from {sorted(PARAMS)}, "
+                                 f"a list of them, or {ALL_METHODS!r}")
+        if len(set(names)) != len(names):
+            raise ValueError(f"each method once, got {names}")
+        return v
 
     @property
     def n_startup(self) -> int:
@@ -215,14 +238,41 @@ class SweepConfig(_Strict):
         if votes and not self.run.model.vote_head:
             raise ValueError(f"objective.metric: {votes[0]!r} scores the vote head, which this sweep does not train; "
                              "set run.model.vote_head: true or choose another metric")
-        if self.search.space is not None and self.search.space != self.run.method.name:
-            raise ValueError(f"search.space: {self.search.space!r} searches another method than run.method.name="
-                             f"{self.run.method.name!r}; make them equal (or drop search.space)")
+        self._check_methods()
         return self
 
+    def _check_methods(self) -> None:
+        from search_spaces import METHOD_KEY
+        from uda_core.methods.params import TRAINS_ON_TARGET_LABELS
+
+        space, run_method = self.search.space, self.run.method.name
+        if isinstance(space, str) and space != ALL_METHODS and space != run_method:
+            raise ValueError(f"search.space: {space!r} searches another method than run.method.name="
+                             f"{run_method!r}; make them equal (or drop search.space)")
+        if not isinstance(space, list) and space != ALL_METHODS:
+            return
+        if run_method not in self.methods:  # its values are the first trial (seed_with_defaults)
+            raise ValueError(f"search.space: run.method.name={run_method!r} is not among the searched methods "
+                             f"{self.methods}; set it to the one whose settings the sweep should try first")
+        oracles = [m for m in self.methods if m in TRAINS_ON_TARGET_LABELS]
+        if len(self.methods) > 1 and oracles:
+            raise ValueError(f"search.space: {oracles[0]!r} trains on target labels: a ceiling to compare against, "
+                             "never a method a sweep may choose; remove it (or sweep it on its own)")
+        if METHOD_KEY in self.search.overrides:
+            raise ValueError(f"search.overrides.{METHOD_KEY}: the methods a sweep searches are set by search.space; "
+                             "list them there")
+
     @property
-    def space_name(self) -> str:
-        return self.search.space or self.run.method.name
+    def methods(self) -> list[str]:
+        """The methods the sweep searches: the run's, or those of search.space (several: the method is searched)."""
+        from uda_core.methods.params import PARAMS, TRAINS_ON_TARGET_LABELS
+
+        space = self.search.space
+        if space is None:
+            return [self.run.method.name]
+        if space == ALL_METHODS:
+            return [m for m in PARAMS if m not in TRAINS_ON_TARGET_LABELS]
+        return [space] if isinstance(space, str) else list(space)
 
     @property
     def grace_period(self) -> int:
@@ -232,7 +282,7 @@ class SweepConfig(_Strict):
 
 def parse_sweep(raw: Any, source: str) -> SweepConfig:
     """Validate a sweep dict: the schema, then the search space and its overrides against the run config."""
-    from search_spaces import get_space
+    from search_spaces import search_space
 
     raw = check_top_level(source, raw, "sweep", "uda-sweep run",
                           empty="a sweep file needs at least name and run (the run config every trial starts from), "
@@ -246,7 +296,7 @@ def parse_sweep(raw: Any, source: str) -> SweepConfig:
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
     base = sweep.run.model_dump()
-    space = get_space(sweep.space_name)
+    space = search_space(sweep.methods)
     try:
         space.check(base)
         space.with_overrides(sweep.search.overrides, base)

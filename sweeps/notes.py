@@ -43,6 +43,12 @@ def _link(row: dict, state: dict) -> str:
     return f"[{name}]({run_url(state['experiment_id'], run_id)})" if run_id else name
 
 
+def _methods(sweep: SweepConfig) -> str:
+    if len(sweep.methods) == 1:
+        return f"Method **{sweep.methods[0]}**"
+    return f"Methods **{', '.join(sweep.methods)}** (each trial chooses one, then its settings)"
+
+
 def sweep_note(sweep: SweepConfig, state: dict, rows: list[dict] | None = None, best: dict | None = None,
                labelled: bool = True) -> str:
     obj = sweep.objective
@@ -50,7 +56,7 @@ def sweep_note(sweep: SweepConfig, state: dict, rows: list[dict] | None = None, 
     stopping = " + ASHA" if sweep.scheduler.type == "asha" else ""
     lines = [f"### Sweep `{sweep.name}`" + (" (ORACLE objective)" if obj.oracle else ""),
              (sweep.description + "\n") if sweep.description else "",
-             f"Method **{sweep.run.method.name}**, {sweep.search.num_trials} trials by "
+             f"{_methods(sweep)}, {sweep.search.num_trials} trials by "
              f"{sweep.search.algorithm.upper()}{stopping}; objective `best/{metric}` "
              f"({mode}) at each trial's best checkpoint. Baselines: {', '.join(sweep.baselines) or 'none'}.", ""]
     if rows is None:

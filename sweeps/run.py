@@ -138,11 +138,11 @@ def run_sweep(sweep_file: str | Path, *, address: str | None = None, workdir: Pa
     experiment_id = open_experiment(uri, sweep.tracking.experiment or sweep.name, workdir / sweep.tracking.artifacts)
     oracle = sweep.objective.oracle
     parent = SweepRun(uri, experiment_id, name=f"sweep {sweep.name}" + (" [ORACLE objective]" if oracle else ""),
-                      tags={"sweep": sweep.name, "kind": "sweep", "method": sweep.run.method.name,
+                      tags={"sweep": sweep.name, "kind": "sweep", "method": ",".join(sweep.methods),
                             "objective": ",".join(sweep.objective.metrics), "objective_is_oracle": str(oracle).lower()})
-    from search_spaces import get_space
+    from search_spaces import search_space
 
-    space = get_space(sweep.space_name).with_overrides(sweep.search.overrides, sweep.run.model_dump())
+    space = search_space(sweep.methods).with_overrides(sweep.search.overrides, sweep.run.model_dump())
     data_manifest = _data_manifest(sweep)
     parent.log_start(
         params={"search.space": space.name, "search.algorithm": sweep.search.algorithm,
@@ -289,7 +289,7 @@ def _fit_locked(sweep: SweepConfig, exp_dir: Path, state: dict, address: str | N
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    from search_spaces import get_space
+    from search_spaces import search_space
 
     from .prune import RetainBestAndLatest
     from .searcher import BaselinesFirst, SweepOptunaSearch
@@ -307,7 +307,7 @@ def _fit_locked(sweep: SweepConfig, exp_dir: Path, state: dict, address: str | N
     metrics = [f"best/{m}" for m in obj.metrics]
     modes = obj.modes
     base = sweep.run.model_dump()
-    space = get_space(sweep.space_name).with_overrides(sweep.search.overrides, base)
+    space = search_space(sweep.methods).with_overrides(sweep.search.overrides, base)
 
     if not ray.is_initialized():
         _start_ray(address, progress)

@@ -20,6 +20,8 @@ from optuna.trial import TrialState
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
+from search_spaces import METHOD_KEY
+
 from .names import OPTUNA_TRIAL, search_run_name
 
 __all__ = ["BaselinesFirst", "SweepOptunaSearch"]
@@ -45,7 +47,8 @@ class SweepOptunaSearch(OptunaSearch):
             return None
         trial = self._ot_trials[trial_id]
         trial.set_user_attr("ray_trial_id", trial_id)
-        trial.set_user_attr("mlflow_run_name", search_run_name(trial.number, self._method))
+        # A joint space's trial chose its method (search_spaces/joint.py); otherwise it is the sweep's.
+        trial.set_user_attr("mlflow_run_name", search_run_name(trial.number, config.get(METHOD_KEY, self._method)))
         return {**config, OPTUNA_TRIAL: trial.number}
 
     def _multi_objective(self) -> bool:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from search_spaces import METHOD_KEY
 from uda_core.errors import UdaError
 from uda_core.evaluation import names as N
 
@@ -56,8 +57,10 @@ def trial_rows(exp_dir: Path, sweep: SweepConfig, analysis=None) -> list[dict]:
         kind = "baseline" if "baseline" in cfg else "search"
         prefix = "baseline_" if kind == "baseline" else ""
         last = trial.last_result or {}
+        # The method the trial trained: a baseline's, the one a joint space's trial chose, or the sweep's own.
+        method = cfg.get("baseline") or cfg.get(METHOD_KEY, sweep.run.method.name)
         row = {"trial_id": trial.trial_id, "status": trial.status, "kind": kind,
-               "method": cfg.get("baseline", sweep.run.method.name), "step": last.get("step", 0),
+               "method": method, "step": last.get("step", 0),
                "best_step": last.get(f"{prefix}best_step", -1), "params": trial_params(cfg),
                "optuna_trial": cfg.get(OPTUNA_TRIAL),
                "path": str(trial.path) if trial.path else None}
@@ -121,13 +124,14 @@ def format_table(rows: list[dict], sweep: SweepConfig, max_params: int = 4) -> s
     labelled = _labelled(sweep)
     reported = reported_metrics(labelled)
     titles = {N.SOURCE_VAL_ACC: "src val acc", N.ORACLE_ACC: "oracle tgt acc", N.ORACLE_H: "oracle H"}
-    keys = sorted({k for r in rows for k in r["params"]})[:max_params]
+    joint = len(sweep.methods) > 1  # the method is searched: shown in the kind column, not as a parameter
+    keys = sorted({k for r in rows for k in r["params"] if k != METHOD_KEY})[:max_params]
     head = ["trial", "optuna #", "status", "kind", "steps"] + [f"{oracle}best {m}" for m in metrics] + \
            [titles[m] for m in reported] + [k.split(".")[-1] for k in keys]
     lines = []
     for r in rows:
         cells = [r["trial_id"], _fmt(r.get("optuna_trial")), r["status"],
-                 r["method"] if r["kind"] == "baseline" else "search",
+                 r["method"] if r["kind"] == "baseline" else f"search · {r['method']}" if joint else "search",
                  f"{r['step']}/{sweep.run.train.steps}"]
         cells += [_fmt(r.get(f"best/{m}")) for m in metrics]
         cells += [_fmt(r.get(f"at_best/{m}")) for m in reported]
@@ -186,6 +190,7 @@ def summarise(sweep: SweepConfig, exp_dir: Path, state: dict, parent):
         metrics.update({f"best/{m}": best[f"best/{m}"] for m in sweep.objective.metrics})
         metrics.update({f"best_trial/{m}": best.get(f"at_best/{m}") for m in REPORTED})
         parent.set_tags({"best_trial_id": best["trial_id"], "best_trial_step": best["best_step"],
+                         "best_trial_method": best["method"],
                          **{f"best_param/{k}": v for k, v in best["params"].items()}})
     for r in rows:
         if r["kind"] == "baseline":

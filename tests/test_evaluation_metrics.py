@@ -134,6 +134,18 @@ def test_source_private_sample_does_not_change_shared_metrics():
     assert m["rejected_frac"] == pytest.approx(3 / 10)  # label-free: counts everything
 
 
+def test_known_rejected_matches_naive_loop():
+    rng = np.random.default_rng(6)
+    y = rng.integers(0, 5, 300)  # K=3, shared [0, 1]: 2 is source-private, 3 and 4 unknown
+    p, r = rng.integers(0, 3, 300), rng.random(300) < 0.4
+    shared_rows = [i for i in range(len(y)) if y[i] in (0, 1)]
+    expected = sum(bool(r[i]) for i in shared_rows) / len(shared_rows)
+    m = open_set_metrics(y, p, r, K=3, shared=[0, 1])
+    assert m["known_rejected"] == pytest.approx(expected)
+    assert open_set_metrics(Y, P, R, K=3, shared=[0, 1])["known_rejected"] == pytest.approx(1 / 5)
+    assert math.isnan(open_set_metrics([3, 4], [0, 1], [True, False], K=3, shared=[0, 1])["known_rejected"])
+
+
 def test_open_set_metrics_no_unknowns():
     m = open_set_metrics([0, 1, 1], [0, 1, 0], [False, False, True], K=2, shared=[0, 1])
     assert math.isnan(m["unknown_recall"]) and math.isnan(m["h_score"])

@@ -5,10 +5,11 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from search_spaces import SPACES, apply_params, get_space
+from search_spaces import SPACES, apply_params, get_space, search_space
 from uda_core.config import RunConfig, build_config
 from uda_core.errors import ConfigError
-from uda_core.methods import METHODS
+from uda_core.methods import PARAMS, METHODS
+from uda_core.methods.params import TRAINS_ON_TARGET_LABELS
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -18,7 +19,10 @@ def _base(method: str) -> dict:
 
 
 def test_every_method_has_a_space():
-    assert set(SPACES) == set(METHODS)
+    assert set(SPACES) == set(PARAMS) == set(METHODS)
+    # ... and every method a sweep may choose fits one joint space (`search.space: all`): no key two ways
+    label_free = [m for m in PARAMS if m not in TRAINS_ON_TARGET_LABELS]
+    search_space(label_free).check(_base(label_free[0]))
     with pytest.raises(ConfigError, match="choose one of"):
         get_space("dann")
 
@@ -110,3 +114,76 @@ def test_default_point_is_enqueued_first():
     t = study.ask()
     space(t)
     assert t.params["method.params.c_rho"] == 0.5 and t.params["optim.lr"] == 0.002
+
+
+# One sweep over several methods: the method is a categorical, each method's parameters conditional on it.
+
+def test_joint_space_suggests_only_the_chosen_methods_parameters():
+    space, base = search_space(["adabn", "dance", "sphkmeans"]), _base("dance")
+    base["method"]["params"] = {"eta_nc": 0.1}  # the run's own method settings: DANCE's only
+    space.check(base)
+    own = {m: {k for k in get_space(m).keys if k.startswith("method.params.")} for m in ("dance", "sphkmeans")}
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    chosen = set()
+    for _ in range(30):
+        t = study.ask()
+        space(t)
+        method = t.params["method.name"]
+        chosen.add(method)
+        assert {k for k in t.params if k.startswith("method.params.")} == own.get(method, set())
+        assert {"optim.lr", "model.temperature", "eval.unknown_clusters"} <= set(t.params)  # shared, once
+        cfg = build_config(apply_params(base, t.params))  # DANCE's base settings never reach another method
+        assert cfg.method.name == method
+        study.tell(t, 0.0)
+    assert chosen == {"adabn", "dance", "sphkmeans"}
+
+
+def test_joint_space_overrides_default_point_and_tpe():
+    base = _base("dance")
+    space = search_space(["dance", "adabn"]).with_overrides(
+        {"method.params.eta_nc": {"low": 0.1, "high": 0.2}, "method.params.c_m": 0.3, "optim.lr": 0.01}, base)
+    point = space.default_point(base)  # the run's method and its settings, inside the overridden ranges
+    assert point["method.name"] == "dance" and point["method.params.c_rho"] == 0.5
+    assert not {"method.params.eta_nc", "method.params.c_m", "optim.lr"} & set(point)
+    # The run's method may be any of the searched ones: a DANCE parameter is checked as DANCE's, not AdaBN's
+    search_space(["adabn", "dance"]).with_overrides({"method.params.eta_nc": {"low": 0.1, "high": 2.0}},
+                                                    _base("adabn")).check(_base("adabn"))
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0, multivariate=True, group=True,
+                                                                   n_startup_trials=3))
+    study.enqueue_trial(space.default_point(base))
+    for i in range(12):
+        t = study.ask()
+        constants = space(t)
+        dance = t.params["method.name"] == "dance"
+        assert constants == ({"optim.lr": 0.01, "method.params.c_m": 0.3} if dance else {"optim.lr": 0.01})
+        assert not dance or 0.1 <= t.params["method.params.eta_nc"] <= 0.2
+        study.tell(t, float(i % 3))
+    with pytest.raises(ConfigError, match=r"search.overrides.method.params.c_rho: .*c_rho"):
+        search_space(["adabn", "dance"]).with_overrides({"method.params.c_rho": {"low": 0.5, "high": 1.5}}, base)
+    with pytest.raises(ConfigError, match="not a parameter of the 'adabn\\+source_only' space"):
+        search_space(["adabn", "source_only"]).with_overrides({"method.params.eta_nc": 0.1}, _base("adabn"))
+
+
+def test_joint_space_names_a_key_two_methods_search_by_method():
+    """sphkmeans' and contrastive's `tau` are different parameters: one Optuna distribution each, one override each."""
+    base = _base("sphkmeans")
+    space = search_space(["sphkmeans", "contrastive", "adabn"])
+    assert {"method.params.tau:sphkmeans", "method.params.tau:contrastive"} <= set(space.keys)
+    assert "method.params.tau" not in space.keys and "method.params.warmup_frac" in space.keys  # only where needed
+    space = space.with_overrides({"method.params.tau:contrastive": {"low": 0.3, "high": 0.4}}, base)
+    with pytest.raises(ConfigError, match="method.params.tau: not a parameter.*method.params.tau:sphkmeans"):
+        search_space(["sphkmeans", "contrastive"]).with_overrides({"method.params.tau": 0.1}, base)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    chosen = set()
+    for _ in range(20):
+        t = study.ask()
+        space(t)
+        method = t.params["method.name"]
+        chosen.add(method)
+        taus = [k for k in t.params if k.startswith("method.params.tau")]
+        assert taus == ([f"method.params.tau:{method}"] if method != "adabn" else [])
+        cfg = build_config(apply_params(base, t.params))  # the name sets the method's own key
+        if method == "contrastive":
+            assert 0.3 <= cfg.method.params["tau"] <= 0.4
+        study.tell(t, 0.0)
+    assert chosen == {"sphkmeans", "contrastive", "adabn"}

@@ -43,7 +43,7 @@ def test_default_objective_is_the_lowest_regret_criterion_measured():
 def test_defaults():
     s = parse_sweep(_sweep(), "s.yaml")
     assert s.objective.metrics == [DEFAULT_OBJECTIVE] and not DEFAULT_OBJECTIVE.startswith("oracle/")
-    assert s.space_name == "dance"
+    assert s.methods == ["dance"]  # the run's method; search.space lists several to search the method too
     # ASHA's first rung: the first evaluation from 3/4 of the budget (bench/search_efficiency's rank correlation)
     assert (s.run.train.steps, s.run.train.eval_every, s.grace_period) == (1500, 250, 1250)
     assert s.scheduler.reduction_factor == 3
@@ -72,6 +72,18 @@ def test_oracle_objective_is_marked():
     (_sweep(scheduler={"grace_period": 100000}), "scheduler.grace_period"),
     (_sweep(scheduler={"reduction_factor": 1}), "scheduler.reduction_factor"),
     (_sweep(search={"space": "adabn"}), "search.space"),
+    # one sweep over several methods (search_spaces/joint.py): each name a method, the run's among them, no oracle
+    (_sweep(search={"space": ["adabn", "dnace"]}), r"search.space: 'dnace' is not a method \(did you mean 'dance'\?\); "
+                                                   r"choose from \[.*'sphkmeans'.*\], a list of them, or 'all'"),
+    (_sweep(search={"space": "dann"}), "search.space: 'dann' is not a method"),
+    (_sweep(search={"space": []}), "search.space: give a method, a list of methods or 'all'"),
+    (_sweep(search={"space": ["adabn", "adabn"]}), "search.space: each method once"),
+    (_sweep(search={"space": ["adabn", "source_only"]}), "search.space: run.method.name='dance' is not among"),
+    (_sweep(search={"space": ["dance", "target_oracle"]}), "search.space: 'target_oracle' trains on target labels"),
+    (_sweep(search={"space": ["dance", "adabn"], "overrides": {"method.name": "adabn"}}),
+     "search.overrides.method.name: the methods a sweep searches are set by search.space"),
+    (_sweep(search={"space": ["dance", "adabn"], "overrides": {"method.params.c_rho": {"low": 0.5, "high": 2}}}),
+     "search.overrides.method.params.c_rho"),  # a method's range is still checked against that method
     (_sweep(objective={"metric": "source_val/votes/nll"}), "objective.metric.*set run.model.vote_head: true"),
     (_sweep(search={"overrides": {"method.params.c_rho": {"low": 0.5, "high": 2}}}),
      "search.overrides.method.params.c_rho"),
@@ -100,3 +112,16 @@ def test_file_errors(tmp_path):
     listy.write_text(yaml.safe_dump([1, 2]))
     with pytest.raises(ConfigError, match="top level must be a mapping"):
         load_sweep(listy)
+
+
+def test_several_methods_in_one_sweep():
+    from search_spaces import search_space
+
+    s = parse_sweep(_sweep(search={"space": ["adabn", "dance"], "overrides": {"method.params.eta_nc": 0.1}}), "s.yaml")
+    assert s.methods == ["adabn", "dance"]
+    space = search_space(s.methods).with_overrides(s.search.overrides, s.run.model_dump())
+    assert space.keys[0] == "method.name" and space.param("method.name").choices == ("adabn", "dance")
+    assert space.param("method.params.eta_nc").fixed == 0.1  # an override of one method's parameter still applies
+    every = parse_sweep(_sweep(search={"space": "all"}), "s.yaml").methods
+    assert "dance" in every and "adabn" in every
+    assert not {"target_oracle", "open_set_oracle"} & set(every)  # a sweep never chooses a method that uses labels

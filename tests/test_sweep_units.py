@@ -135,6 +135,37 @@ def test_trial_config_from_parameters_and_baselines():
     assert trial_run_config(base, {"optim.lr": 0.01, "optuna_trial": 4}).optim.lr == 0.01  # the number is no parameter
 
 
+def test_joint_space_trials_are_named_and_configured_by_their_method(tmp_path):
+    """A sweep over several methods: each trial's run config, MLflow run name and `status` row say its method."""
+    import optuna
+
+    from search_spaces import search_space
+    from sweeps.config import parse_sweep
+    from sweeps.run import study_storage
+    from sweeps.summary import format_table
+
+    base = RunConfig(method={"name": "dance", "params": {"eta_nc": 0.2}}).model_dump()
+    cfg = trial_run_config(base, {"method.name": "adabn", "optim.lr": 0.01})
+    assert cfg.method.name == "adabn" and cfg.method.params == {}  # DANCE's settings stay with DANCE
+    assert trial_run_config(base, {"method.name": "dance", "method.params.c_m": 0.3}).method.params == {
+        "eta_nc": 0.2, "c_m": 0.3}
+    search = SweepOptunaSearch(space=search_space(["adabn", "dance"]), metric="best/m", mode="max",
+                               sampler=optuna.samplers.RandomSampler(seed=0), storage=study_storage(tmp_path),
+                               study_name="s", max_step=6, method="dance")
+    configs = [search.suggest(f"ray_{i}") for i in range(8)]
+    study = optuna.load_study(study_name="s", storage=study_storage(tmp_path))
+    names = {t.number: t.user_attrs["mlflow_run_name"] for t in study.trials}
+    assert {names[c["optuna_trial"]] for c in configs} == {f"trial {c['optuna_trial']} · {c['method.name']}"
+                                                          for c in configs}
+    assert {c["method.name"] for c in configs} == {"adabn", "dance"}
+    sweep = parse_sweep({"name": "s", "run": {"method": {"name": "dance"}}, "search": {"space": ["adabn", "dance"]}},
+                        "s.yaml")
+    rows = [{"trial_id": "t1", "status": "TERMINATED", "kind": "search", "method": "adabn", "step": 6, "best_step": 6,
+             "params": {"method.name": "adabn", "optim.lr": 0.01}, "optuna_trial": 0}]
+    table = format_table(rows, sweep)
+    assert "search · adabn" in table and "name" not in table.splitlines()[0].split()  # not a parameter column
+
+
 def test_tracking_uri_local_default_and_cluster_rule(tmp_path):
     import pytest
 

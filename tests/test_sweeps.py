@@ -26,7 +26,8 @@ pytestmark = pytest.mark.usefixtures("local_ray")
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory, data_root, tiny_folder):
     work = tmp_path_factory.mktemp("sweep")
-    path = write_sweep(work, data_root, "nest")
+    # Searches two methods at once (search_spaces/joint.py): each trial chooses DANCE or AdaBN, then its settings.
+    path = write_sweep(work, data_root, "nest", search={"space": ["dance", "adabn"]})
     summary = run_sweep(path, workdir=work, progress=False)
     return summary, work, path
 
@@ -83,6 +84,7 @@ def test_study_seeded_with_defaults_and_persisted(finished):
     study = optuna.load_study(study_name=study_summary.study_name, storage=storage)
     assert len(study.trials) == 3  # the baseline never reached Optuna
     first = min(study.trials, key=lambda t: t.number)
+    assert first.params["method.name"] == "dance"  # the run's method, with its settings, comes first
     assert first.params["method.params.eta_nc"] == 0.05 and first.params["optim.lr"] == 0.002
 
 
@@ -106,7 +108,10 @@ def test_mlflow_and_optuna_show_the_same_trials_linked_and_named(finished):
             assert run.info.run_name == f"baseline · {row['method']}" and "optuna_trial" not in run.data.tags
             continue
         trial = by_ray_id[row["trial_id"]]
-        assert run.info.run_name == f"trial {trial.number} · dance" == trial.user_attrs["mlflow_run_name"]
+        method = trial.params["method.name"]  # the method this trial chose; only its own parameters were searched
+        assert run.info.run_name == f"trial {trial.number} · {method}" == trial.user_attrs["mlflow_run_name"]
+        assert run.data.tags["method"] == run.data.params["method.name"] == row["method"] == method
+        assert ("method.params.eta_nc" in trial.params) == (method == "dance")
         assert run.data.tags["optuna_trial"] == str(trial.number) == str(row["optuna_trial"])
         assert "optuna_trial" not in run.data.params  # the number is a link, not a searched parameter
         # Optuna's steps are training steps, the last report included; ASHA's early stops are PRUNED
@@ -115,18 +120,19 @@ def test_mlflow_and_optuna_show_the_same_trials_linked_and_named(finished):
         stopped = row["step"] < STEPS
         assert trial.state == (optuna.trial.TrialState.PRUNED if stopped else optuna.trial.TrialState.COMPLETE)
         assert (run.data.tags.get("stopped_early") == "true") == stopped
+    assert {r["method"] for r in summary.trials if r["kind"] == "search"} == {"dance", "adabn"}
     exp = client.get_experiment(summary.experiment_id)
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # lands on runs, not GenAI traces
     note = client.get_run(summary.parent_run_id).data.tags["mlflow.note.content"]
     best = summary.best
     assert (f"runs/{best['mlflow_run_id']}" in note and best["mlflow_run_name"] in note
-            and "baseline · source_only" in note)
+            and "baseline · source_only" in note and "Methods **dance, adabn**" in note)
     csv = client.download_artifacts(summary.parent_run_id, "trials.csv")
     assert {"optuna_trial", "mlflow_run_id", "mlflow_run_name"} <= set(Path(csv).read_text().splitlines()[0].split(","))
 
 
 def test_best_trial_and_finalist_model(finished):
-    summary, _, _ = finished
+    summary, work, _ = finished
     best = summary.best
     assert best is not None and best["kind"] == "search"
     scores = [r["best/label_free/im"] for r in summary.trials
@@ -143,6 +149,13 @@ def test_best_trial_and_finalist_model(finished):
     meta = model.metadata.signature.inputs.to_dict()
     out = model.predict(np.zeros((3, 3, 32, 32), np.float32))
     assert len(out) == 3 and "predicted_class" in out and meta
+    # Promoted with the method it chose; re-evaluated by that method (not the run's), it scores what it did in the sweep
+    from sweeps.registry import promote
+
+    promoted = promote("nest", workdir=work)
+    (version,) = client.search_model_versions("name = 'nest'")
+    assert promoted.trial_id == best["trial_id"] and version.tags["method"] == best["method"]
+    assert promoted.score == pytest.approx(best["best/label_free/im"], abs=1e-4)
 
 
 def test_status_and_refusing_to_overwrite(finished, capsys, monkeypatch):

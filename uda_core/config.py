@@ -37,7 +37,7 @@ class DataConfig(_Strict):
     # inline mapping with the keys of a survey file (uda_core/data/surveys.py SurveyDefinition).
     source: str | dict[str, Any] = "decals"
     target: str | dict[str, Any] = "sdss"
-    size: Literal["tiny", "small", "default", "large"] = "small"
+    size: Literal["tiny", "small", "bench", "default", "large"] = "small"
     seed: int = Field(0, ge=0)
     label_noise: float = Field(0.0, ge=0.0, lt=0.5)
     root: str = "data"
@@ -154,8 +154,11 @@ ANOMALY_SCORES = ("entropy", "neg_max_softmax", "energy", "prototype_distance", 
 
 class EvalConfig(_Strict):
     reject_score: Literal[ANOMALY_SCORES] = "prototype_distance"  # type: ignore[valid-type]
-    # "gmm": label-free threshold from a two-component mixture on the target's scores; "rho": DANCE's entropy > rho.
-    reject_threshold: Literal["gmm", "rho"] = "gmm"
+    # How many target galaxies the rule calls unknown, all without target labels. "mpe": the unknown fraction
+    # estimated against held-out source scores (uda_core.evaluation.rejection; does not over-reject a unimodal
+    # score); "gmm": a two-component mixture on the target's scores; "rho": DANCE's entropy > rho. A method with its
+    # own rule (OVANet's per-class one-vs-all heads) uses that instead.
+    reject_threshold: Literal["mpe", "gmm", "rho"] = "mpe"
     rho_frac: float = Field(0.5, gt=0.0, lt=1.0)  # rho = rho_frac * ln K for methods without their own rho
     unknown_clusters: int = Field(2, ge=1, le=50)
     snd_max_samples: int = Field(2000, ge=50)
@@ -188,7 +191,7 @@ class EvalConfig(_Strict):
     @classmethod
     def _rho_needs_entropy(cls, v, info):
         if v == "rho" and info.data.get("reject_score") != "entropy":
-            raise ValueError("reject_threshold 'rho' is DANCE's entropy rule: set reject_score: entropy, or use 'gmm'")
+            raise ValueError("reject_threshold 'rho' is DANCE's entropy rule: set reject_score: entropy, or use 'mpe'")
         return v
 
 

@@ -23,18 +23,19 @@ import torch
 
 from .config import ANOMALY_SCORES, RunConfig
 from .data.dataset import UdaData
-from .data.stamps import Stamps
+from .data.stamps import Stamps, stretch
 from .evaluation import metrics as M
 from .evaluation import names as N
 from .evaluation.names import OBJECTIVES, is_oracle  # noqa: F401 (re-exported: the tables live in names)
+from .evaluation.rejection import mpe_threshold
 from .evaluation.validators import augmentation_agreement, combined_score, dev_risk, domain_weights, label_free_scores
 from .evaluation.vote_metrics import vote_report
 from .methods import Method
 from .models import SOURCE, TARGET, UdaNet, reestimate_bn
 from .votes import alpha_from_cosine, dirichlet_multinomial_nll
 
-__all__ = ["Evaluation", "evaluate", "predict", "vote_alpha", "dihedral", "entropy_rho",
-           "rejection_threshold", "OBJECTIVES", "is_oracle"]
+__all__ = ["Evaluation", "evaluate", "predict", "vote_alpha", "dihedral", "entropy_rho", "deployed_score",
+           "deployed_score_name", "rejection_threshold", "OWN_SCORE", "OBJECTIVES", "is_oracle"]
 
 
 @dataclass
@@ -98,15 +99,38 @@ def entropy_rho(method: Method, cfg: RunConfig, num_known: int) -> float:
     return rho if rho is not None else cfg.eval.rho_frac * math.log(num_known)
 
 
-def rejection_threshold(gmm_thresholds: dict[str, float], method: Method, cfg: RunConfig, num_known: int) -> float:
-    """The unknown-class rule's threshold on `eval.reject_score`: rho, or the GMM threshold fitted on the
-    unlabelled target/train scores (`gmm_thresholds[score]`, from `M.gmm_threshold`).
+OWN_SCORE = "method"  # the deployed rule's score name when the method has its own (Method.anomaly)
+
+
+def deployed_score(method: Method, cfg: RunConfig, scores: dict[str, np.ndarray], logits: np.ndarray,
+                   feats: np.ndarray) -> np.ndarray:
+    """The one anomaly score the unknown-class rule uses: the method's own, else `eval.reject_score` (of `scores`,
+    from `M.anomaly_scores` on the same outputs)."""
+    own = method.anomaly(logits, feats)
+    return own if own is not None else scores[cfg.eval.reject_score]
+
+
+def deployed_score_name(method: Method, cfg: RunConfig) -> str:
+    return OWN_SCORE if type(method).anomaly is not Method.anomaly else cfg.eval.reject_score
+
+
+def rejection_threshold(method: Method, cfg: RunConfig, num_known: int, target: np.ndarray,
+                        known: np.ndarray) -> float:
+    """The unknown-class rule's threshold on the deployed score, fitted without target labels: the method's own
+    fixed one (OVANet's 0.5), else by `eval.reject_threshold` from the unlabelled target/train scores `target` and
+    the scores `known` of held-out source/val stamps emulated as the target survey ("mpe", `known_reference`),
+    or rho.
 
     Shared by evaluation and model export, so a deployed model flags unknowns exactly as its sweep scored it.
     """
+    own = method.own_threshold()
+    if own is not None:
+        return own
     if cfg.eval.reject_threshold == "rho":
         return entropy_rho(method, cfg, num_known)
-    return gmm_thresholds[cfg.eval.reject_score]
+    if cfg.eval.reject_threshold == "gmm":
+        return M.gmm_threshold(target)
+    return mpe_threshold(target, known)
 
 
 @dataclass
@@ -124,6 +148,8 @@ class _Outputs:
     lg_te: np.ndarray
     f_te: np.ndarray
     protos: np.ndarray
+    lg_known: np.ndarray  # source/val emulated as the target survey, through the target branch (known_reference)
+    f_known: np.ndarray
 
 
 @dataclass
@@ -134,7 +160,9 @@ class _Rejection:
     scores_te: dict[str, np.ndarray]
     thresholds: dict[str, float]  # GMM threshold per anomaly score
     rho: float
-    primary: float  # the threshold on eval.reject_score
+    deployed_tt: np.ndarray  # the rule's own score (deployed_score)
+    deployed_te: np.ndarray
+    primary: float  # the threshold on it
     rejected_tt: np.ndarray
     rejected_te: np.ndarray
 
@@ -148,7 +176,26 @@ def _network_outputs(model: UdaNet, data: UdaData, cfg: RunConfig, autocast) -> 
     lg_tt, f_tt = predict(model, data["target/train"].x, TARGET, autocast=autocast)
     lg_te, f_te = predict(model, data["target/test"].x, TARGET, autocast=autocast)
     protos = torch.nn.functional.normalize(model.prototypes.detach().float(), dim=1).cpu().numpy()
-    return _Outputs(src_feats, lg_val, f_val, lg_stest, f_stest, lg_tt, f_tt, lg_te, f_te, protos)
+    lg_known, f_known = known_reference(model, data, autocast)
+    return _Outputs(src_feats, lg_val, f_val, lg_stest, f_stest, lg_tt, f_tt, lg_te, f_te, protos, lg_known, f_known)
+
+
+def known_reference(model: UdaNet, data: UdaData, autocast=contextlib.nullcontext,
+                    batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and features of galaxies known to be of the known classes, as the target survey would show them:
+    source/val stamps degraded to the target's PSF, pixel scale and sky noise (methods.emulation, full strength,
+    fixed noise seed), through the target branch. The "mpe" threshold compares the target's scores with these:
+    the source's own scores sit lower than the target's known galaxies by the whole domain gap, which made the
+    unknown fraction look several times too large. No target label is used."""
+    from .methods.emulation import emulate, survey_gap
+
+    gap, gen = survey_gap(data.manifest), torch.Generator().manual_seed(0)
+    val = data["source/val"].x.to("cpu")
+    device = model.prototypes.device
+    parts = [stretch(emulate(val.flux(slice(lo, lo + batch_size)), gap, 1.0, gen), val.softening)
+             for lo in range(0, len(val), batch_size)]
+    x = torch.cat(parts) if parts else torch.zeros((0, *val.shape[1:]))
+    return predict(model, x.to(device), TARGET, autocast=autocast)
 
 
 def _source_metrics(o: _Outputs, data: UdaData) -> dict[str, float]:
@@ -183,12 +230,13 @@ def _label_free_metrics(model: UdaNet, o: _Outputs, data: UdaData, cfg: RunConfi
 def _rejection(model: UdaNet, method: Method, o: _Outputs, cfg: RunConfig, num_known: int) -> _Rejection:
     ev = cfg.eval
     temp = model.temperature
-    scores_tt = M.anomaly_scores(o.lg_tt, o.f_tt, o.protos, o.src_feats, temp, k=ev.knn_k)
-    scores_te = M.anomaly_scores(o.lg_te, o.f_te, o.protos, o.src_feats, temp, k=ev.knn_k)
-    thresholds = {s: M.gmm_threshold(scores_tt[s]) for s in ANOMALY_SCORES}
-    primary = rejection_threshold(thresholds, method, cfg, num_known)
-    return _Rejection(scores_tt, scores_te, thresholds, entropy_rho(method, cfg, num_known), primary,
-                      scores_tt[ev.reject_score] > primary, scores_te[ev.reject_score] > primary)
+    outputs = (("known", o.lg_known, o.f_known), ("tt", o.lg_tt, o.f_tt), ("te", o.lg_te, o.f_te))
+    scores = {split: M.anomaly_scores(lg, f, o.protos, o.src_feats, temp, k=ev.knn_k) for split, lg, f in outputs}
+    deployed = {split: deployed_score(method, cfg, scores[split], lg, f) for split, lg, f in outputs}
+    thresholds = {s: M.gmm_threshold(scores["tt"][s]) for s in ANOMALY_SCORES}
+    primary = rejection_threshold(method, cfg, num_known, deployed["tt"], deployed["known"])
+    return _Rejection(scores["tt"], scores["te"], thresholds, entropy_rho(method, cfg, num_known), deployed["tt"],
+                      deployed["te"], primary, deployed["tt"] > primary, deployed["te"] > primary)
 
 
 def _oracle_metrics(o: _Outputs, rule: _Rejection, data: UdaData, cfg: RunConfig) -> dict[str, float]:
@@ -205,15 +253,15 @@ def _oracle_metrics(o: _Outputs, rule: _Rejection, data: UdaData, cfg: RunConfig
     # measuring on target/test shows how much regret the test set's own noise causes (bench/selection's floor).
     tt = M.open_set_metrics(data["target/train"].y.numpy(), o.lg_tt.argmax(1), rule.rejected_tt, K, shared)
     out[N.ORACLE_TRAIN_ACC], out[N.ORACLE_TRAIN_H] = tt["acc_shared"], tt["h_score"]
+    out[f"{t}/auroc"] = M.auroc_unknown(y_te, rule.deployed_te, K)  # the deployed rule's own score
     for s in ANOMALY_SCORES:
         out[f"{t}/auroc/{s}"] = M.auroc_unknown(y_te, rule.scores_te[s], K)
         out[f"{t}/h_score/{s}_gmm"] = M.open_set_metrics(y_te, pred_te, rule.scores_te[s] > rule.thresholds[s],
                                                          K, shared)["h_score"]
-    # Per unknown class (e.g. lenses vs artifacts): which anomalies the primary score can see at all.
+    # Per unknown class (e.g. lenses vs artifacts): which anomalies the deployed score can see at all.
     for u in range(K, len(data.class_names)):
         keep = (y_te < K) | (y_te == u)
-        out[f"{t}/auroc_by_class/{data.class_names[u]}"] = M.auroc_unknown(y_te[keep],
-                                                                           rule.scores_te[ev.reject_score][keep], K)
+        out[f"{t}/auroc_by_class/{data.class_names[u]}"] = M.auroc_unknown(y_te[keep], rule.deployed_te[keep], K)
     out[f"{t}/h_score/entropy_rho"] = M.open_set_metrics(y_te, pred_te, rule.scores_te["entropy"] > rule.rho,
                                                          K, shared)["h_score"]
     clusters = M.cluster_rejected(o.f_te, y_te, rule.rejected_te, ev.unknown_clusters)

@@ -26,9 +26,10 @@ import torch
 from .config import RunConfig
 from .data.dataset import UdaData, preprocess
 from .errors import DataError
-from .evaluate import Evaluation, dihedral, evaluate, predict, rejection_threshold, vote_alpha
+from .evaluate import (OWN_SCORE, Evaluation, deployed_score, deployed_score_name, dihedral, evaluate,
+                       known_reference, predict, rejection_threshold, vote_alpha)
 from .evaluation import metrics as M
-from .methods import get_method
+from .methods import Method, get_method
 from .models import SOURCE, TARGET, UdaNet, build_model
 from .votes import VoteTree, dirichlet_entropy, expected_fractions, tree_from_dict
 
@@ -57,15 +58,20 @@ def export_classifier(checkpoint_dir: Path, out: Path, data: UdaData | None = No
     model = build_model(cfg.model, data.in_channels, data.num_known, tree)
     model.load_state_dict(state["model"])
     method = get_method(cfg.method.name)(cfg.method.parsed(), model, data.num_known, len(data["target/train"]))
+    method.load_export_state(state["method"])  # its own heads (OVANet's one-vs-all classifiers)
     # The same inputs evaluate() uses: BN statistics as saved right after the evaluation, the first
-    # max_source_features source/train stamps as the kNN bank, target/train scores for the threshold.
+    # max_source_features source/train stamps as the kNN bank, target/train and emulated source/val scores for the
+    # threshold.
     autocast = autocast_factory(cfg.train.precision, torch.device("cpu"))
     _, bank = predict(model, data["source/train"].x[: cfg.eval.max_source_features], SOURCE, autocast=autocast)
-    lg_tt, f_tt = predict(model, data["target/train"].x, TARGET, autocast=autocast)
     protos = torch.nn.functional.normalize(model.prototypes.detach().float(), dim=1).numpy()
-    scores_tt = M.anomaly_scores(lg_tt, f_tt, protos, bank, model.temperature, k=cfg.eval.knn_k)
-    score = cfg.eval.reject_score
-    threshold = rejection_threshold({score: M.gmm_threshold(scores_tt[score])}, method, cfg, data.num_known)
+    deployed = {}
+    outputs = {"target": predict(model, data["target/train"].x, TARGET, autocast=autocast),
+               "known": known_reference(model, data, autocast)}
+    for split, (lg, f) in outputs.items():
+        scores = M.anomaly_scores(lg, f, protos, bank, model.temperature, k=cfg.eval.knn_k)
+        deployed[split] = deployed_score(method, cfg, scores, lg, f)
+    threshold = rejection_threshold(method, cfg, data.num_known, deployed["target"], deployed["known"])
     surveys = data.manifest["surveys"]
     meta = {
         "format": {**FORMAT, "version": FORMAT["version"] if tree is not None else 1},
@@ -74,7 +80,8 @@ def export_classifier(checkpoint_dir: Path, out: Path, data: UdaData | None = No
         "class_names": data.class_names, "num_known": data.num_known,
         "source_survey": surveys["source"]["name"], "target_survey": surveys["target"]["name"],
         "pixel_arcsec": surveys["target"]["pixel_arcsec"],
-        "rejection": {"score": cfg.eval.reject_score, "threshold": float(threshold), "knn_k": cfg.eval.knn_k},
+        "rejection": {"score": deployed_score_name(method, cfg), "threshold": float(threshold),
+                      "knn_k": cfg.eval.knn_k},
         "step": int(state["step"]),
         "data_fingerprint": data.manifest.get("fingerprint"),
         "vote_tree": tree.to_dict() if tree is not None else None,
@@ -83,6 +90,7 @@ def export_classifier(checkpoint_dir: Path, out: Path, data: UdaData | None = No
     out.mkdir(parents=True, exist_ok=True)
     tensors = {f"model.{k}": v.contiguous() for k, v in state["model"].items()}
     tensors[_BANK] = torch.from_numpy(np.ascontiguousarray(bank))
+    tensors.update({f"method.{k}": v.contiguous() for k, v in method.export_state().items()})
     save_file(tensors, str(out / WEIGHTS))
     (out / CONFIG).write_text(json.dumps(meta, indent=1))
     return meta
@@ -95,6 +103,7 @@ class Classifier:
     source_features: np.ndarray
     device: torch.device
     autocast: object
+    method: Method  # its own unknown score and heads (rejection score "method"); nothing else of training
 
     @classmethod
     def load(cls, folder: Path | str, device: str = "auto", precision: str | None = None) -> "Classifier":
@@ -121,7 +130,10 @@ class Classifier:
         model.eval()
         dev = resolve_device(cfg.train.device if device == "auto" else device)
         model = model.to(dev).to(memory_format=torch.channels_last)
-        return cls(meta, model, tensors[_BANK].numpy(), dev, autocast_factory(precision or cfg.train.precision, dev))
+        method = get_method(cfg.method.name)(cfg.method.parsed(), model, meta["num_known"], 0)
+        method.load_export_state({k[7:]: v.to(dev) for k, v in tensors.items() if k.startswith("method.")})
+        return cls(meta, model, tensors[_BANK].numpy(), dev, autocast_factory(precision or cfg.train.precision, dev),
+                   method)
 
     @property
     def class_names(self) -> list[str]:
@@ -184,8 +196,11 @@ class Classifier:
         probs = p_views[0]
         rule = self.meta["rejection"]
         protos = torch.nn.functional.normalize(self.model.prototypes.detach().float(), dim=1).cpu().numpy()
-        score = M.anomaly_scores(logits, feats, protos, self.source_features,
-                                 self.model.temperature, k=rule["knn_k"])[rule["score"]]
+        if rule["score"] == OWN_SCORE:
+            score = self.method.anomaly(logits, feats)
+        else:
+            score = M.anomaly_scores(logits, feats, protos, self.source_features,
+                                     self.model.temperature, k=rule["knn_k"])[rule["score"]]
         mean_p = p_views.mean(0)
         mutual_info = M.entropy(mean_p) - np.mean([M.entropy(p) for p in p_views], axis=0)
         pred = probs.argmax(1)
@@ -247,5 +262,4 @@ def evaluate_classifier(folder: Path | str, data: UdaData, scoring: RunConfig) -
                         f"{data.class_names}: not comparable")
     own = RunConfig.model_validate(meta["run_config"])
     cfg = own.model_copy(update={"eval": scoring.eval, "data": scoring.data})
-    method = get_method(cfg.method.name)(cfg.method.parsed(), model, data.num_known, len(data["target/train"]))
-    return evaluate(model, method, data, cfg, meta["step"])
+    return evaluate(model, clf.method, data, cfg, meta["step"])

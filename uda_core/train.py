@@ -23,11 +23,13 @@ from tqdm.auto import tqdm
 
 from .config import RunConfig
 from .data.dataset import UdaData, load_dataset
+from .data.stamps import stretch
 from .data.store import DataSpec, ensure_dataset
 from .errors import ConfigError, UdaError
 from .evaluate import Evaluation, evaluate
 from .label_checks import check_target_label_use  # noqa: F401 (light; re-exported)
 from .methods import Batch, get_method
+from .methods.base import MethodError
 from .models import build_model
 from .votes import VoteTree
 
@@ -122,6 +124,9 @@ def train_step(method, opt: torch.optim.Optimizer, batch: Batch, autocast, step:
     with autocast():
         losses = method.losses(batch)
     weights = method.weights()
+    unweighted = set(losses) - set(weights)
+    if unweighted:
+        raise MethodError(f"method {method.name!r} returned losses without a weight: {sorted(unweighted)}")
     loss = sum(weights[k] * v for k, v in losses.items())
     if not torch.isfinite(loss):
         raise TrainingDiverged(
@@ -211,11 +216,14 @@ class _EpochSampler:
 
 
 def _labelled_target_rows(cfg: RunConfig, data: UdaData, target_labels: str) -> torch.Tensor | None:
-    """Rows of target/train whose labels a method may use: all shared-class rows (oracle) or a few per class."""
+    """Rows of target/train whose labels a method may use: all shared-class rows (oracle), those and the unknown
+    classes' rows (open-set oracle), or a few per shared class."""
     y = data["target/train"].y
     shared = torch.tensor(data.shared)
     if target_labels == "all":
         return torch.nonzero(torch.isin(y, shared)).flatten()
+    if target_labels == "all+unknown":
+        return torch.nonzero(torch.isin(y, shared) | (y >= data.num_known)).flatten()
     n = cfg.data.few_shot_per_class
     if n == 0:
         return None
@@ -278,7 +286,9 @@ def train(
                         data.num_known, tree).to(device).to(memory_format=torch.channels_last)
     n_target = len(data["target/train"])
     method = method_cls(cfg.method.parsed(), model, data.num_known, n_target, vote_weight=cfg.train.vote_weight)
-    params = list(model.parameters())
+    method.check_weights()
+    method.attach(data)
+    params = list(model.parameters()) + method.parameters()
     o = cfg.optim
     if o.optimizer == "sgd":
         opt = torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, nesterov=o.momentum > 0,
@@ -326,7 +336,10 @@ def train(
             g["lr"] = o.lr * _lr_factor(o.schedule, step, total) * method.lr_scale(step, total)
         method.prepare(step, total, xt, autocast)
         i_s = source_sampler(bs)
-        batch = Batch(xs=to_dev(xs[i_s]), ys=ys[i_s.to(device)], vs=None if vs is None else vs[i_s.to(device)])
+        # A method that transforms the source (survey emulation) sees fluxes before the stretch.
+        source = (stretch(method.source_flux(xs.flux(i_s), gen), xs.softening) if method_cls.transforms_source
+                  else xs[i_s])
+        batch = Batch(xs=to_dev(source), ys=ys[i_s.to(device)], vs=None if vs is None else vs[i_s.to(device)])
         if method_cls.uses_target:
             i_t = target_sampler(bs)
             batch.it, batch.xt = i_t.to(device), to_dev(xt[i_t])
@@ -334,6 +347,8 @@ def train(
             i_l = lab_sampler(bs)
             batch.xl, batch.yl = to_dev(lab_x[i_l]), lab_y[i_l.to(device)]
         if cfg.train.augment:
+            if batch.xt is not None:  # further views first: each is its own draw of the same target stamps
+                batch.xt_views = [_augment(batch.xt, gen) for _ in range(method_cls.views - 1)]
             for name in ("xs", "xt", "xl"):
                 if getattr(batch, name) is not None:
                     setattr(batch, name, _augment(getattr(batch, name), gen))

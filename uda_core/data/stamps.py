@@ -56,12 +56,16 @@ class Stamps:
     def __getitem__(self, index) -> torch.Tensor:
         if isinstance(index, (int, np.integer)):  # one stamp (C, H, W), as a tensor's x[i]
             return self[[index]][0]
+        return stretch(self.flux(index), self.softening)
+
+    def flux(self, index) -> torch.Tensor:
+        """The rows' fluxes in nanomaggies (n, C, H, W), float32 on `device`, before the stretch."""
         rows = self._rows(index)
         # Read in file order (the page cache and read-ahead like it), then put the stamps back in the asked order.
         order = np.argsort(rows, kind="stable")
         flux = np.empty((len(rows), *self.pixels.shape[1:]), dtype=self.pixels.dtype)
         flux[order] = self.pixels[rows[order]]
-        return stretch(torch.from_numpy(flux).to(self.device), self.softening)
+        return torch.from_numpy(flux).to(self.device).float()
 
     def subset(self, index) -> Stamps:
         return Stamps(self.pixels, self._rows(index), self.softening, self.device)

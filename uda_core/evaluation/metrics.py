@@ -208,6 +208,8 @@ def open_set_metrics(
     * ``known_acc``: mean over shared classes present of the per-class rate of
       ``pred == y and not rejected``.
     * ``unknown_recall``: fraction of U rejected (nan if U is empty).
+    * ``known_rejected``: fraction of S rejected (nan if S is empty): the rule's
+      false-rejection rate on known galaxies, whatever their argmax.
     * ``h_score``: harmonic mean of known_acc and unknown_recall (nan if U empty).
     * ``rejected_frac``: fraction of all N samples rejected.
     * ``n_shared``, ``n_unknown``, ``n_source_private``: counts (as floats).
@@ -245,6 +247,7 @@ def open_set_metrics(
         "acc_with_rejection": _mean_or_nan(correct_wr[evaluated].astype(np.float64)),
         "known_acc": known_acc,
         "unknown_recall": unknown_recall,
+        "known_rejected": _mean_or_nan(r[in_shared].astype(np.float64)),
         "h_score": h_score(known_acc, unknown_recall),
         "rejected_frac": _mean_or_nan(r.astype(np.float64)),
         "n_shared": float(in_shared.sum()),

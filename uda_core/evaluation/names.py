@@ -80,6 +80,8 @@ OBJECTIVES: dict[str, str] = {
     **{f"{ORACLE_TARGET_TEST}/{k}": "max" for k in ("acc_shared", "mean_class_acc_shared", "acc_with_rejection",
                                                     "known_acc", "unknown_recall", "h_score",
                                                     "unknown_cluster_purity", "unknown_cluster_nmi")},
+    f"{ORACLE_TARGET_TEST}/known_rejected": "min",  # known galaxies the unknown-class rule flags
+    f"{ORACLE_TARGET_TEST}/auroc": "max",  # the deployed rule's own score (the method's, else eval.reject_score)
     **{f"{ORACLE_TARGET_TEST}/auroc/{s}": "max" for s in ANOMALY_SCORES},
     # Vote head (model.vote_head) only: absent from runs without one.
     SOURCE_VAL_VOTE_NLL: "min",

@@ -21,6 +21,7 @@ class Dance(Method):
     name = "dance"
     Params = DanceParams
     uses_target = True
+    loss_names = Method.loss_names | {"nc", "es"}
 
     def __init__(self, params: DanceParams, model, num_known: int, n_target: int, **kw):
         super().__init__(params, model, num_known, n_target, **kw)
@@ -53,7 +54,8 @@ class Dance(Method):
         return self._rho
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"memory": self.memory.clone()}
+        return {**super().state_dict(), "memory": self.memory.clone()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        super().load_state_dict(state)
         self.memory.copy_(state["memory"])

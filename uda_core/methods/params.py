@@ -10,7 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import ConfigError
 
-__all__ = ["PARAMS", "TRAINS_ON_TARGET_LABELS", "method_params", "NoParams", "DanceParams", "SphKMeansParams"]
+__all__ = ["PARAMS", "TRAINS_ON_TARGET_LABELS", "method_params", "NoParams", "DanceParams", "SphKMeansParams",
+           "EmulationParams", "OvanetParams", "ContrastiveParams"]
 
 
 class NoParams(BaseModel):
@@ -42,16 +43,44 @@ class SphKMeansParams(BaseModel):
     kmeans_iters: int = Field(100, ge=1, le=1000)
 
 
+class EmulationParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    # 0: the source as observed; 1: degraded to the target survey's PSF, pixel scale and sky noise; > 1 overshoots.
+    strength: float = Field(1.0, ge=0.0, le=1.5)
+    prob: float = Field(0.5, ge=0.0, le=1.0)  # share of source stamps degraded (the rest keep the source's view)
+
+
+class OvanetParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    ova_weight: float = Field(1.0, ge=0.0, le=10.0)  # one-vs-all loss on the source (Saito & Saenko: 1)
+    ent_weight: float = Field(0.1, ge=0.0, le=10.0)  # open-set entropy minimisation on the target (their 0.1)
+    # Survey emulation of the source (0: off). On by default: the claim to test is what the method adds to the
+    # strongest simple baseline, AdaBN + emulation (methods.emulation).
+    emulation_strength: float = Field(1.0, ge=0.0, le=1.5)
+    emulation_prob: float = Field(0.5, ge=0.0, le=1.0)
+
+
+class ContrastiveParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    weight: float = Field(0.5, ge=0.0, le=10.0)  # of the NT-Xent loss beside the source cross-entropy
+    tau: float = Field(0.2, gt=0.01, le=1.0)  # NT-Xent temperature (SimCLR: 0.1-0.5)
+    noise: float = Field(0.05, ge=0.0, le=0.5)  # most extra sky noise in a view (stretched units)
+    max_shift: int = Field(2, ge=0, le=8)  # pixels
+    emulation_strength: float = Field(1.0, ge=0.0, le=1.5)  # survey emulation of the source, as OVANet's
+    emulation_prob: float = Field(0.5, ge=0.0, le=1.0)
+
+
 PARAMS: dict[str, type[BaseModel]] = {
     "source_only": NoParams, "adabn": NoParams, "dance": DanceParams, "target_oracle": NoParams,
-    "sphkmeans": SphKMeansParams,
+    "sphkmeans": SphKMeansParams, "emulation": EmulationParams, "ovanet": OvanetParams,
+    "open_set_oracle": NoParams, "contrastive": ContrastiveParams,
 }
 
 
-# Methods that train on every labelled target stamp (their class says target_labels = "all"): an upper bound for
-# benchmarks, refused on a target without training labels. The others use target labels only through
+# Methods that train on every labelled target stamp (their class's target_labels is "all" or "all+unknown"): upper
+# bounds for benchmarks, refused on a target without training labels. The others use target labels only through
 # data.few_shot_per_class.
-TRAINS_ON_TARGET_LABELS = frozenset({"target_oracle"})
+TRAINS_ON_TARGET_LABELS = frozenset({"target_oracle", "open_set_oracle"})
 
 
 def method_params(name: str) -> type[BaseModel]:

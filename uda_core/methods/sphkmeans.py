@@ -93,6 +93,7 @@ class SphKMeans(Method):
     Params = SphKMeansParams
     uses_target = True
     needs_domain_bn = True  # target statistics are re-estimated (AdaBN) before each clustering
+    loss_names = Method.loss_names | {"proto_ce"}
 
     def __init__(self, params: SphKMeansParams, model, num_known: int, n_target: int, **kw):
         super().__init__(params, model, num_known, n_target, **kw)
@@ -173,8 +174,9 @@ class SphKMeans(Method):
         return {**w, "proto_ce": 1.0}
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"labels": self.labels.clone(), "rounds": self.rounds.clone()}
+        return {**super().state_dict(), "labels": self.labels.clone(), "rounds": self.rounds.clone()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        super().load_state_dict(state)
         self.labels.copy_(state["labels"])
         self.rounds = state["rounds"].cpu().clone()
