@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from uda_core.data.population import draw_population
+from uda_core.data.population import draw_population, stamp_limit_fraction
 from uda_core.data.render import _psf_fft, render, render_pair
 from uda_core.data.surveys import SURVEYS, get_survey
 from uda_core.errors import ConfigError
@@ -82,7 +82,8 @@ def test_apparent_size_scales_with_pixel_scale():
 
 def test_deeper_survey_selects_fainter_more_distant_galaxies():
     classes = ["spiral", "elliptical"] * 200
-    for shallow, deep in (("sdss", "decals"), ("lsst_y1", "lsst_y10"), ("sdss", "stripe82")):
+    # SDSS and DECaLS share the main-sample limit r < 17.77 (as Galaxy Zoo's samples do): not a deeper pair.
+    for shallow, deep in (("lsst_y1", "lsst_y10"), ("sdss", "stripe82")):
         a, b = _population(classes, shallow), _population(classes, deep)
         assert np.median(b["r_mag"]) > np.median(a["r_mag"]) + 0.5
         assert np.median(b["redshift"]) > np.median(a["redshift"])
@@ -96,6 +97,25 @@ def test_classes_overlap_in_brightness_and_size():
     assert abs(np.median(p["r_mag"][e]) - np.median(p["r_mag"][s])) < np.std(p["r_mag"][s])
     assert abs(np.log(np.median(p["hlr_arcsec"][e])
                       / np.median(p["hlr_arcsec"][s]))) < np.std(np.log(p["hlr_arcsec"][s]))
+
+
+@pytest.mark.parametrize("survey", ["decals", "sdss"])
+def test_galaxy_sizes_are_not_piled_up_at_the_stamps_limit(survey):
+    # Generator 1.4 clipped half-light radii at a fifth of the stamp: 62% of the galaxies at `small` (48 px) got
+    # that one size, the same number of pixels in every survey.
+    assert stamp_limit_fraction(SURVEYS[survey], 48) < 0.15
+    hlr = _population(["spiral", "elliptical", "merger"] * 200, survey)["hlr_arcsec"]
+    assert np.unique(hlr, return_counts=True)[1].max() == 1  # no shared (clipped) value
+    assert hlr.max() <= 0.5 * 48 * SURVEYS[survey].pixel_arcsec
+
+
+def test_pixel_scale_sets_how_many_pixels_a_galaxy_spans():
+    # DECaLS and SDSS select the same galaxies (r < 17.77): their sizes in pixels differ by the pixel scales.
+    classes = ["spiral", "elliptical", "edge_on"] * 300
+    size_px = {s: np.median(_population(classes, s, size=64)["hlr_arcsec"]) / SURVEYS[s].pixel_arcsec
+               for s in ("decals", "sdss")}
+    ratio = SURVEYS["sdss"].pixel_arcsec / SURVEYS["decals"].pixel_arcsec
+    assert size_px["decals"] / size_px["sdss"] == pytest.approx(ratio, rel=0.12)
 
 
 def test_bass_resampling_correlates_the_noise():

@@ -27,12 +27,14 @@ def _old_gain(zeropoint_e_per_s, exposure_s):
     return 10 ** (0.4 * (zeropoint_e_per_s - 22.5)) * exposure_s
 
 
-# The presets as uda_core/data/surveys.py defined them in Python before they became YAML (published numbers).
+# The presets as uda_core/data/surveys.py defined them in Python before they became YAML (published numbers), but
+# for SDSS's sample limit, which generator 1.5 set to the SDSS main sample's r < 17.77.
 OLD_PRESETS = {
     "decals": Survey("decals", 0.262, ("g", "r", "z"), (1.3, 1.2, 1.1), (24.0, 23.4, 22.5),
                      (_old_gain(26.6, 166), _old_gain(26.7, 134), _old_gain(26.2, 200)), r_limit=23.4 - 5.6),
     "sdss": Survey("sdss", 0.396, ("g", "r", "z"), (1.5, 1.4, 1.3), (22.2, 22.2, 20.5),
-                   (_old_gain(26.3, 53.9), _old_gain(26.5, 53.9), _old_gain(24.7, 53.9)), r_limit=22.2 - 5.6),
+                   (_old_gain(26.3, 53.9), _old_gain(26.5, 53.9), _old_gain(24.7, 53.9)),
+                   r_limit=17.77),  # generator 1.5: the SDSS main sample (was 22.2 - 5.6)
     "stripe82": Survey("stripe82", 0.396, ("g", "r", "z"), (1.2, 1.1, 1.1), (25.1, 24.6, 22.8),
                        (_old_gain(26.3, 53.9 * 20), _old_gain(26.5, 53.9 * 20), _old_gain(24.7, 53.9 * 20)),
                        r_limit=24.6 - 5.6),
@@ -331,3 +333,35 @@ def test_a_sweep_sends_a_survey_file_to_its_trials_as_its_definition(tmp_path, o
     assert folder.name.startswith("universal-decals-grz_file-tiny-") and (folder / "manifest.json").exists()
     (tmp_path / "grz.yaml").unlink()  # what a trial on another node sees: no file, and it needs none
     assert build_config(sweep.run.model_dump()).data.target["name"] == "grz_file"
+
+
+# --- bench/gap_anatomy: the source moved to the target one factor at a time --------------------------------------
+
+
+def _gap_anatomy():
+    import importlib.util
+
+    path = Path(__file__).parents[1] / "bench/gap_anatomy.py"
+    spec = importlib.util.spec_from_file_location("gap_anatomy", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_each_gap_factor_moves_only_its_own_numbers():
+    ga = _gap_anatomy()
+    source, target = SURVEYS["decals"], SURVEYS["bass_mzls"]
+    assert ga.derived_source(source, target, "unchanged") == "decals"
+    moved = {}
+    for factor in ga.FACTORS:
+        if factor == "unchanged":
+            continue
+        derived = get_survey(ga.derived_source(source, target, factor))  # a valid survey definition
+        assert derived.name not in SURVEYS  # its own noise seeds and data set folder
+        moved[factor] = {k for k, v in derived.to_dict().items() if k != "name" and v != source.to_dict()[k]}
+        assert all(derived.to_dict()[k] == target.to_dict()[k] for k in moved[factor])
+    assert moved["noise"] == {"m5", "gain_e_per_nmgy"}  # the sample limit stays the source's
+    assert moved["psf"] == {"fwhm_arcsec"} and moved["pixel"] == {"native_pixel_arcsec"}
+    assert moved["selection"] == {"r_limit"}
+    assert {k: v for k, v in get_survey(ga.derived_source(source, target, "all")).to_dict().items()
+            if k != "name"} == {k: v for k, v in target.to_dict().items() if k != "name"}

@@ -4,7 +4,8 @@ Each galaxy gets an absolute magnitude and a physical size from overlapping, cla
 redshift drawn in proportion to comoving volume, and colours from a red/blue population mixture whose mixing
 fraction (not the colour itself) depends on the class. Apparent magnitude and angular size then follow from a
 flat LCDM cosmology, so a deeper survey sees fainter, smaller, more distant galaxies, and no class has a colour
-or size template a classifier could read off summary statistics.
+or size template a classifier could read off summary statistics. A galaxy keeps its physical size in every
+survey (nothing clips it to the stamp), so a survey's pixel scale and seeing decide how resolved it looks.
 
 The output is a dict of equal-length numpy arrays (one row per galaxy), the renderer's only input.
 """
@@ -15,7 +16,7 @@ import numpy as np
 
 from .surveys import SIMULATED_BANDS, Survey
 
-__all__ = ["draw_population", "BANDS_ALL", "Cosmology"]
+__all__ = ["draw_population", "BANDS_ALL", "Cosmology", "stamp_limit_fraction"]
 
 BANDS_ALL = SIMULATED_BANDS  # u, g, r, i, z, y: every band band_magnitudes gives a colour for
 _ARCSEC_PER_RAD = 206264.806
@@ -91,39 +92,47 @@ def band_magnitudes(r_mag: np.ndarray, colours: np.ndarray) -> dict[str, np.ndar
     return {"u": u, "g": g, "r": r_mag, "i": i, "z": z, "y": y}
 
 
+# A cutout catalogue holds the galaxies its stamps show whole enough to classify: a galaxy whose half-light radius
+# exceeds half the stamp width is left out (redrawn). This limit, not a clip, keeps each galaxy's physical size, so
+# a survey's pixel scale sets how many pixels it spans. A clip at a fifth of the stamp bound for 62% of the
+# galaxies at `small` and gave them the same size in pixels in every survey (generator 1.4).
+_STAMP_HLR_FRACTION = 0.5
+_MIN_HLR_ARCSEC = 0.25
+
+
+def _sizes(rng, abs_mag: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """Half-light radii (arcsec) from one size-luminosity relation with 0.2 dex scatter for every class.
+
+    Real disks are somewhat larger than spheroids at fixed luminosity, but a class-dependent size would let a
+    size measurement alone classify (bench/shortcuts measured it); light profiles carry the morphology here."""
+    log_re = 0.56 - 0.26 * (abs_mag + 21) + rng.normal(0, 0.2, len(z))
+    return np.maximum(10**log_re * _COSMO.arcsec_per_kpc(z), _MIN_HLR_ARCSEC)
+
+
 def _draw_selected(rng, cls: str, n: int, survey: Survey, max_hlr_arcsec: float):
-    """Draw `n` galaxies of one class that the survey's magnitude limits select."""
+    """Draw `n` galaxies of one class that the survey's magnitude limits and the stamp's size limit select."""
     pop = _CLASS_POP[cls]
     z_hi = _COSMO.z_max_for(pop["m_mean"] - 3 * pop["m_sd"], survey.r_limit)
     z_lo = max(_COSMO.z_max_for(pop["m_mean"] + 3 * pop["m_sd"], survey.r_bright), 0.005)
     grid = (_COSMO.z > z_lo) & (_COSMO.z < z_hi)
     zs, w = _COSMO.z[grid], _COSMO.dvdz[grid]
     cdf = np.cumsum(w) / w.sum()
-    out_z, out_m, out_abs = [], [], []
+    drawn = []
     have = 0
     for _ in range(200):
         m = max(4 * (n - have), 64)
         z = np.interp(rng.random(m), cdf, zs)
         abs_mag = rng.normal(pop["m_mean"], pop["m_sd"], m)
         app = abs_mag + _COSMO.distance_modulus(z) + _kcorr(z)
-        keep = (app < survey.r_limit) & (app > survey.r_bright)
-        out_z.append(z[keep])
-        out_m.append(app[keep])
-        out_abs.append(abs_mag[keep])
+        hlr = _sizes(rng, abs_mag, z)
+        keep = (app < survey.r_limit) & (app > survey.r_bright) & (hlr <= max_hlr_arcsec)
+        drawn.append(np.stack([z, app, abs_mag, hlr])[:, keep])
         have += int(keep.sum())
         if have >= n:
             break
-    z = np.concatenate(out_z)[:n]
-    app = np.concatenate(out_m)[:n]
-    abs_mag = np.concatenate(out_abs)[:n]
+    z, app, abs_mag, hlr = np.concatenate(drawn, axis=1)[:, :n]
     if len(z) < n:  # pragma: no cover - the limits above always admit galaxies
         raise RuntimeError(f"could not select {n} {cls} galaxies for survey {survey.name}")
-    # One size-luminosity relation with 0.2 dex scatter for every class: real disks are somewhat larger than
-    # spheroids at fixed luminosity, but a class-dependent size would let a size measurement alone classify
-    # (bench/shortcuts measured it); light profiles, not physical sizes, carry the morphology here.
-    log_re = 0.56 - 0.26 * (abs_mag + 21) + rng.normal(0, 0.2, n)
-    hlr = 10**log_re * _COSMO.arcsec_per_kpc(z)
-    hlr = np.clip(hlr, 0.25, max_hlr_arcsec)
     return z, app, abs_mag, hlr
 
 
@@ -134,7 +143,7 @@ def draw_population(
     n = len(classes)
     cls = np.asarray(classes)
     cols = {k: np.zeros(n) for k in ("redshift", "r_mag", "abs_mag_r", "hlr_arcsec")}
-    max_hlr = stamp_arcsec / 5.0
+    max_hlr = stamp_arcsec * _STAMP_HLR_FRACTION
     for c in np.unique(cls):
         idx = np.nonzero(cls == c)[0]
         z, app, abs_mag, hlr = _draw_selected(rng, str(c), len(idx), survey, max_hlr)
@@ -193,3 +202,15 @@ def draw_population(
             out[f"{name}_colour_{b}"] = mag  # magnitude offset relative to r
     # Per-band total magnitudes are measured by the renderer from the light it actually draws.
     return out
+
+
+def stamp_limit_fraction(survey: Survey, stamp_px: int, n: int = 4000, seed: int = 0) -> float:
+    """Fraction of a survey's magnitude-selected galaxies (universal task, source mix) too large for its stamps:
+    those the stamp's size limit leaves out."""
+    from .store import _sample_classes
+    from .tasks import get_task
+
+    rng = np.random.default_rng(seed)
+    classes = _sample_classes(rng, get_task("universal").source_priors, n)
+    hlr = draw_population(rng, classes, survey, np.inf)["hlr_arcsec"]
+    return float(np.mean(hlr > stamp_px * survey.pixel_arcsec * _STAMP_HLR_FRACTION))

@@ -79,9 +79,9 @@ def _gain(zeropoint_e_per_s: float, exposure_s: float) -> float:
     return 10 ** (0.4 * (zeropoint_e_per_s - 22.5)) * exposure_s
 
 
-# The morphology-sample limit sits 5.6 mag above each survey's r depth, so each survey selects its own
-# population: GZ DECaLS' r < 17.77 for DECaLS (23.4 - 5.6 = 17.8), a shallower limit for SDSS, fainter and more
-# distant galaxies for Stripe 82 and LSST.
+# By default the morphology-sample limit sits 5.6 mag above a survey's r depth, so each survey selects its own
+# population: GZ DECaLS' r < 17.77 for DECaLS (23.4 - 5.6 = 17.8), fainter and more distant galaxies for Stripe 82
+# and LSST. A survey with a published sample limit gives it (SDSS: the main galaxy sample's r < 17.77).
 _LIMIT_OFFSET = 5.6
 
 Band = Literal[SIMULATED_BANDS]  # type: ignore[valid-type]
