@@ -2,7 +2,8 @@
 
 Protocol (issue 19, part 5). Universal task on three survey pairs (DECaLS -> SDSS, LSST Y10 -> Y1, DECaLS ->
 BASS/MzLS). Seed s fixes both the data set (data.seed) and the training seed of every method, so the runs of one
-seed are paired: they see the same stamps and start from the same initialisation. Every run is scored at its LAST
+seed are paired: they share the data set and the initial weights (their batches differ where a method draws more
+random numbers, e.g. emulation's noise). Every run is scored at its LAST
 evaluation (nothing is selected on target labels) on target/test, which at `--size bench` holds 3,000 stamps with
 450 unknowns. All target numbers need target labels: they are oracle reporting, never a choice.
 

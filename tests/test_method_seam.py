@@ -172,6 +172,7 @@ def test_ovanet_rule_is_deployed_and_exported(tiny_config, tiny, tmp_path):
     assert 0.0 <= last.metrics["oracle/target_test/auroc"] <= 1.0
     meta = export_classifier(reports[-1], tmp_path / "clf", tiny)
     assert meta["rejection"]["score"] == "method" and meta["rejection"]["threshold"] == 0.5
+    assert meta["format"]["version"] == 3  # code that cannot read a method's own rule refuses the folder by name
     clf = Classifier.load(tmp_path / "clf", device="cpu")
     flux = tiny.capped(cfg.eval.split_max_samples)["target/train"].x.flux(slice(None)).numpy()
     out = clf.predict(flux, views=1)

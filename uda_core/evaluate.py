@@ -106,12 +106,21 @@ def deployed_score(method: Method, cfg: RunConfig, scores: dict[str, np.ndarray]
                    feats: np.ndarray) -> np.ndarray:
     """The one anomaly score the unknown-class rule uses: the method's own, else `eval.reject_score` (of `scores`,
     from `M.anomaly_scores` on the same outputs)."""
-    own = method.anomaly(logits, feats)
-    return own if own is not None else scores[cfg.eval.reject_score]
+    return method.anomaly(logits, feats) if has_own_rule(method) else scores[cfg.eval.reject_score]
+
+
+def has_own_rule(method: Method) -> bool:
+    """Whether the method scores unknowns itself (Method.anomaly is overridden), as OVANet does."""
+    return type(method).anomaly is not Method.anomaly
 
 
 def deployed_score_name(method: Method, cfg: RunConfig) -> str:
-    return OWN_SCORE if type(method).anomaly is not Method.anomaly else cfg.eval.reject_score
+    return OWN_SCORE if has_own_rule(method) else cfg.eval.reject_score
+
+
+def needs_known_reference(method: Method, cfg: RunConfig) -> bool:
+    """Whether the threshold is eval's "mpe", the only rule that reads the emulated known reference."""
+    return method.own_threshold() is None and cfg.eval.reject_threshold == "mpe"
 
 
 def rejection_threshold(method: Method, cfg: RunConfig, num_known: int, target: np.ndarray,
@@ -148,8 +157,6 @@ class _Outputs:
     lg_te: np.ndarray
     f_te: np.ndarray
     protos: np.ndarray
-    lg_known: np.ndarray  # source/val emulated as the target survey, through the target branch (known_reference)
-    f_known: np.ndarray
 
 
 @dataclass
@@ -176,8 +183,7 @@ def _network_outputs(model: UdaNet, data: UdaData, cfg: RunConfig, autocast) -> 
     lg_tt, f_tt = predict(model, data["target/train"].x, TARGET, autocast=autocast)
     lg_te, f_te = predict(model, data["target/test"].x, TARGET, autocast=autocast)
     protos = torch.nn.functional.normalize(model.prototypes.detach().float(), dim=1).cpu().numpy()
-    lg_known, f_known = known_reference(model, data, autocast)
-    return _Outputs(src_feats, lg_val, f_val, lg_stest, f_stest, lg_tt, f_tt, lg_te, f_te, protos, lg_known, f_known)
+    return _Outputs(src_feats, lg_val, f_val, lg_stest, f_stest, lg_tt, f_tt, lg_te, f_te, protos)
 
 
 def known_reference(model: UdaNet, data: UdaData, autocast=contextlib.nullcontext,
@@ -192,10 +198,11 @@ def known_reference(model: UdaNet, data: UdaData, autocast=contextlib.nullcontex
     gap, gen = survey_gap(data.manifest), torch.Generator().manual_seed(0)
     val = data["source/val"].x.to("cpu")
     device = model.prototypes.device
-    parts = [stretch(emulate(val.flux(slice(lo, lo + batch_size)), gap, 1.0, gen), val.softening)
-             for lo in range(0, len(val), batch_size)]
-    x = torch.cat(parts) if parts else torch.zeros((0, *val.shape[1:]))
-    return predict(model, x.to(device), TARGET, autocast=autocast)
+    parts = [predict(model, stretch(emulate(val.flux(slice(lo, lo + batch_size)), gap, 1.0, gen), val.softening)
+                     .to(device), TARGET, autocast=autocast) for lo in range(0, len(val), batch_size)]
+    if not parts:
+        return np.zeros((0, model.prototypes.shape[0]), np.float32), np.zeros((0, model.embed.out_features), np.float32)
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 def _source_metrics(o: _Outputs, data: UdaData) -> dict[str, float]:
@@ -227,14 +234,17 @@ def _label_free_metrics(model: UdaNet, o: _Outputs, data: UdaData, cfg: RunConfi
     return out
 
 
-def _rejection(model: UdaNet, method: Method, o: _Outputs, cfg: RunConfig, num_known: int) -> _Rejection:
+def _rejection(model: UdaNet, method: Method, o: _Outputs, data: UdaData, cfg: RunConfig, num_known: int,
+               autocast) -> _Rejection:
     ev = cfg.eval
     temp = model.temperature
-    outputs = (("known", o.lg_known, o.f_known), ("tt", o.lg_tt, o.f_tt), ("te", o.lg_te, o.f_te))
+    outputs = [("tt", o.lg_tt, o.f_tt), ("te", o.lg_te, o.f_te)]
+    if needs_known_reference(method, cfg):
+        outputs.append(("known", *known_reference(model, data, autocast)))
     scores = {split: M.anomaly_scores(lg, f, o.protos, o.src_feats, temp, k=ev.knn_k) for split, lg, f in outputs}
     deployed = {split: deployed_score(method, cfg, scores[split], lg, f) for split, lg, f in outputs}
     thresholds = {s: M.gmm_threshold(scores["tt"][s]) for s in ANOMALY_SCORES}
-    primary = rejection_threshold(method, cfg, num_known, deployed["tt"], deployed["known"])
+    primary = rejection_threshold(method, cfg, num_known, deployed["tt"], deployed.get("known", np.zeros(0)))
     return _Rejection(scores["tt"], scores["te"], thresholds, entropy_rho(method, cfg, num_known), deployed["tt"],
                       deployed["te"], primary, deployed["tt"] > primary, deployed["te"] > primary)
 
@@ -326,7 +336,7 @@ def evaluate(model: UdaNet, method: Method, data: UdaData, cfg: RunConfig, step:
     o = _network_outputs(model, data, cfg, autocast)
     out = _source_metrics(o, data)
     out.update(_label_free_metrics(model, o, data, cfg, out[N.SOURCE_VAL_ACC], autocast))
-    rule = _rejection(model, method, o, cfg, K)
+    rule = _rejection(model, method, o, data, cfg, K, autocast)
     out[N.REJECTED_FRAC] = float(rule.rejected_tt.mean())
     y_st = data["source/test"].y.numpy()
     conf = {N.CONFUSION_SOURCE: M.confusion(y_st, o.lg_stest.argmax(1), np.zeros(len(y_st), bool), K, names)}

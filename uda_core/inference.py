@@ -1,10 +1,12 @@
 """A trained classifier outside its training run: export a checkpoint to portable files, load them, predict.
 
 An exported classifier is a folder of two files, so loading it never unpickles code:
-  weights.safetensors  the network's weights plus the source feature bank the kNN anomaly score needs
+  weights.safetensors  the network's weights, the source feature bank the kNN anomaly score needs and, for a
+                       method with its own unknown rule, its heads (`method.*`, e.g. OVANet's one-vs-all classifiers)
   config.json          the run config, bands, stamp size, pixel scales, preprocessing, class names, the
-                       unknown-class rule (score and threshold) fitted on the unlabelled target/train split exactly
-                       as the sweep's evaluation fitted it, and the Galaxy Zoo decision tree of the vote head
+                       unknown-class rule (score and threshold) fitted without target labels exactly as the sweep's
+                       evaluation fitted it (the method's own, or eval's on the target/train split and emulated
+                       source/val stamps), and the Galaxy Zoo decision tree of the vote head
                        (`vote_tree`, VoteTree.to_dict; null or absent for a model without one)
 
 `Classifier.predict` maps flux stamps of the target survey to per-class probabilities, a predicted class, an
@@ -26,8 +28,8 @@ import torch
 from .config import RunConfig
 from .data.dataset import UdaData, preprocess
 from .errors import DataError
-from .evaluate import (OWN_SCORE, Evaluation, deployed_score, deployed_score_name, dihedral, evaluate,
-                       known_reference, predict, rejection_threshold, vote_alpha)
+from .evaluate import (OWN_SCORE, Evaluation, deployed_score, deployed_score_name, dihedral, evaluate, has_own_rule,
+                       known_reference, needs_known_reference, predict, rejection_threshold, vote_alpha)
 from .evaluation import metrics as M
 from .methods import Method, get_method
 from .models import SOURCE, TARGET, UdaNet, build_model
@@ -37,9 +39,10 @@ __all__ = ["Classifier", "export_classifier", "evaluate_classifier", "vote_colum
 
 log = logging.getLogger(__name__)
 WEIGHTS, CONFIG = "weights.safetensors", "config.json"
-# Version 2 adds the vote head (config "vote_tree"); a model without one is still written as version 1, so older
+# Version 3 adds a method's own unknown rule (rejection score "method", its heads as `method.*` tensors); version 2
+# the vote head (config "vote_tree"). A model is written with the lowest version that holds it, so older
 # code keeps loading it, while a vote model is refused by name there instead of failing on unexpected weights.
-FORMAT = {"name": "galaxy-uda-classifier", "version": 2}
+FORMAT = {"name": "galaxy-uda-classifier", "version": 3}
 _BANK = "source_features"
 PIXEL_SCALE_RTOL = 0.02  # resampled cutouts quote 0.262 vs DECam's 0.263: within tolerance
 
@@ -65,16 +68,17 @@ def export_classifier(checkpoint_dir: Path, out: Path, data: UdaData | None = No
     autocast = autocast_factory(cfg.train.precision, torch.device("cpu"))
     _, bank = predict(model, data["source/train"].x[: cfg.eval.max_source_features], SOURCE, autocast=autocast)
     protos = torch.nn.functional.normalize(model.prototypes.detach().float(), dim=1).numpy()
-    deployed = {}
-    outputs = {"target": predict(model, data["target/train"].x, TARGET, autocast=autocast),
-               "known": known_reference(model, data, autocast)}
+    deployed = {"known": np.zeros(0)}
+    outputs = {"target": predict(model, data["target/train"].x, TARGET, autocast=autocast)}
+    if needs_known_reference(method, cfg):
+        outputs["known"] = known_reference(model, data, autocast)
     for split, (lg, f) in outputs.items():
         scores = M.anomaly_scores(lg, f, protos, bank, model.temperature, k=cfg.eval.knn_k)
         deployed[split] = deployed_score(method, cfg, scores, lg, f)
     threshold = rejection_threshold(method, cfg, data.num_known, deployed["target"], deployed["known"])
     surveys = data.manifest["surveys"]
     meta = {
-        "format": {**FORMAT, "version": FORMAT["version"] if tree is not None else 1},
+        "format": {**FORMAT, "version": 3 if has_own_rule(method) else 2 if tree is not None else 1},
         "run_config": json.loads(cfg.model_dump_json()),
         "bands": data.bands, "stamp_px": data.stamp_px, "softening": data.softening,
         "class_names": data.class_names, "num_known": data.num_known,

@@ -33,7 +33,9 @@ def unknown_fraction(target: np.ndarray, known: np.ndarray, quantiles: np.ndarra
     if not len(target) or not len(known):
         return float("nan")
     t = np.quantile(known, quantiles)
-    ratio = np.searchsorted(np.sort(target), t, side="right") / len(target) / np.asarray(quantiles)
+    # P_known(s <= t) as counted, not the nominal quantile: tied scores (a saturated softmax) put more mass at t.
+    below_known = np.searchsorted(np.sort(known), t, side="right") / len(known)
+    ratio = np.searchsorted(np.sort(target), t, side="right") / len(target) / below_known
     return float(np.clip(1 - ratio.min(), 0.0, 1.0))
 
 
