@@ -131,11 +131,23 @@ def test_emulation_blurs_to_the_target_psf_shrinks_by_the_pixel_ratio_and_keeps_
     assert fwhm_px * 0.262 == pytest.approx(1.4, abs=0.3)
     assert img.sum().item() == pytest.approx(100.0, rel=1e-3)
     shrink = SurveyGap(0.2, 0.4, None, None, (0.0,), (0.0,))  # pixels twice as coarse: the image halves
-    disk = torch.zeros(1, 1, 64, 64)
-    disk[..., 16:48, 16:48] = 1.0
-    small = emulate(disk, shrink, 1.0, g)[0, 0]
-    assert int((small > 0).sum()) == 16 * 16
-    assert small.sum().item() == pytest.approx(disk.sum().item(), rel=1e-4)
+    yy, xx = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
+    blob = torch.exp(-((yy - 31.5) ** 2 + (xx - 31.5) ** 2) / (2 * 6.0**2))[None, None]
+    small = emulate(blob, shrink, 1.0, g)[0, 0]
+
+    def rms_radius(img):
+        return math.sqrt(float((img * ((yy - 31.5) ** 2 + (xx - 31.5) ** 2)).sum() / img.sum()))
+
+    assert rms_radius(small) / rms_radius(blob[0, 0]) == pytest.approx(0.5, abs=0.03)
+    assert small.sum().item() == pytest.approx(blob.sum().item(), rel=1e-3)
+    # DECaLS -> SDSS pixels (48 -> 32 px): a point source keeps its flux wherever it falls within a pixel.
+    decals_sdss = SurveyGap(0.262, 0.396, None, None, (0.0,), (0.0,))
+    sums = []
+    for y, x in ((24, 24), (24, 25), (25, 25)):
+        point = torch.zeros(1, 1, 48, 48)
+        point[0, 0, y, x] = 1.0
+        sums.append(emulate(point, decals_sdss, 1.0, g).sum().item())
+    assert sums == pytest.approx([1.0] * 3, rel=0.02)
 
 
 def test_survey_gap_comes_from_the_manifest(tiny):

@@ -57,7 +57,7 @@ class Contrastive(Emulation):
         d = model.embed.out_features
         # A projection head: the loss acts on its output, so the features themselves keep what the classifier needs.
         self.heads["projection"] = nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, d)).to(self.device)
-        self.gen = torch.Generator().manual_seed(0)
+        self.gen = torch.Generator().manual_seed(torch.initial_seed())  # the loop seeded torch with train.seed
 
     def _strength_prob(self) -> tuple[float, float]:
         return self.params.emulation_strength, self.params.emulation_prob
