@@ -153,7 +153,9 @@ def test_best_trial_and_finalist_model(finished):
     from sweeps.registry import promote
 
     promoted = promote("nest", workdir=work)
-    (version,) = client.search_model_versions("name = 'nest'")
+    # The registry by its URI: an earlier test module may have left MLflow's global registry URI elsewhere.
+    registry = MlflowClient(summary.tracking_uri, registry_uri=summary.tracking_uri)
+    (version,) = registry.search_model_versions("name = 'nest'")
     assert promoted.trial_id == best["trial_id"] and version.tags["method"] == best["method"]
     assert promoted.score == pytest.approx(best["best/label_free/im"], abs=1e-4)
 
