@@ -80,7 +80,9 @@ def test_resume_after_driver_sigkill_with_retention(tmp_path, data_root, tiny_fo
     """Kill the driver when its trial has checkpointed twice since Tune's last snapshot and retention has deleted
     older ones: the checkpoint that snapshot names must still be there, and resume must finish the sweep. The guard
     is out of reach, so no checkpoint is ever a trial's best and only the resume point protects it."""
-    steps = 30
+    # Long enough that the wanted moment comes well before the trial ends (30 steps missed it once in CI): the
+    # loop below stops the driver as soon as it does, so more steps cost nothing when it comes early.
+    steps = 80
     path = write_sweep(tmp_path, data_root, "killed", baselines=[],
                        run={"train": {"steps": steps, "eval_every": EVERY, "precision": "fp32"}},
                        search={"num_trials": 1, "overrides": {"model.width": 8, "optim.batch_size": 16}},
