@@ -51,6 +51,7 @@ class Contrastive(Emulation):
     uses_target = True
     views = 2  # the loop draws a second augmented copy of each target batch
     loss_names = Method.loss_names | {"contrastive"}
+    emulation_fields = ("emulation_strength", "emulation_prob")
 
     def __init__(self, params: ContrastiveParams, model, num_known: int, n_target: int, **kw):
         super().__init__(params, model, num_known, n_target, **kw)
@@ -58,9 +59,6 @@ class Contrastive(Emulation):
         # A projection head: the loss acts on its output, so the features themselves keep what the classifier needs.
         self.heads["projection"] = nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, d)).to(self.device)
         self.gen = torch.Generator().manual_seed(torch.initial_seed())  # the loop seeded torch with train.seed
-
-    def _strength_prob(self) -> tuple[float, float]:
-        return self.params.emulation_strength, self.params.emulation_prob
 
     def _project(self, x: torch.Tensor, domain: int) -> torch.Tensor:
         return self.heads["projection"](self.model(x, domain)[1])

@@ -141,8 +141,11 @@ class Emulation(AdaBN):
         super().__init__(params, model, num_known, n_target, **kw)
         self.gap: SurveyGap | None = None
 
+    # The Params fields holding the emulation's strength and share: a method built on this one names its own.
+    emulation_fields: tuple[str, str] = ("strength", "prob")
+
     def _strength_prob(self) -> tuple[float, float]:
-        return self.params.strength, self.params.prob
+        return tuple(getattr(self.params, f) for f in self.emulation_fields)
 
     def attach(self, data) -> None:
         self.gap = survey_gap(data.manifest)

@@ -49,14 +49,12 @@ class Ovanet(Emulation):
     Params = OvanetParams
     uses_target = True
     loss_names = Emulation.loss_names | {"ova", "ova_entropy"}
+    emulation_fields = ("emulation_strength", "emulation_prob")
 
     def __init__(self, params: OvanetParams, model, num_known: int, n_target: int, **kw):
         super().__init__(params, model, num_known, n_target, **kw)
         # On the normalised features the K-way head sees; a plain linear layer as in the reference.
         self.heads["ova"] = nn.Linear(model.embed.out_features, 2 * num_known).to(self.device)
-
-    def _strength_prob(self) -> tuple[float, float]:
-        return self.params.emulation_strength, self.params.emulation_prob
 
     def _ova(self, feats: torch.Tensor) -> torch.Tensor:
         with torch.autocast(feats.device.type, enabled=False):
