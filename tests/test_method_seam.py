@@ -16,6 +16,7 @@ from uda_core.methods import METHODS, PARAMS, Method
 from uda_core.methods.base import MethodError
 from uda_core.methods.emulation import SurveyGap, emulate, survey_gap
 from uda_core.methods.ovanet import ova_entropy, ova_probs, ova_source_loss
+from uda_core.models import build_model
 from uda_core.train import CHECKPOINT_FILE, _labelled_target_rows, train
 
 
@@ -28,7 +29,6 @@ def tiny(tiny_folder):
 
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_every_method_weights_only_losses_it_names(name):
-    from uda_core.models import build_model
     from uda_core.config import build_config
 
     cfg = build_config({"method": {"name": name}, "model": {"width": 4, "depth": 2, "feature_dim": 8}})
@@ -101,8 +101,8 @@ def test_views_heads_and_source_transform_reach_the_method(tiny_config, tiny, tm
     state = torch.load(tmp_path / "checkpoints/step_0000004" / CHECKPOINT_FILE, weights_only=True)
     assert "heads.probe.weight" in state["method"]
     # The head was optimised with the network: it moved from its initial value and the optimiser holds its state.
-    assert len(state["optimizer"]["state"]) == len(list(train.__globals__["build_model"](
-        cfg.model, tiny.in_channels, tiny.num_known).parameters())) + 2
+    network = build_model(cfg.model, tiny.in_channels, tiny.num_known)
+    assert len(state["optimizer"]["state"]) == len(list(network.parameters())) + 2
 
 
 # --- survey emulation ---------------------------------------------------------------------------------------------
