@@ -234,17 +234,29 @@ def _label_free_metrics(model: UdaNet, o: _Outputs, data: UdaData, cfg: RunConfi
     return out
 
 
+def fitted_rule(model: UdaNet, method: Method, data: UdaData, cfg: RunConfig, outputs: dict[str, tuple],
+                protos: np.ndarray, bank: np.ndarray, autocast=contextlib.nullcontext
+                ) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, np.ndarray], float]:
+    """The unknown-class rule fitted without target labels, for evaluation and export alike.
+
+    `outputs` maps split names to (logits, features); "tt" (target/train) is the one the threshold is fitted on.
+    Returns every anomaly score and the deployed score per split, and the threshold on the deployed score. The
+    emulated known reference ("known") is added when the threshold needs it."""
+    outputs = dict(outputs)
+    if needs_known_reference(method, cfg):
+        outputs["known"] = known_reference(model, data, autocast)
+    scores = {split: M.anomaly_scores(lg, f, protos, bank, model.temperature, k=cfg.eval.knn_k)
+              for split, (lg, f) in outputs.items()}
+    deployed = {split: deployed_score(method, cfg, scores[split], lg, f) for split, (lg, f) in outputs.items()}
+    threshold = rejection_threshold(method, cfg, data.num_known, deployed["tt"], deployed.get("known", np.zeros(0)))
+    return scores, deployed, threshold
+
+
 def _rejection(model: UdaNet, method: Method, o: _Outputs, data: UdaData, cfg: RunConfig, num_known: int,
                autocast) -> _Rejection:
-    ev = cfg.eval
-    temp = model.temperature
-    outputs = [("tt", o.lg_tt, o.f_tt), ("te", o.lg_te, o.f_te)]
-    if needs_known_reference(method, cfg):
-        outputs.append(("known", *known_reference(model, data, autocast)))
-    scores = {split: M.anomaly_scores(lg, f, o.protos, o.src_feats, temp, k=ev.knn_k) for split, lg, f in outputs}
-    deployed = {split: deployed_score(method, cfg, scores[split], lg, f) for split, lg, f in outputs}
+    outputs = {"tt": (o.lg_tt, o.f_tt), "te": (o.lg_te, o.f_te)}
+    scores, deployed, primary = fitted_rule(model, method, data, cfg, outputs, o.protos, o.src_feats, autocast)
     thresholds = {s: M.gmm_threshold(scores["tt"][s]) for s in ANOMALY_SCORES}
-    primary = rejection_threshold(method, cfg, num_known, deployed["tt"], deployed.get("known", np.zeros(0)))
     return _Rejection(scores["tt"], scores["te"], thresholds, entropy_rho(method, cfg, num_known), deployed["tt"],
                       deployed["te"], primary, deployed["tt"] > primary, deployed["te"] > primary)
 

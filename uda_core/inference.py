@@ -28,8 +28,8 @@ import torch
 from .config import RunConfig
 from .data.dataset import UdaData, preprocess
 from .errors import DataError
-from .evaluate import (OWN_SCORE, Evaluation, deployed_score, deployed_score_name, dihedral, evaluate, has_own_rule,
-                       known_reference, needs_known_reference, predict, rejection_threshold, vote_alpha)
+from .evaluate import (OWN_SCORE, Evaluation, deployed_score_name, dihedral, evaluate, fitted_rule, has_own_rule,
+                       predict, vote_alpha)
 from .evaluation import metrics as M
 from .methods import Method, get_method
 from .models import SOURCE, TARGET, UdaNet, build_model
@@ -62,20 +62,14 @@ def export_classifier(checkpoint_dir: Path, out: Path, data: UdaData | None = No
     model.load_state_dict(state["model"])
     method = get_method(cfg.method.name)(cfg.method.parsed(), model, data.num_known, len(data["target/train"]))
     method.load_export_state(state["method"])  # its own heads (OVANet's one-vs-all classifiers)
-    # The same inputs evaluate() uses: BN statistics as saved right after the evaluation, the first
-    # max_source_features source/train stamps as the kNN bank, target/train and emulated source/val scores for the
-    # threshold.
+    # The same inputs and code evaluate() uses: BN statistics as saved right after the evaluation, the first
+    # max_source_features source/train stamps as the kNN bank, and evaluation's fitted_rule on target/train.
     autocast = autocast_factory(cfg.train.precision, torch.device("cpu"))
     _, bank = predict(model, data["source/train"].x[: cfg.eval.max_source_features], SOURCE, autocast=autocast)
     protos = torch.nn.functional.normalize(model.prototypes.detach().float(), dim=1).numpy()
-    deployed = {"known": np.zeros(0)}
-    outputs = {"target": predict(model, data["target/train"].x, TARGET, autocast=autocast)}
-    if needs_known_reference(method, cfg):
-        outputs["known"] = known_reference(model, data, autocast)
-    for split, (lg, f) in outputs.items():
-        scores = M.anomaly_scores(lg, f, protos, bank, model.temperature, k=cfg.eval.knn_k)
-        deployed[split] = deployed_score(method, cfg, scores, lg, f)
-    threshold = rejection_threshold(method, cfg, data.num_known, deployed["target"], deployed["known"])
+    _, _, threshold = fitted_rule(model, method, data, cfg,
+                                  {"tt": predict(model, data["target/train"].x, TARGET, autocast=autocast)},
+                                  protos, bank, autocast)
     surveys = data.manifest["surveys"]
     meta = {
         "format": {**FORMAT, "version": 3 if has_own_rule(method) else 2 if tree is not None else 1},
