@@ -101,12 +101,16 @@ class Method:
         if batch.vs is not None:  # the vote head: Dirichlet-multinomial on the volunteers' counts
             alpha = alpha_from_cosine(self.model.answer_logits(feats_s))
             out["votes"] = dirichlet_multinomial_nll(alpha, batch.vs, self.model.vote_tree).mean()
-        if batch.xl is not None:
-            logits_l, _ = self.model(batch.xl, TARGET)
-            known = batch.yl < self.num_known  # unknown-class labels have no row in the K-way head
-            if known.any():
-                out["target_ce"] = F.cross_entropy(logits_l[known].float(), batch.yl[known])
+        if batch.xl is not None:  # one forward pass on the labelled target stamps, whatever losses read it
+            out.update(self.labelled_target_losses(batch.yl, *self.model(batch.xl, TARGET)))
         return out
+
+    def labelled_target_losses(self, y: torch.Tensor, logits: torch.Tensor, feats: torch.Tensor
+                               ) -> dict[str, torch.Tensor]:
+        """Losses on labelled target stamps (oracles only): cross-entropy on those of a known class (unknown-class
+        labels have no row in the K-way head)."""
+        known = y < self.num_known
+        return {"target_ce": F.cross_entropy(logits[known].float(), y[known])} if known.any() else {}
 
     def weights(self) -> dict[str, float]:
         return {"source_ce": 1.0, "target_ce": 1.0, "votes": self.vote_weight}

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import torch
 
-from ..models import TARGET
-from .base import Batch
 from .ovanet import Ovanet, ova_source_loss
 from .params import NoParams, OvanetParams
 
@@ -28,14 +26,14 @@ class OpenSetOracle(Ovanet):
     def __init__(self, params, model, num_known: int, n_target: int, **kw):
         super().__init__(OvanetParams(), model, num_known, n_target, **kw)  # OVANet's defaults
 
-    def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
-        out = super().losses(batch)
-        _, feats_l = self.model(batch.xl, TARGET)
-        probs = self._ova(feats_l)
-        known = batch.yl < self.num_known
+    def labelled_target_losses(self, y: torch.Tensor, logits: torch.Tensor, feats: torch.Tensor
+                               ) -> dict[str, torch.Tensor]:
+        out = super().labelled_target_losses(y, logits, feats)
+        probs = self._ova(feats)
+        known = y < self.num_known
         parts = []
         if known.any():
-            parts.append(ova_source_loss(probs[known], batch.yl[known]) * known.float().mean())
+            parts.append(ova_source_loss(probs[known], y[known]) * known.float().mean())
         if (~known).any():  # every class says "is not": its hardest one
             parts.append(-torch.log(probs[~known, 0] + 1e-8).amax(dim=1).mean() * (~known).float().mean())
         out["target_ova"] = sum(parts)
