@@ -33,8 +33,8 @@ sys.path.insert(0, str(ROOT))
 
 PAIRS = ("decals:sdss", "lsst_y10:lsst_y1", "decals:bass_mzls")
 NEIGHBOURS = 10
-MAX_REFERENCE = 6000
-KINDS = ("supervised_oracle", "label_free_knn")  # emulated source/train stamps in the label-free reference
+MAX_REFERENCE = 6000  # emulated source/train stamps in the label-free reference
+KINDS = ("supervised_oracle", "label_free_knn")
 
 
 def profile_features(flux: np.ndarray) -> np.ndarray:
@@ -44,7 +44,7 @@ def profile_features(flux: np.ndarray) -> np.ndarray:
     yy, xx = np.mgrid[:h, :w]
     ring = np.hypot(yy - (h - 1) / 2, xx - (w - 1) / 2).astype(int).ravel()
     per_ring = np.bincount(ring)
-    # One sparse-free matrix product: (N*B, H*W) @ (H*W, rings) sums each ring, then divide by its pixel count.
+    # Ring sums as one matrix product, (N*B, H*W) @ (H*W, rings), then each divided by its pixel count.
     onehot = np.zeros((h * w, per_ring.size))
     onehot[np.arange(h * w), ring] = 1.0
     prof = (flux.reshape(n * bands, h * w) @ onehot / per_ring).reshape(n, bands, -1)[:, :, : h // 2]
