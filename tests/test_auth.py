@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from sweep_helpers import write_sweep
-from test_multinode import _free_port
+from test_multinode import SERVER_ENV, _free_port
 
 BIN = Path(sys.executable).parent
 USER, PASSWORD = f"uda-{secrets.token_hex(4)}", secrets.token_urlsafe(18)
@@ -33,7 +33,7 @@ def server(tmp_path_factory):
     (tmp / "auth.ini").write_text(f"[mlflow]\ndefault_permission = READ\ndatabase_uri = sqlite:///{tmp / 'users.db'}\n")
     env = {k: v for k, v in os.environ.items() if k not in CREDENTIAL_VARS}
     env.update(MLFLOW_AUTH_CONFIG_PATH=str(tmp / "auth.ini"), MLFLOW_AUTH_ADMIN_USERNAME=USER,
-               MLFLOW_AUTH_ADMIN_PASSWORD=PASSWORD, MLFLOW_FLASK_SERVER_SECRET_KEY=secrets.token_hex(32))
+               MLFLOW_AUTH_ADMIN_PASSWORD=PASSWORD, MLFLOW_FLASK_SERVER_SECRET_KEY=secrets.token_hex(32), **SERVER_ENV)
     uri = f"http://127.0.0.1:{_free_port()}"
     proc = subprocess.Popen(
         [str(BIN / "mlflow"), "server", "--app-name", "basic-auth", "--host", "127.0.0.1",

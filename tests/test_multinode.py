@@ -21,6 +21,8 @@ import pytest
 from sweep_helpers import write_sweep
 
 BIN = Path(sys.executable).parent
+# As cluster.yaml starts the server: without MLflow's job runners (8 processes, over 1 GiB, a CPU-busy start).
+SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
 def _free_port() -> int:
@@ -46,7 +48,7 @@ class MlflowServer:
             [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.port),
              "--backend-store-uri", f"sqlite:///{self.folder / 'server.db'}",
              "--artifacts-destination", str(self.folder / "artifacts"), "--workers", "1"],
-            stdout=open(self.folder / "mlflow.log", "a"), stderr=subprocess.STDOUT, env=self.env,
+            stdout=open(self.folder / "mlflow.log", "a"), stderr=subprocess.STDOUT, env={**self.env, **SERVER_ENV},
             start_new_session=True)
         for _ in range(120):
             try:
