@@ -46,6 +46,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.publish import publish  # noqa: E402
 
 from uda_core.methods.params import PARAMS, TRAINS_ON_TARGET_LABELS  # noqa: E402 (light: no torch)
 
@@ -387,9 +388,7 @@ def main() -> None:
               "wall_s": round(time.time() - t0, 1), "baselines": list(BASELINES), "oracles": sorted(ORACLES),
               "goals": goals(summary), "summary": _rounded(summary), "picture": picture and str(picture)}
     if args.publish:
-        path = ROOT / "bench" / "results" / "adaptation.json"
-        path.write_text(json.dumps(result, indent=1) + "\n")
-        print(f"wrote {path}")
+        publish("adaptation", result)
     print(json.dumps(result))
 
 

@@ -30,6 +30,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.publish import publish  # noqa: E402
 
 PAIRS = ("decals:sdss", "lsst_y10:lsst_y1", "decals:bass_mzls")
 ACC, H = "oracle/target_test/acc_shared", "oracle/target_test/h_score"
@@ -132,9 +133,7 @@ def main() -> None:
                                             "size": "bench", "width": 16}, "wall_s": round(time.time() - t0, 1),
               "pairs": results}
     if args.publish:
-        path = ROOT / "bench" / "results" / "product.json"
-        path.write_text(json.dumps(result, indent=1) + "\n")
-        print(f"wrote {path}")
+        publish("product", result)
     print(json.dumps(result))
 
 

@@ -33,6 +33,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.publish import publish  # noqa: E402
 
 
 def private_mb() -> float:
@@ -233,8 +234,7 @@ def main() -> None:
            "goals_met": {m: s["peak_growth"] <= 1.2 and (s["min_mapped_over_in_memory"] or 0) >= 0.9
                          for m, s in summary.items()}}
     if args.publish:
-        (ROOT / "bench" / "results").mkdir(exist_ok=True)
-        (ROOT / "bench" / "results" / "scale.json").write_text(json.dumps(out, indent=2) + "\n")
+        publish("scale", out)
     print(json.dumps(out))
 
 

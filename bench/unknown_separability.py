@@ -30,6 +30,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.publish import publish  # noqa: E402
 
 PAIRS = ("decals:sdss", "lsst_y10:lsst_y1", "decals:bass_mzls")
 NEIGHBOURS = 10
@@ -143,9 +144,7 @@ def main() -> None:
     out = {"bench": "unknown_separability", "size": args.size, "seeds": args.seeds, "neighbours": NEIGHBOURS,
            "pairs": result, "wall_s": round(time.time() - t0, 1)}
     if args.publish:
-        path = ROOT / "bench" / "results" / "unknown_separability.json"
-        path.write_text(json.dumps(out, indent=1) + "\n")
-        print(f"wrote {path}")
+        publish("unknown_separability", out)
     print(json.dumps(out))
 
 

@@ -14,44 +14,14 @@ import contextlib
 import json
 import os
 import secrets
-import socket
 import subprocess
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 
 from sweep_helpers import EVERY, write_sweep
-from test_multinode import BIN, MlflowServer, RayNode, _free_port, wait_for_evaluation
-
-
-class RayHead:
-    """A Ray head without CPUs (as in cluster.yaml) in a process session of its own, so that it can be killed whole."""
-
-    def __init__(self, port: int, env: dict, log: Path):
-        self.address = f"127.0.0.1:{port}"
-        self.proc = subprocess.Popen(
-            [str(BIN / "ray"), "start", "--head", f"--port={port}", "--num-cpus=0", "--include-dashboard=false",
-             "--node-ip-address=127.0.0.1", "--block"],
-            stdout=open(log, "a"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        deadline = time.time() + 120
-        while time.time() < deadline:  # the GCS listens: nodes and drivers can join
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-            time.sleep(0.5)
-        pytest.fail(f"Ray head did not start: {log.read_text()[-2000:]}")
-
-
-def kill_sessions(*leaders: subprocess.Popen) -> None:
-    """SIGKILL every process in the sessions these processes lead, all at once, as a machine failure would."""
-    pids = {p.pid for p in leaders}
-    for p in psutil.process_iter():
-        with contextlib.suppress(psutil.Error, ProcessLookupError):
-            if os.getsid(p.pid) in pids:
-                p.kill()
-    for leader in leaders:
-        leader.wait(30)
+from test_multinode import BIN, MlflowServer, RayHead, RayNode, _free_port, kill_sessions, wait_for_evaluation
 
 
 def tune_trials(exp_dir: Path) -> dict[str, tuple[str, int]]:

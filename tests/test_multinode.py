@@ -31,11 +31,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _ray(*args: str, env: dict) -> None:
-    done = subprocess.run([str(BIN / "ray"), *args], env=env, capture_output=True, text=True, timeout=180)
-    assert done.returncode == 0, f"ray {' '.join(args)} failed:\n{done.stdout[-1500:]}\n{done.stderr[-1500:]}"
-
-
 class MlflowServer:
     """A real `mlflow server` on loopback: sqlite backend, artifacts proxied into its own folder."""
 
@@ -65,6 +60,35 @@ class MlflowServer:
             self.proc = None
 
 
+class RayHead:
+    """A Ray head without CPUs (as in cluster.yaml) in a process session of its own, so that it can be killed whole
+    (and only it: `ray stop` would also stop every other Ray on the machine, a user's running sweep included)."""
+
+    def __init__(self, port: int, env: dict, log: Path):
+        self.address = f"127.0.0.1:{port}"
+        self.proc = subprocess.Popen(
+            [str(BIN / "ray"), "start", "--head", f"--port={port}", "--num-cpus=0", "--include-dashboard=false",
+             "--node-ip-address=127.0.0.1", "--block"],
+            stdout=open(log, "a"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        deadline = time.time() + 120
+        while time.time() < deadline:  # the GCS listens: nodes and drivers can join
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+            time.sleep(0.5)
+        pytest.fail(f"Ray head did not start: {log.read_text()[-2000:]}")
+
+
+def kill_sessions(*leaders: subprocess.Popen) -> None:
+    """SIGKILL every process in the sessions these processes lead, all at once, as a machine failure would."""
+    pids = {p.pid for p in leaders}
+    for p in psutil.process_iter():
+        with contextlib.suppress(psutil.Error, ProcessLookupError):
+            if os.getsid(p.pid) in pids:
+                p.kill()
+    for leader in leaders:
+        leader.wait(30)
+
+
 class RayNode:
     """A Ray worker node in a process session of its own (`ray start --block`), so that a test can take this node
     away, and only this one, as a machine failure would: raylet, its agents and its trial workers all at once."""
@@ -85,11 +109,7 @@ class RayNode:
         pytest.fail(f"Ray node did not join: {log.read_text()[-2000:]}")
 
     def kill(self) -> None:
-        for p in psutil.process_iter():
-            with contextlib.suppress(psutil.Error, ProcessLookupError):
-                if os.getsid(p.pid) == self.proc.pid:
-                    p.kill()
-        self.proc.wait(30)
+        kill_sessions(self.proc)
 
 
 def alive_nodes(address: str, env: dict) -> list[str]:
@@ -113,20 +133,23 @@ def cluster(tmp_path_factory):
     # Token authentication on every node and for every client, as cluster.yaml sets it up.
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token",
            "RAY_AUTH_TOKEN": secrets.token_hex(32)}
-    port = _free_port()
-    address = f"127.0.0.1:{port}"
     server = MlflowServer(tmp, env)
-    _ray("start", "--head", f"--port={port}", "--num-cpus=0", "--include-dashboard=false",
-         "--node-ip-address=127.0.0.1", env=env)
+    head = RayHead(_free_port(), env, tmp / "head.log")
+    nodes: list[RayNode] = []
+
+    def add_node() -> RayNode:
+        nodes.append(RayNode(head.address, env, 2, tmp / "nodes.log"))
+        return nodes[-1]
+
     try:
-        info = {"address": address, "uri": server.uri, "server": server, "tmp": tmp, "env": env}
-        info["add_node"] = lambda: RayNode(address, env, 2, tmp / "nodes.log")
-        info["worker"] = info["add_node"]()
+        info = {"address": head.address, "uri": server.uri, "server": server, "tmp": tmp, "env": env,
+                "add_node": add_node}
+        info["worker"] = add_node()
         server.start()
         yield info
     finally:
         server.stop()
-        subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120)
+        kill_sessions(head.proc, *[n.proc for n in nodes])  # this cluster only, never other Rays on the machine
 
 
 def test_sweep_runs_on_the_second_node_and_logs_to_the_server(cluster, data_root, tiny_folder):
