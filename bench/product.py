@@ -30,16 +30,21 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.adaptation import PAIRS, load_record, record_path  # noqa: E402
 from bench.publish import publish  # noqa: E402
 
-PAIRS = ("decals:sdss", "lsst_y10:lsst_y1", "decals:bass_mzls")
 ACC, H = "oracle/target_test/acc_shared", "oracle/target_test/h_score"
 
 
-def sweep_file(pair: str, args) -> tuple[str, Path]:
-    """Write the pair's sweep (bench/adaptation's setup, `space: all`) under --out; its name and path."""
+def sweep_name(pair: str, seed: int) -> str:
     source, target = pair.split(":")
-    name = f"product-{source}-{target}-seed{args.seed}"
+    return f"product-{source}-{target}-seed{seed}"
+
+
+def sweep_file(pair: str, args) -> Path:
+    """Write the pair's sweep (bench/adaptation's setup, `space: all`) under --out."""
+    source, target = pair.split(":")
+    name = sweep_name(pair, args.seed)
     raw = {
         "name": name,
         "description": "issue 19's product measurement: method and settings chosen by the default label-free objective",
@@ -60,29 +65,32 @@ def sweep_file(pair: str, args) -> tuple[str, Path]:
     }
     path = args.out / f"{name}.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return name, path
+    return path
 
 
-def oracle_record(pair: str, seed: int, adaptation: Path) -> dict | None:
-    path = adaptation / "records" / f"{pair.replace(':', '-')}_target_oracle_seed{seed}.json"
-    return json.loads(path.read_text())["metrics"] if path.exists() else None
+def oracle_metrics(pair: str, args) -> dict | None:
+    """bench/adaptation's target-oracle record of this pair and seed, in its default setup at --steps (a record of
+    another setup is refused there), or None when it has not run."""
+    setup = {"size": "bench", "steps": args.steps, "eval_every": args.steps, "width": 16, "batch_size": 64}
+    record = load_record(record_path(args.adaptation, pair, "target_oracle", args.seed), setup)
+    return record and record["metrics"]
 
 
 def measure(pair: str, args) -> dict:
     from sweeps.run import STATE_FILE, open_sweep, run_sweep
     from sweeps.summary import best_row, trial_rows
 
-    name, path = sweep_file(pair, args)
+    oracle = oracle_metrics(pair, args)  # first: a record of another setup stops this before a sweep runs
+    name = sweep_name(pair, args.seed)
     storage = (args.out / "runs").resolve()
-    if not (storage / name / STATE_FILE).exists():
+    if not (storage / name / STATE_FILE).exists():  # an existing sweep is read as it was run
         print(f"{pair}: running sweep {name} ({args.trials} trials + 3 baselines)", flush=True)
-        run_sweep(path, workdir=args.out, progress=True)
+        run_sweep(sweep_file(pair, args), workdir=args.out, progress=True)
     exp_dir, sweep, _ = open_sweep(name, storage)
     rows = trial_rows(exp_dir, sweep)
     best = best_row(rows, sweep)
     baseline = {r["method"]: r for r in rows if r["kind"] == "baseline"}
     at = lambda row, m: row and row.get(f"at_best/{m}")  # noqa: E731
-    oracle = oracle_record(pair, args.seed, args.adaptation)
     out = {"pair": pair, "sweep": name, "trials": len(rows),
            "finished": sum(r["status"] == "TERMINATED" for r in rows),
            "chosen": best and {"trial_id": best["trial_id"], "method": best["method"], "step": best["best_step"],

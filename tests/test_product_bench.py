@@ -16,9 +16,8 @@ def test_the_sweep_it_writes_is_valid_and_searches_every_method(tmp_path):
     from uda_core.methods.params import PARAMS, TRAINS_ON_TARGET_LABELS
 
     args = argparse.Namespace(seed=1, trials=4, steps=400, root=tmp_path / "data", out=tmp_path)
-    name, path = bench.sweep_file("lsst_y10:lsst_y1", args)
-    sweep = load_sweep(path)  # the sweep layer's own validation
-    assert name == sweep.name == "product-lsst_y10-lsst_y1-seed1"
+    sweep = load_sweep(bench.sweep_file("lsst_y10:lsst_y1", args))  # the sweep layer's own validation
+    assert sweep.name == bench.sweep_name("lsst_y10:lsst_y1", 1) == "product-lsst_y10-lsst_y1-seed1"
     assert (sweep.run.data.source, sweep.run.data.target, sweep.run.data.seed) == ("lsst_y10", "lsst_y1", 1)
     assert sweep.run.train.steps == 400 and sweep.scheduler.grace_period == 300
     assert sweep.search.num_trials == 4  # `space: all`: every method that trains without target labels
