@@ -67,9 +67,12 @@ def no_credentials(tmp_path, monkeypatch):
     for var in CREDENTIAL_VARS:
         monkeypatch.delenv(var, raising=False)
     # Ray keeps its cluster token under the home too, and caches it in this process: it must stay the real one, or
-    # every later Ray in the test session fails with InvalidAuthToken.
-    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", os.environ.get("RAY_AUTH_TOKEN_PATH")
-                       or str(Path.home() / ".ray" / "auth_token"))
+    # every later Ray in the test session fails with InvalidAuthToken. On a fresh machine no Ray has written it yet
+    # (the first `ray.init` would, under the fake home), so it is made here, where Ray makes it.
+    token = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+    if not token.exists():
+        subprocess.run([str(BIN / "ray"), "get-auth-token", "--generate"], check=True, capture_output=True)
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(token))
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
 
 
