@@ -31,7 +31,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.adaptation import PAIRS, load_record, record_path  # noqa: E402
-from bench.publish import publish  # noqa: E402
+from bench.publish import RESULTS, publish  # noqa: E402
 
 ACC, H = "oracle/target_test/acc_shared", "oracle/target_test/h_score"
 
@@ -121,6 +121,19 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def merged(result: dict, published: Path) -> dict:
+    """`result`, plus the pairs of the published figures that this run did not measure, when those were measured in
+    the same setup: one pair can be re-measured (or added) without re-running the others."""
+    if not published.exists():
+        return result
+    before = json.loads(published.read_text())
+    if before.get("setup") != result["setup"]:
+        return result
+    measured = {r["pair"] for r in result["pairs"]}
+    kept = [r for r in before["pairs"] if r["pair"] not in measured]
+    return {**result, "pairs": kept + result["pairs"]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pairs", nargs="+", default=list(PAIRS), help="source:target survey pairs")
@@ -141,7 +154,7 @@ def main() -> None:
                                             "size": "bench", "width": 16}, "wall_s": round(time.time() - t0, 1),
               "pairs": results}
     if args.publish:
-        publish("product", result)
+        publish("product", merged(result, RESULTS / "product.json"))
     print(json.dumps(result))
 
 

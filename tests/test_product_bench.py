@@ -35,3 +35,16 @@ def test_table_shows_a_pair_without_baselines_or_oracle_as_dashes():
     assert lines[2] == ("| a:b | emulation | 0.740 | 0.020 | 0.480 / 0.000 | 0.740 / 0.020 | 0.880 | 0.260 | 0.020 "
                         "| 0.650 |")
     assert lines[-1] == "| c:d | - | - | - | - / - | - / - | - | - | - | - |"
+
+
+def test_a_publish_of_one_pair_keeps_the_other_pairs_of_the_same_setup(tmp_path):
+    import json
+
+    setup = {"trials": 8, "seed": 0}
+    published = tmp_path / "product.json"
+    published.write_text(json.dumps({"setup": setup, "pairs": [{"pair": "a:b", "v": 1}, {"pair": "c:d", "v": 1}]}))
+    now = {"setup": setup, "wall_s": 3.0, "pairs": [{"pair": "c:d", "v": 2}]}
+    assert bench.merged(now, published)["pairs"] == [{"pair": "a:b", "v": 1}, {"pair": "c:d", "v": 2}]
+    other = {**now, "setup": {"trials": 4, "seed": 0}}  # figures of another setup are not mixed in
+    assert bench.merged(other, published)["pairs"] == [{"pair": "c:d", "v": 2}]
+    assert bench.merged(now, tmp_path / "none.json") == now
