@@ -1,16 +1,22 @@
 """Label-free model selection, measured: how well each criterion ranks trials and checkpoints by the ORACLE target
 H-score and accuracy on labelled synthetic survey pairs, and the regret of promoting the model it picks.
 
-For every pair x seed x method, a random-search sweep of `--trials` configurations from the method's own search
-space (Optuna's RandomSampler: the population of models a sweep explores, unbiased by any objective) is trained on
-the pair's data (data, search and training seeded by the seed), and every evaluation's metrics are recorded. The
-analysis (uda_core.evaluation.selection) then applies each criterion the way a sweep does: the checkpoint with the
-best criterion among those whose source validation accuracy passes the sweep's guard (0.5).
+For every pair x seed, a random-search sweep of `--trials` configurations (Optuna's RandomSampler: the population of
+models a sweep explores, unbiased by any objective) is trained on the pair's data (data, search and training seeded
+by the seed), and every evaluation's metrics are recorded. By default the sweep searches the joint space of every
+method that trains without target labels (`--methods all`, as a sweep's `space: all`), so a criterion must choose
+the method as well as its settings; `--methods adabn dance` instead runs one sweep per method. The analysis
+(uda_core.evaluation.selection) then applies each criterion the way a sweep does: the checkpoint with the best
+criterion among those whose source validation accuracy passes the sweep's guard (0.5).
 
-Records go to `<out>/records/*.jsonl`, one file per pair x seed x method, written when that sweep finishes, so an
-interrupted benchmark continues where it stopped. `--analyse-only` redraws the table and plot from the records.
+Records are kept in git (`--records`, default bench/records/selection: one JSON line per evaluation, the selection
+metrics only), appended trial by trial, so an interrupted benchmark, or the next working session, continues where
+it stopped: the seeded sampler replays the recorded trials' draws and goes on. `--analyse-only` redraws the table and
+plot from the records.
 
-    .venv/bin/python bench/selection.py [--trials 24] [--seeds 0 1 2] [--steps 240] [--workers 2]
+    OMP_NUM_THREADS=1 .venv/bin/python bench/selection.py [--pairs ...] [--seeds 0 1 2] [--trials 12] [--workers 2]
+
+Cost on this 2-core CPU (`bench` size, 1,000 steps, 4 evaluations): about 3 minutes per trial and core.
 """
 
 from __future__ import annotations
@@ -27,9 +33,21 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 PAIRS = ("decals:sdss", "lsst_y10:lsst_y1", "decals:bass_mzls")
-METHODS = ("adabn", "dance")
+ALL = "all"  # the joint space of every method that trains without target labels
 # Width and batch are fixed so every trial costs the same on this CPU; the rest of each method's space is searched.
-OVERRIDES = {"model.width": 16, "optim.batch_size": 32}
+OVERRIDES = {"model.width": 16, "optim.batch_size": 64}
+# What a record keeps of an evaluation: what selection reads (criteria, guard, oracle scores) and the oracle
+# unknown-detection figures, not the per-class and per-score detail.
+KEPT_PREFIXES = ("label_free/", "source_val/")
+KEPT_ORACLE = ("oracle/target_test/acc_shared", "oracle/target_test/h_score", "oracle/target_test/auroc",
+               "oracle/target_test/known_rejected", "oracle/target_test/unknown_recall",
+               "oracle/target_train/acc_shared", "oracle/target_train/h_score")
+
+
+def sweep_methods(method: str) -> list[str]:
+    from uda_core.methods.params import PARAMS, TRAINS_ON_TARGET_LABELS
+
+    return [m for m in PARAMS if m not in TRAINS_ON_TARGET_LABELS] if method == ALL else [method]
 
 
 def base_config(pair: str, method: str, seed: int, args) -> dict:
@@ -37,52 +55,84 @@ def base_config(pair: str, method: str, seed: int, args) -> dict:
     return {
         "data": {"source": source, "target": target, "size": args.size, "seed": seed, "root": str(args.data_root)},
         "model": {"width": 16, "depth": 4, "feature_dim": 64, "domain_bn": True},
-        "method": {"name": method},
-        "optim": {"batch_size": 32},
+        "method": {"name": sweep_methods(method)[0]},
+        "optim": {"batch_size": 64},
         "train": {"steps": args.steps, "eval_every": args.steps // args.evals, "seed": seed, "threads": 1,
                   "precision": "auto", "progress": False, "keep_checkpoints": 1},
         "eval": {"snd_max_samples": 500, "max_source_features": 500, "dev_max_samples": 500},
     }
 
 
+def records_file(records: Path, pair: str, method: str, seed: int) -> Path:
+    return records / f"{pair.replace(':', '-')}_{method}_seed{seed}.jsonl"
+
+
+def recorded_trials(path: Path, setup: dict) -> int:
+    """How many trials the records file holds complete (a trial's lines end with its `done` line); a file of
+    another setup is an error, not a silent mix."""
+    if not path.exists():
+        return 0
+    done = 0
+    for line in path.read_text().splitlines():
+        r = json.loads(line)
+        if r.get("setup", setup) != setup:
+            raise SystemExit(f"{path}: recorded with {r['setup']}, not {setup}: use another --records folder")
+        done += bool(r.get("done"))
+    return done
+
+
+def setup_of(args) -> dict:
+    return {"size": args.size, "steps": args.steps, "evals": args.evals, **OVERRIDES}
+
+
+def kept(metrics: dict) -> dict:
+    return {k: (round(v, 6) if v == v else None) for k, v in metrics.items()
+            if k.startswith(KEPT_PREFIXES) or k in KEPT_ORACLE}
+
+
 def run_job(job: tuple[str, int, str, argparse.Namespace]) -> str:
-    """One random-search sweep; returns the records file it wrote."""
+    """One random-search sweep, trial by trial into its records file (continuing a partial one)."""
     import optuna
     import torch
 
-    from search_spaces import apply_params, get_space
+    from search_spaces import METHOD_KEY, apply_params, search_space
     from uda_core.config import build_config
     from uda_core.train import TrainingDiverged, load_data, train
 
     pair, seed, method, args = job
-    out = args.out / "records" / f"{pair.replace(':', '-')}_{method}_seed{seed}.jsonl"
-    if out.exists():
+    out, setup = records_file(args.records, pair, method, seed), setup_of(args)
+    done = recorded_trials(out, setup)
+    if done >= args.trials:
         return str(out)
     torch.set_num_threads(1)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     base = base_config(pair, method, seed, args)
-    space = get_space(method).with_overrides(OVERRIDES, base)
+    space = search_space(sweep_methods(method)).with_overrides(OVERRIDES, base)
     data = load_data(build_config(base), progress=False)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
-    lines, t0 = [], time.time()
+    t0 = time.time()
     for i in range(args.trials):
         trial = study.ask()
         params = {**space(trial), **trial.params}
+        study.tell(trial, 0.0)
+        if i < done:
+            continue  # recorded already: its draw is replayed so the next ones are the same as in one run
         cfg = build_config(apply_params(base, params))
+        trained = params.get(METHOD_KEY, cfg.method.name)
         evals = []
         with tempfile.TemporaryDirectory() as tmp:
             try:
                 train(cfg, lambda ev, _ckpt: evals.append(ev.metrics), Path(tmp), data=data)
             except TrainingDiverged:
                 pass  # its finished evaluations stay in the record, as in a sweep
-        for m in evals:
-            lines.append(json.dumps({"pair": pair, "seed": seed, "method": method, "trial": i, "params": params,
-                                     "metrics": {k: (v if v == v else None) for k, v in m.items()}}))
-        study.tell(trial, 0.0)
-        print(f"[{pair} {method} seed {seed}] trial {i + 1}/{args.trials} ({time.time() - t0:.0f} s)", flush=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.rename(out)  # a finished sweep appears whole or not at all
+        head = {"pair": pair, "seed": seed, "method": method, "trained": trained, "trial": i}
+        lines = [json.dumps(head | {"step": k, "metrics": kept(m)}) for k, m in enumerate(evals)]
+        lines.append(json.dumps(head | {"done": True, "setup": setup, "params": params}))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with out.open("a") as f:  # a trial's lines land together, after it finished
+            f.write("\n".join(lines) + "\n")
+        print(f"[{pair} {method} seed {seed}] trial {i + 1}/{args.trials} {trained} ({time.time() - t0:.0f} s)",
+              flush=True)
     return str(out)
 
 
@@ -120,21 +170,26 @@ def publish(summary, records, args) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pairs", nargs="+", default=list(PAIRS))
-    ap.add_argument("--methods", nargs="+", default=list(METHODS))
+    ap.add_argument("--methods", nargs="+", default=[ALL],
+                    help=f"{ALL!r}: one sweep over every label-free method; else one sweep per named method")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    ap.add_argument("--trials", type=int, default=24)
-    ap.add_argument("--steps", type=int, default=240)
-    ap.add_argument("--evals", type=int, default=6, help="evaluations (checkpoints) per trial")
-    ap.add_argument("--size", default="tiny")
+    ap.add_argument("--trials", type=int, default=12)
+    ap.add_argument("--steps", type=int, default=1000)
+    ap.add_argument("--evals", type=int, default=4, help="evaluations (checkpoints) per trial")
+    ap.add_argument("--size", default="bench", help="data.size preset (bench: 3,000 target/test stamps)")
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "selection")
-    ap.add_argument("--data-root", type=Path, default=ROOT / "data")
+    ap.add_argument("--records", type=Path, default=ROOT / "bench" / "records" / "selection",
+                    help="the per-evaluation records (kept in git)")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "selection", help="tables and picture")
+    ap.add_argument("--data-root", type=Path, default=ROOT / "bench" / "out" / "adaptation_data",
+                    help="data set cache (bench/adaptation's and bench/product's)")
     ap.add_argument("--analyse-only", action="store_true")
     ap.add_argument("--publish", action="store_true",
                     help="write the per-criterion regrets to sweeps/selection_benchmark.json "
                          "(promote's tags, the default objective)")
     args = ap.parse_args()
-    (args.out / "records").mkdir(parents=True, exist_ok=True)
+    args.records.mkdir(parents=True, exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)
 
     t0 = time.time()
     if not args.analyse_only:
@@ -154,7 +209,7 @@ def main() -> None:
                                                summary_table)
     from uda_core.evaluation.validators import combined_score
 
-    records = load_records(sorted((args.out / "records").glob("*.jsonl")))
+    records = load_records(sorted(args.records.glob("*.jsonl")))
     # `combined` is recomputed from its recorded parts, so records written before its definition was fixed (on the
     # seed-0 sweeps) are scored with the definition the code uses now.
     num_known = get_task("universal").num_known

@@ -80,8 +80,9 @@ def test_confident_vs_uniform_order():
     confident[np.arange(200), labels] = 0.97
     uniform = np.full((200, 4), 0.25)
     sc, su = label_free_scores(confident), label_free_scores(uniform)
-    assert set(sc) == {"snd", "entropy", "im"} == set(VALIDATORS)
-    assert set(HIGHER_IS_BETTER) == set(VALIDATORS) | {"dev", "agreement", "combined"}
+    assert set(sc) == {"snd", "entropy", "im", "bnm"} == set(VALIDATORS)
+    assert set(HIGHER_IS_BETTER) == set(VALIDATORS) | {"dev", "devn", "class_ami", "emulated_acc", "agreement",
+                                                       "combined"}
     assert sc["entropy"] < su["entropy"]
     assert sc["im"] > su["im"]
     assert su["im"] == pytest.approx(0.0, abs=1e-9)
@@ -146,3 +147,48 @@ def test_combined_is_the_mean_of_three_unit_scores():
     assert combined_score(0.9, 0.5 * math.log(6), 0.6, 6) == pytest.approx((0.9 + 0.5 + 0.6) / 3)
     assert combined_score(1.0, math.log(4), 1.0, 4) == pytest.approx(1.0)
     assert HIGHER_IS_BETTER["combined"] and HIGHER_IS_BETTER["agreement"] and not HIGHER_IS_BETTER["dev"]
+
+
+def test_bnm_is_the_normalised_sum_of_singular_values():
+    from uda_core.evaluation.validators import batch_nuclear_norm
+
+    rng = np.random.default_rng(5)
+    p = rng.dirichlet(np.ones(4), size=40)
+    eigen = np.linalg.eigvalsh(p.T @ p)  # singular values of P: square roots of the eigenvalues of P^T P
+    assert batch_nuclear_norm(p) == pytest.approx(np.sqrt(np.clip(eigen, 0, None)).sum() / math.sqrt(40 * 4))
+    balanced = np.eye(4)[np.arange(40) % 4]  # confident and spread evenly: the maximum, 1
+    collapsed = np.eye(4)[np.zeros(40, int)]  # confident, one class: 1 / sqrt(4)
+    assert batch_nuclear_norm(balanced) == pytest.approx(1.0)
+    assert batch_nuclear_norm(collapsed) == pytest.approx(0.5)
+    assert batch_nuclear_norm(np.full((40, 4), 0.25)) == pytest.approx(0.25)  # unsure rows: lower still
+    assert VALIDATORS["bnm"] is batch_nuclear_norm and HIGHER_IS_BETTER["bnm"]
+
+
+def test_class_ami_is_high_when_predictions_follow_the_feature_clusters():
+    from sklearn.metrics import adjusted_mutual_info_score
+
+    from uda_core.evaluation.validators import class_ami
+
+    rng = np.random.default_rng(6)
+    centres = rng.normal(size=(3, 8)) * 10
+    truth = np.repeat(np.arange(3), 50)
+    feats = centres[truth] + rng.normal(size=(150, 8))
+    assert class_ami(feats, truth, 3) == pytest.approx(1.0)  # three clear clusters, predicted exactly
+    shuffled = rng.permutation(truth)
+    assert class_ami(feats, shuffled, 3) == pytest.approx(adjusted_mutual_info_score(shuffled, truth), abs=1e-9)
+    assert abs(class_ami(feats, shuffled, 3)) < 0.1
+    assert math.isnan(class_ami(feats[:2], truth[:2], 3))
+    assert HIGHER_IS_BETTER["class_ami"]
+
+
+def test_devn_is_dev_with_weights_of_mean_one():
+    from uda_core.evaluation.validators import dev_normalised_risk
+
+    rng = np.random.default_rng(7)
+    w, loss = rng.gamma(2.0, 1.5, 60), rng.random(60)  # weights averaging about 3: a miscalibrated classifier
+    v = w / w.mean()
+    eta = -np.cov(v * loss, v, ddof=1)[0, 1] / np.var(v, ddof=1)
+    assert dev_normalised_risk(w, loss) == pytest.approx(np.mean(v * loss) + eta * np.mean(v) - eta)
+    assert dev_normalised_risk(3 * w, loss) == pytest.approx(dev_normalised_risk(w, loss))  # scale-free
+    assert dev_risk(3 * w, loss) != pytest.approx(dev_risk(w, loss))  # unlike DEV
+    assert not HIGHER_IS_BETTER["devn"]

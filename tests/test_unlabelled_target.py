@@ -27,6 +27,7 @@ from uda_core.train import train
 # Every number an evaluation computes without a target label (spelled out here, not taken from the code under test).
 LABEL_FREE = ("source_val/acc", "source_val/mean_class_acc", "source_test/acc_shared", "label_free/snd",
               "label_free/entropy", "label_free/im", "label_free/dev", "label_free/agreement", "label_free/combined",
+              "label_free/bnm", "label_free/class_ami", "label_free/devn", "label_free/emulated_acc",
               "label_free/rejected_frac")
 
 

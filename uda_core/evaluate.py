@@ -28,7 +28,8 @@ from .evaluation import metrics as M
 from .evaluation import names as N
 from .evaluation.names import OBJECTIVES, is_oracle  # noqa: F401 (re-exported: the tables live in names)
 from .evaluation.rejection import mpe_threshold
-from .evaluation.validators import augmentation_agreement, combined_score, dev_risk, domain_weights, label_free_scores
+from .evaluation.validators import (augmentation_agreement, class_ami, combined_score, dev_normalised_risk, dev_risk,
+                                    domain_weights, label_free_scores)
 from .evaluation.vote_metrics import vote_report
 from .methods import Method
 from .models import SOURCE, TARGET, UdaNet, reestimate_bn
@@ -157,6 +158,8 @@ class _Outputs:
     lg_te: np.ndarray
     f_te: np.ndarray
     protos: np.ndarray
+    lg_known: np.ndarray  # source/val emulated as the target survey, through the target branch (known_reference)
+    f_known: np.ndarray
 
 
 @dataclass
@@ -183,7 +186,8 @@ def _network_outputs(model: UdaNet, data: UdaData, cfg: RunConfig, autocast) -> 
     lg_tt, f_tt = predict(model, data["target/train"].x, TARGET, autocast=autocast)
     lg_te, f_te = predict(model, data["target/test"].x, TARGET, autocast=autocast)
     protos = torch.nn.functional.normalize(model.prototypes.detach().float(), dim=1).cpu().numpy()
-    return _Outputs(src_feats, lg_val, f_val, lg_stest, f_stest, lg_tt, f_tt, lg_te, f_te, protos)
+    lg_known, f_known = known_reference(model, data, autocast)
+    return _Outputs(src_feats, lg_val, f_val, lg_stest, f_stest, lg_tt, f_tt, lg_te, f_te, protos, lg_known, f_known)
 
 
 def known_reference(model: UdaNet, data: UdaData, autocast=contextlib.nullcontext,
@@ -225,7 +229,13 @@ def _label_free_metrics(model: UdaNet, o: _Outputs, data: UdaData, cfg: RunConfi
     out = {N.label_free(k): v for k, v in label_free_scores(p_tt, ev.snd_max_samples).items()}
     y_val = data["source/val"].y.numpy()
     weights = domain_weights(o.src_feats, o.f_tt, o.f_val, max_samples=ev.dev_max_samples)
-    out[N.label_free("dev")] = dev_risk(weights, (o.lg_val.argmax(1) != y_val).astype(np.float64))
+    errors = (o.lg_val.argmax(1) != y_val).astype(np.float64)
+    out[N.label_free("dev")] = dev_risk(weights, errors)
+    out[N.label_free("devn")] = dev_normalised_risk(weights, errors)
+    out[N.label_free("class_ami")] = class_ami(o.f_tt, o.lg_tt.argmax(1), data.num_known, ev.dev_max_samples)
+    # Source labels on source galaxies made to look like the target survey: an estimate of target accuracy on the
+    # known classes that reads no target label (and no self-training's own confidence).
+    out[N.label_free("emulated_acc")] = float((o.lg_known.argmax(1) == y_val).mean()) if len(y_val) else math.nan
     x_agree = data["target/train"].x[: ev.agreement_max_samples]
     views = [M.softmax(predict(model, dihedral(x_agree, v), TARGET, autocast=autocast)[0]) for v in range(1, 8)]
     out[N.label_free("agreement")] = augmentation_agreement(p_tt[: len(x_agree)], np.stack(views))
@@ -241,9 +251,9 @@ def fitted_rule(model: UdaNet, method: Method, data: UdaData, cfg: RunConfig, ou
 
     `outputs` maps split names to (logits, features); "tt" (target/train) is the one the threshold is fitted on.
     Returns every anomaly score and the deployed score per split, and the threshold on the deployed score. The
-    emulated known reference ("known") is added when the threshold needs it."""
+    emulated known reference ("known") is added when the threshold needs it and `outputs` lacks it."""
     outputs = dict(outputs)
-    if needs_known_reference(method, cfg):
+    if needs_known_reference(method, cfg) and "known" not in outputs:
         outputs["known"] = known_reference(model, data, autocast)
     scores = {split: M.anomaly_scores(lg, f, protos, bank, model.temperature, k=cfg.eval.knn_k)
               for split, (lg, f) in outputs.items()}
@@ -255,6 +265,8 @@ def fitted_rule(model: UdaNet, method: Method, data: UdaData, cfg: RunConfig, ou
 def _rejection(model: UdaNet, method: Method, o: _Outputs, data: UdaData, cfg: RunConfig, num_known: int,
                autocast) -> _Rejection:
     outputs = {"tt": (o.lg_tt, o.f_tt), "te": (o.lg_te, o.f_te)}
+    if needs_known_reference(method, cfg):
+        outputs["known"] = (o.lg_known, o.f_known)  # computed once, for emulated accuracy too
     scores, deployed, primary = fitted_rule(model, method, data, cfg, outputs, o.protos, o.src_feats, autocast)
     thresholds = {s: M.gmm_threshold(scores["tt"][s]) for s in ANOMALY_SCORES}
     return _Rejection(scores["tt"], scores["te"], thresholds, entropy_rho(method, cfg, num_known), deployed["tt"],

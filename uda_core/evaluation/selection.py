@@ -48,13 +48,14 @@ NOISE_FLOOR_BY = {"acc": N.ORACLE_TRAIN_ACC, "h": N.ORACLE_TRAIN_H}
 
 
 def load_records(paths: Iterable[Path]) -> pd.DataFrame:
-    """bench/selection.py records (JSON lines) as one row per evaluation: pair, seed, method, trial, step, metrics."""
+    """bench/selection.py records (JSON lines) as one row per evaluation: pair, seed, method (the sweep's: one method,
+    or "all"), trained (the trial's method), trial, step, metrics. A trial's closing line (no metrics) is skipped."""
     rows = []
     for path in paths:
         for line in Path(path).read_text().splitlines():
-            if line.strip():
-                r = json.loads(line)
-                rows.append({k: r[k] for k in ("pair", "seed", "method", "trial")}
+            if line.strip() and "metrics" in (r := json.loads(line)):
+                rows.append({k: r[k] for k in ("pair", "seed", "method", "trial")} | {"trained": r.get("trained",
+                                                                                                   r["method"])}
                             | {k: (np.nan if v is None else v) for k, v in r["metrics"].items()})
     df = pd.DataFrame(rows)
     df["step"] = df.groupby(["pair", "seed", "method", "trial"]).cumcount()  # checkpoint index within the trial

@@ -2,8 +2,9 @@
 
 ``LABEL_FREE_CRITERIA`` is the one registry of the label-free criteria an evaluation reports (``source_val/acc``
 aside): each with its metric name, its direction and, for those computed from target probabilities (N, C) alone,
-its function. DEV also needs source features and source-validation errors, augmentation agreement needs predictions
-on transformed target stamps, and ``combined`` averages source validation accuracy, normalised information
+its function. DEV (and DEVN) also needs source features and source-validation errors, ClassAMI target features,
+augmentation agreement predictions on transformed target stamps, emulated accuracy the source-validation stamps
+degraded to the target survey, and ``combined`` averages source validation accuracy, normalised information
 maximisation and agreement. ``VALIDATORS`` and ``HIGHER_IS_BETTER`` are views of the registry.
 """
 from __future__ import annotations
@@ -27,6 +28,9 @@ __all__ = [
     "HIGHER_IS_BETTER",
     "label_free_scores",
     "dev_risk",
+    "dev_normalised_risk",
+    "batch_nuclear_norm",
+    "class_ami",
     "domain_weights",
     "augmentation_agreement",
     "combined_score",
@@ -93,6 +97,33 @@ def information_maximization(probs: Any) -> float:
     return float(entropy(marginal, eps=_EPS)[0] - np.mean(entropy(p, eps=_EPS)))
 
 
+def batch_nuclear_norm(probs: Any) -> float:
+    """BNM (Cui et al., 2020), as a validator: the nuclear norm of the target prediction matrix P (N, C), divided by
+    its largest value sqrt(N min(N, C)) (confident one-hot rows spread evenly over the classes), so scores of
+    different N compare. High when predictions are both confident and diverse. Higher is better."""
+    p = to_numpy(probs, np.float64)
+    if p.shape[0] == 0:
+        return float("nan")
+    return float(np.linalg.svd(p, compute_uv=False).sum() / math.sqrt(p.shape[0] * min(p.shape)))
+
+
+def class_ami(feats: Any, predicted: Any, num_clusters: int, max_samples: int = 2000, seed: int = 0) -> float:
+    """ClassAMI (Musgrave et al., 2022): the adjusted mutual information between the classifier's predicted classes
+    and a k-means clustering (k = number of classes) of the same target features; high when the decision follows
+    the structure of the features. A seeded subset of `max_samples` points bounds the cost. Higher is better."""
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import adjusted_mutual_info_score
+
+    f, y = to_numpy(feats, np.float64), np.asarray(predicted)
+    if len(f) > max_samples:
+        idx = np.random.default_rng(seed).choice(len(f), int(max_samples), replace=False)
+        f, y = f[idx], y[idx]
+    if len(f) <= num_clusters:
+        return float("nan")
+    clusters = KMeans(num_clusters, n_init=3, random_state=seed).fit_predict(f)
+    return float(adjusted_mutual_info_score(y, clusters))
+
+
 @dataclass(frozen=True)
 class LabelFreeCriterion:
     """A label-free selection score: its short name (metric `label_free/<name>`), whether higher is better, and the
@@ -112,7 +143,8 @@ class LabelFreeCriterion:
 
 
 # Names and directions come from `names` (light, for config validation); the functions from here.
-_FROM_PROBS: dict[str, Callable[..., float]] = {"snd": snd, "entropy": mean_entropy, "im": information_maximization}
+_FROM_PROBS: dict[str, Callable[..., float]] = {"snd": snd, "entropy": mean_entropy, "im": information_maximization,
+                                                "bnm": batch_nuclear_norm}
 LABEL_FREE_CRITERIA: tuple[LabelFreeCriterion, ...] = tuple(
     LabelFreeCriterion(name, higher, _FROM_PROBS.get(name)) for name, higher in LABEL_FREE_HIGHER_IS_BETTER.items()
 )
@@ -180,6 +212,15 @@ def dev_risk(weights: Any, losses: Any) -> float:
     var = np.var(w, ddof=1)
     eta = 0.0 if var < 1e-12 else -np.cov(wl, w, ddof=1)[0, 1] / var
     return float(wl.mean() + eta * w.mean() - eta)
+
+
+def dev_normalised_risk(weights: Any, losses: Any) -> float:
+    """DEV with its weights divided by their mean (DEVN, Musgrave et al., 2022), so that a badly calibrated domain
+    classifier, whose weights do not average 1 on the source, cannot inflate or shrink the risk. Lower is better."""
+    w = to_numpy(weights, np.float64)
+    if len(w) < 2 or not np.all(np.isfinite(w)) or w.mean() <= 0:
+        return float("nan")
+    return dev_risk(w / w.mean(), losses)
 
 
 def augmentation_agreement(probs: Any, view_probs: Any) -> float:
