@@ -15,9 +15,10 @@ emulation (AdaBN + survey emulation) has the better mean on that metric: the con
 method then faces the tougher of the two on every column. Methods that train on target labels (target_oracle,
 open_set_oracle) are ceilings, marked "(oracle)".
 
-One JSON record per (pair, method, seed) goes to `<out>/records/`, written whole when the run ends; a run whose
+One JSON record per (pair, method, seed), about 500 bytes, goes to `--records` (bench/records/adaptation, kept in
+git: a working session's ignored files do not reach the next one), written whole when the run ends; a run whose
 record exists is skipped, so a killed benchmark continues where it stopped (and two processes on disjoint
-`--pairs` may share an `--out` to use both cores). Records carry the setup (size, steps, model) and
+`--pairs` may share `--records` to use both cores). Records carry the setup (size, steps, model) and
 a record from another setup is an error, never silently mixed in. `--analyse-only` redraws tables and picture.
 
 Cost on this 2-core CPU, one thread, width 16, batch 64 per domain, 1,000 steps, 48 px (`small`, whose training
@@ -28,7 +29,7 @@ one quiet core, 15-20 hours on this shared machine: more than one working sessio
 killed, start it again.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/adaptation.py [--pairs decals:sdss ...] [--methods adabn,dance]
-        [--seeds 5] [--size bench] [--steps 1000] [--out bench/out/adaptation] [--publish]
+        [--seeds 5] [--size bench] [--steps 1000] [--records bench/records/adaptation] [--publish]
 On a GPU: --size large --width 32 (5,000 target/test stamps at 96 px).
 """
 
@@ -72,8 +73,8 @@ LABELS = {"acc": "accuracy (shared)", "h": "H-score", "auroc": "AUROC",
 
 # ---- records -------------------------------------------------------------------------------------------------
 
-def record_path(out: Path, pair: str, method: str, seed: int) -> Path:
-    return out / "records" / f"{pair.replace(':', '-')}_{method}_seed{seed}.json"
+def record_path(records: Path, pair: str, method: str, seed: int) -> Path:
+    return records / f"{pair.replace(':', '-')}_{method}_seed{seed}.json"
 
 
 def load_record(path: Path, setup: dict) -> dict | None:
@@ -82,7 +83,7 @@ def load_record(path: Path, setup: dict) -> dict | None:
         return None
     record = json.loads(path.read_text())
     if record["setup"] != setup:
-        raise SystemExit(f"{path} was measured with {record['setup']}, not {setup}: use another --out, or the "
+        raise SystemExit(f"{path} was measured with {record['setup']}, not {setup}: use another --records, or the "
                          "same settings, so that runs of two setups are never averaged together")
     return record
 
@@ -95,10 +96,10 @@ def write_record(path: Path, record: dict) -> None:
     tmp.replace(path)
 
 
-def pending_runs(out: Path, setup: dict, pairs, methods, seeds) -> list[tuple[str, str, int]]:
+def pending_runs(records: Path, setup: dict, pairs, methods, seeds) -> list[tuple[str, str, int]]:
     """(pair, method, seed) without a record, seed by seed, so a partial benchmark holds complete paired seeds."""
     return [(p, m, s) for s in seeds for p in pairs for m in methods
-            if load_record(record_path(out, p, m, s), setup) is None]
+            if load_record(record_path(records, p, m, s), setup) is None]
 
 
 # ---- statistics ----------------------------------------------------------------------------------------------
@@ -353,7 +354,9 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64, help="per domain")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--root", type=Path, default=ROOT / "data", help="data set cache")
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "adaptation")
+    ap.add_argument("--records", type=Path, default=ROOT / "bench" / "records" / "adaptation",
+                    help="one JSON file per run, kept in git so later sessions extend them")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "adaptation", help="the picture")
     ap.add_argument("--analyse-only", action="store_true", help="tables and picture from the records only")
     ap.add_argument("--publish", action="store_true", help="write bench/results/adaptation.json")
     args = ap.parse_args()
@@ -368,18 +371,18 @@ def main() -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-        todo = pending_runs(args.out, setup, args.pairs, methods, seeds)
+        todo = pending_runs(args.records, setup, args.pairs, methods, seeds)
         print(f"{len(todo)} runs to do ({len(args.pairs) * len(methods) * len(seeds) - len(todo)} recorded)",
               flush=True)
         for i, (pair, method, seed) in enumerate(todo):
             record = run_one(pair, method, seed, args)
-            write_record(record_path(args.out, pair, method, seed), record)
+            write_record(record_path(args.records, pair, method, seed), record)
             shown = " ".join(f"{k}={v:.3f}" for k, v in record["metrics"].items() if v is not None)
             print(f"[{i + 1}/{len(todo)}] {pair} {method} seed {seed}: {shown} ({record['seconds']:.0f} s)",
                   flush=True)
 
     records = [r for p in args.pairs for m in methods for s in seeds
-               if (r := load_record(record_path(args.out, p, m, s), setup)) is not None]
+               if (r := load_record(record_path(args.records, p, m, s), setup)) is not None]
     summary = summarise(records)
     print(markdown_tables(summary, methods))
     picture = plot_differences(summary, methods, args.out / "adaptation.png") if summary else None

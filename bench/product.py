@@ -141,8 +141,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="data and training seed (bench/adaptation's)")
     ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--root", type=Path, default=ROOT / "bench" / "out" / "adaptation_data", help="data set cache")
-    ap.add_argument("--adaptation", type=Path, default=ROOT / "bench" / "out" / "adaptation",
-                    help="bench/adaptation's --out: the target oracle's records")
+    ap.add_argument("--adaptation", type=Path, default=ROOT / "bench" / "records" / "adaptation",
+                    help="bench/adaptation's --records: the target oracle's records")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "product")
     ap.add_argument("--publish", action="store_true", help="write bench/results/product.json")
     args = ap.parse_args()

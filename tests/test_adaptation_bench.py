@@ -63,5 +63,5 @@ def test_resume_skips_recorded_runs_and_refuses_another_setup(tmp_path):
     todo = bench.pending_runs(tmp_path, SETUP, pairs, methods, seeds)
     assert todo == [("a:b", "adabn", 0), ("a:b", "adabn", 1), ("a:b", "dance", 1)]
     assert not list(tmp_path.rglob("*.tmp"))  # written whole, then renamed
-    with pytest.raises(SystemExit, match="use another --out"):
+    with pytest.raises(SystemExit, match="use another --records"):
         bench.pending_runs(tmp_path, {**SETUP, "steps": 1000}, pairs, methods, seeds)
