@@ -196,8 +196,8 @@ def main() -> None:
         from uda_core.config import build_config
         from uda_core.train import load_data
 
-        for pair in args.pairs:  # generate every data set once, before the workers race for it
-            for seed in args.seeds:
+        for pair in args.pairs:  # several sweeps on one data set: generate it once, before the workers race for it
+            for seed in args.seeds if len(args.methods) > 1 else ():
                 load_data(build_config(base_config(pair, args.methods[0], seed, args)), progress=False)
         jobs = [(p, s, m, args) for s in args.seeds for p in args.pairs for m in args.methods]
         with mp.get_context("spawn").Pool(args.workers) as pool:
