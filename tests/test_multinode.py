@@ -196,7 +196,7 @@ def test_mlflow_server_restart_mid_sweep_loses_no_metrics(cluster, data_root, ti
     sweep = write_sweep(tmp, data_root, "restart", search={"num_trials": 2}, baselines=[],
                         run={"train": {"steps": 20 * EVERY, "eval_every": EVERY, "precision": "fp32"}},
                         scheduler={"type": "none"},
-                        tracking={"uri": cluster["uri"], "embedding": "pca", "finalists": 0},
+                        tracking={"uri": cluster["uri"], "embedding": "none", "finalists": 0},
                         storage={"path": str(storage)})
     driver = subprocess.Popen([str(BIN / "uda-sweep"), "run", str(sweep), "--address", cluster["address"]], cwd=tmp,
                               env=env, stdout=subprocess.DEVNULL, stderr=open(tmp / "restart.log", "w"))

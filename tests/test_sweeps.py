@@ -192,7 +192,7 @@ def test_one_driver_per_sweep_and_no_resume_from_a_moved_folder(finished):
 
 
 def test_failing_and_diverging_trials_do_not_stop_the_sweep(tmp_path, data_root, tiny_folder):
-    path = write_sweep(tmp_path, data_root, "flaky")
+    path = write_sweep(tmp_path, data_root, "flaky", tracking={"embedding": "none", "finalists": 0})
     summary = run_sweep(path, workdir=tmp_path, trainable=sweep_helpers.flaky_trial, progress=False)
     status = {r["trial_id"]: r["status"] for r in summary.trials}
     assert sorted(status.values()) == ["ERROR", "ERROR", "TERMINATED", "TERMINATED"]
@@ -215,7 +215,7 @@ def test_resume_after_driver_sigkill(tmp_path, data_root, tiny_folder):
     path = write_sweep(tmp_path, data_root, "killed",
                        run={"train": {"steps": 40, "eval_every": 10, "precision": "fp32"}},
                        search={"num_trials": 4, "overrides": {"model.width": 8, "optim.batch_size": 16}},
-                       scheduler={"type": "none"})
+                       scheduler={"type": "none"}, tracking={"embedding": "none", "finalists": 0})
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"PYTHONUNBUFFERED": "1"}  # its own Ray
     driver = subprocess.Popen([sys.executable, "-m", "sweeps.cli", "run", str(path)], cwd=tmp_path, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
