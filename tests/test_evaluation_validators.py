@@ -81,8 +81,8 @@ def test_confident_vs_uniform_order():
     uniform = np.full((200, 4), 0.25)
     sc, su = label_free_scores(confident), label_free_scores(uniform)
     assert set(sc) == {"snd", "entropy", "im", "bnm"} == set(VALIDATORS)
-    assert set(HIGHER_IS_BETTER) == set(VALIDATORS) | {"dev", "devn", "class_ami", "emulated_acc", "agreement",
-                                                       "combined"}
+    assert set(HIGHER_IS_BETTER) == set(VALIDATORS) | {"dev", "devn", "class_ami", "emulated_acc", "estimated_h",
+                                                       "agreement", "combined"}
     assert sc["entropy"] < su["entropy"]
     assert sc["im"] > su["im"]
     assert su["im"] == pytest.approx(0.0, abs=1e-9)
@@ -192,3 +192,19 @@ def test_devn_is_dev_with_weights_of_mean_one():
     assert dev_normalised_risk(3 * w, loss) == pytest.approx(dev_normalised_risk(w, loss))  # scale-free
     assert dev_risk(3 * w, loss) != pytest.approx(dev_risk(w, loss))  # unlike DEV
     assert not HIGHER_IS_BETTER["devn"]
+
+
+def test_estimated_h_score_against_a_hand_count():
+    from uda_core.evaluation.validators import estimated_h_score
+
+    y = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 1])
+    correct = np.array([1, 1, 1, 0, 1, 1, 1, 1, 0, 0], bool)
+    rejected = np.array([0, 1, 0, 0, 0, 0, 0, 0, 0, 1], bool)  # false rejections on the known reference: 2 of 10
+    # known accuracy: class 0: correct and accepted 2/4; class 1: 4/6; mean 7/12
+    # recall: target rejects 40%, pi 0.3: (0.40 - 0.7 * 0.2) / 0.3 = 0.8667
+    known, recall = (2 / 4 + 4 / 6) / 2, (0.40 - 0.7 * 0.2) / 0.3
+    assert estimated_h_score(correct, y, rejected, 0.40, 0.3) == pytest.approx(2 * known * recall / (known + recall))
+    assert estimated_h_score(correct, y, rejected, 0.95, 0.3) == pytest.approx(2 * known / (known + 1))  # clipped at 1
+    assert estimated_h_score(correct, y, rejected, 0.40, 0.0) == 0.0  # no unknowns found: nothing shows recall
+    assert math.isnan(estimated_h_score(correct, y, rejected, 0.40, float("nan")))
+    assert HIGHER_IS_BETTER["estimated_h"]

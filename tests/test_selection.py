@@ -127,3 +127,18 @@ def test_criteria_vs_oracle_text_is_large():
     assert min(t.get_fontsize() for t in ax.get_xticklabels()) >= 10 and fig.get_suptitle()
     assert fig.get_size_inches()[0] <= 14  # shown ~900 px wide: fewer inches, larger text
     plt.close(fig)
+
+
+def test_combinations_are_the_mean_of_their_unit_scaled_parts():
+    from uda_core.evaluation.selection import COMBINATIONS, add_combinations
+
+    df = pd.DataFrame({"label_free/emulated_acc": [0.8, 0.4], "label_free/estimated_h": [0.2, 0.6],
+                       "label_free/im": [math.log(6), 0.0], "label_free/agreement": [0.5, 1.0]})
+    out = add_combinations(df, num_known=6)
+    assert list(out["mean of emulated_acc, estimated_h"]) == pytest.approx([0.5, 0.5])
+    assert list(out["mean of emulated_acc, im / ln K, agreement"]) == pytest.approx([(0.8 + 1 + 0.5) / 3, 1.4 / 3])
+    assert set(COMBINATIONS) <= set(CRITERIA)
+    assert "mean of emulated_acc, estimated_h" not in add_combinations(df[["label_free/im"]], 6)  # parts missing
+    s = sweep_selection(out.assign(trial=[0, 1], **{"source_val/acc": 0.9, "oracle/target_test/acc_shared": [0.7, 0.6],
+                                                   "oracle/target_test/h_score": [0.1, 0.3]})).set_index("criterion")
+    assert s.loc["mean of emulated_acc, im / ln K, agreement", "regret_h"] == pytest.approx(0.2)  # picks trial 0

@@ -27,9 +27,9 @@ from .data.stamps import Stamps, stretch
 from .evaluation import metrics as M
 from .evaluation import names as N
 from .evaluation.names import OBJECTIVES, is_oracle  # noqa: F401 (re-exported: the tables live in names)
-from .evaluation.rejection import mpe_threshold
+from .evaluation.rejection import mpe_threshold, unknown_fraction
 from .evaluation.validators import (augmentation_agreement, class_ami, combined_score, dev_normalised_risk, dev_risk,
-                                    domain_weights, label_free_scores)
+                                    domain_weights, estimated_h_score, label_free_scores)
 from .evaluation.vote_metrics import vote_report
 from .methods import Method
 from .models import SOURCE, TARGET, UdaNet, reestimate_bn
@@ -175,6 +175,7 @@ class _Rejection:
     primary: float  # the threshold on it
     rejected_tt: np.ndarray
     rejected_te: np.ndarray
+    deployed_known: np.ndarray  # on the emulated known reference (known_reference)
 
 
 def _network_outputs(model: UdaNet, data: UdaData, cfg: RunConfig, autocast) -> _Outputs:
@@ -264,13 +265,12 @@ def fitted_rule(model: UdaNet, method: Method, data: UdaData, cfg: RunConfig, ou
 
 def _rejection(model: UdaNet, method: Method, o: _Outputs, data: UdaData, cfg: RunConfig, num_known: int,
                autocast) -> _Rejection:
-    outputs = {"tt": (o.lg_tt, o.f_tt), "te": (o.lg_te, o.f_te)}
-    if needs_known_reference(method, cfg):
-        outputs["known"] = (o.lg_known, o.f_known)  # computed once, for emulated accuracy too
+    # The emulated known reference, computed once: the "mpe" threshold reads it, and the estimated H-score too.
+    outputs = {"tt": (o.lg_tt, o.f_tt), "te": (o.lg_te, o.f_te), "known": (o.lg_known, o.f_known)}
     scores, deployed, primary = fitted_rule(model, method, data, cfg, outputs, o.protos, o.src_feats, autocast)
     thresholds = {s: M.gmm_threshold(scores["tt"][s]) for s in ANOMALY_SCORES}
     return _Rejection(scores["tt"], scores["te"], thresholds, entropy_rho(method, cfg, num_known), deployed["tt"],
-                      deployed["te"], primary, deployed["tt"] > primary, deployed["te"] > primary)
+                      deployed["te"], primary, deployed["tt"] > primary, deployed["te"] > primary, deployed["known"])
 
 
 def _oracle_metrics(o: _Outputs, rule: _Rejection, data: UdaData, cfg: RunConfig) -> dict[str, float]:
@@ -362,6 +362,10 @@ def evaluate(model: UdaNet, method: Method, data: UdaData, cfg: RunConfig, step:
     out.update(_label_free_metrics(model, o, data, cfg, out[N.SOURCE_VAL_ACC], autocast))
     rule = _rejection(model, method, o, data, cfg, K, autocast)
     out[N.REJECTED_FRAC] = float(rule.rejected_tt.mean())
+    out[N.label_free("estimated_h")] = estimated_h_score(
+        o.lg_known.argmax(1) == data["source/val"].y.numpy(), data["source/val"].y.numpy(),
+        rule.deployed_known > rule.primary, rule.rejected_tt.mean(), unknown_fraction(rule.deployed_tt,
+                                                                                      rule.deployed_known))
     y_st = data["source/test"].y.numpy()
     conf = {N.CONFUSION_SOURCE: M.confusion(y_st, o.lg_stest.argmax(1), np.zeros(len(y_st), bool), K, names)}
     embedding = {"source": o.f_stest, "target": o.f_te}

@@ -68,7 +68,7 @@ def is_oracle(metric: str) -> bool:
 # uda_core.evaluation.validators (LABEL_FREE_CRITERIA), which takes the directions from here.
 LABEL_FREE_HIGHER_IS_BETTER: dict[str, bool] = {
     "snd": True, "entropy": False, "im": True, "dev": False, "agreement": True, "combined": True,
-    "bnm": True, "class_ami": True, "devn": False, "emulated_acc": True,
+    "bnm": True, "class_ami": True, "devn": False, "emulated_acc": True, "estimated_h": True,
 }
 
 # Metrics a sweep may optimise, with the direction that is better. Those under oracle/ need target labels: a real

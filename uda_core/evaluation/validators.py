@@ -4,8 +4,9 @@
 aside): each with its metric name, its direction and, for those computed from target probabilities (N, C) alone,
 its function. DEV (and DEVN) also needs source features and source-validation errors, ClassAMI target features,
 augmentation agreement predictions on transformed target stamps, emulated accuracy the source-validation stamps
-degraded to the target survey, and ``combined`` averages source validation accuracy, normalised information
-maximisation and agreement. ``VALIDATORS`` and ``HIGHER_IS_BETTER`` are views of the registry.
+degraded to the target survey, the estimated H-score those and the unknown-class rule, and ``combined`` averages
+source validation accuracy, normalised information maximisation and agreement. ``VALIDATORS`` and
+``HIGHER_IS_BETTER`` are views of the registry.
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ __all__ = [
     "dev_normalised_risk",
     "batch_nuclear_norm",
     "class_ami",
+    "estimated_h_score",
     "domain_weights",
     "augmentation_agreement",
     "combined_score",
@@ -221,6 +223,28 @@ def dev_normalised_risk(weights: Any, losses: Any) -> float:
     if len(w) < 2 or not np.all(np.isfinite(w)) or w.mean() <= 0:
         return float("nan")
     return dev_risk(w / w.mean(), losses)
+
+
+def estimated_h_score(known_correct: Any, known_labels: Any, known_rejected: Any, target_rejected_frac: float,
+                      unknown_frac: float) -> float:
+    """The H-score estimated without a target label, from the unknown-class rule as deployed. Higher is better.
+
+    Known side: on source galaxies emulated as the target survey (the known reference), the mean over their classes
+    of the rate of `correct and not rejected`, as H-score's known accuracy is on the target's known classes.
+    Unknown side: the target's rejected share r mixes false rejections of its (1 - pi) known galaxies, at the
+    reference's rate f, with the recall on its pi unknowns: r = (1 - pi) f + pi recall, so
+    recall = (r - (1 - pi) f) / pi, clipped to [0, 1], with pi the mixture-proportion estimate of the unknown share
+    (rejection.unknown_fraction). A target the estimate finds no unknowns in gets recall 0, so H 0: nothing there
+    shows the rule finds anything. nan when an input is missing."""
+    correct, y, rej = (np.asarray(a) for a in (known_correct, known_labels, known_rejected))
+    if not len(y) or not (np.isfinite(target_rejected_frac) and np.isfinite(unknown_frac)):
+        return float("nan")
+    accepted_correct = correct.astype(bool) & ~rej.astype(bool)
+    known_acc = float(np.mean([accepted_correct[y == c].mean() for c in np.unique(y)]))
+    false_rejection = float(rej.astype(bool).mean())
+    recall = (float(np.clip((target_rejected_frac - (1 - unknown_frac) * false_rejection) / unknown_frac, 0.0, 1.0))
+              if unknown_frac > 0 else 0.0)
+    return 0.0 if known_acc + recall == 0 else 2 * known_acc * recall / (known_acc + recall)
 
 
 def augmentation_agreement(probs: Any, view_probs: Any) -> float:
