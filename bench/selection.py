@@ -234,6 +234,12 @@ def main() -> None:
                                                selection_summary, summary_table)
 
     records = add_combinations(load_records(sorted(args.records.glob("*.jsonl"))), get_task("universal").num_known)
+    # Only finished sweeps: a partial one is a smaller population, whose regrets do not compare.
+    size = records.groupby(["pair", "method", "seed"])["trial"].transform("nunique")
+    if partial := sorted({f"{p} {m} seed {s}" for p, m, s in
+                          records.loc[size < args.trials, ["pair", "method", "seed"]].itertuples(index=False)}):
+        print(f"left out, fewer than {args.trials} trials recorded: {', '.join(partial)}")
+    records = records[size >= args.trials]
     summary = selection_summary(records)
     summary.to_csv(args.out / "selection.csv", index=False)
     table = summary_table(summary)
