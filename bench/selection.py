@@ -67,18 +67,33 @@ def records_file(records: Path, pair: str, method: str, seed: int) -> Path:
     return records / f"{pair.replace(':', '-')}_{method}_seed{seed}.jsonl"
 
 
-def recorded_trials(path: Path, setup: dict) -> int:
-    """How many trials the records file holds complete (a trial's lines end with its `done` line); a file of
-    another setup is an error, not a silent mix."""
-    if not path.exists():
-        return 0
-    done = 0
-    for line in path.read_text().splitlines():
-        r = json.loads(line)
+class RecordsError(RuntimeError):
+    """Records that cannot be continued: another setup, or draws that no longer replay (the search space changed)."""
+
+
+def finished_trials(path: Path, setup: dict) -> list[dict]:
+    """The closing lines (params included) of the trials the records file holds whole, in order. What follows the
+    last closing line (a trial killed while its lines were written) does not count; a file of another setup is an
+    error, not a silent mix."""
+    done = []
+    for line in path.read_text().splitlines() if path.exists() else ():
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError:
+            break  # a torn last line
         if r.get("setup", setup) != setup:
-            raise SystemExit(f"{path}: recorded with {r['setup']}, not {setup}: use another --records folder")
-        done += bool(r.get("done"))
+            raise RecordsError(f"{path}: recorded with {r['setup']}, not {setup}: use another --records folder")
+        if r.get("done"):
+            done.append(r)
     return done
+
+
+def drop_torn_tail(path: Path) -> None:
+    """Cut the file after its last closing line, so a continued sweep appends after whole trials only."""
+    if path.exists():
+        text = path.read_text()
+        end = text.rfind('"done": true')
+        path.write_text(text[: text.index("\n", end) + 1] if end >= 0 else "")
 
 
 def setup_of(args) -> dict:
@@ -101,9 +116,11 @@ def run_job(job: tuple[str, int, str, argparse.Namespace]) -> str:
 
     pair, seed, method, args = job
     out, setup = records_file(args.records, pair, method, seed), setup_of(args)
-    done = recorded_trials(out, setup)
+    recorded = finished_trials(out, setup)
+    done = len(recorded)
     if done >= args.trials:
         return str(out)
+    drop_torn_tail(out)
     torch.set_num_threads(1)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     base = base_config(pair, method, seed, args)
@@ -115,8 +132,11 @@ def run_job(job: tuple[str, int, str, argparse.Namespace]) -> str:
         trial = study.ask()
         params = {**space(trial), **trial.params}
         study.tell(trial, 0.0)
-        if i < done:
-            continue  # recorded already: its draw is replayed so the next ones are the same as in one run
+        if i < done:  # recorded already: its draw is replayed so the next ones are the same as in one run
+            if json.loads(json.dumps(params)) != recorded[i]["params"]:
+                raise RecordsError(f"{out}: trial {i} no longer draws what it recorded (the search space changed): "
+                                   "use another --records folder")
+            continue
         cfg = build_config(apply_params(base, params))
         trained = params.get(METHOD_KEY, cfg.method.name)
         evals = []
@@ -207,7 +227,7 @@ def main() -> None:
                     help="the per-evaluation records (kept in git)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "selection", help="tables and picture")
     ap.add_argument("--data-root", type=Path, default=ROOT / "bench" / "out" / "adaptation_data",
-                    help="data set cache (bench/adaptation's and bench/product's)")
+                    help="data set cache (bench/product's)")
     ap.add_argument("--analyse-only", action="store_true")
     ap.add_argument("--publish", action="store_true",
                     help="write the per-criterion regrets to sweeps/selection_benchmark.json "
@@ -225,6 +245,10 @@ def main() -> None:
             for seed in args.seeds if len(args.methods) > 1 else ():
                 load_data(build_config(base_config(pair, args.methods[0], seed, args)), progress=False)
         jobs = [(p, s, m, args) for s in args.seeds for p in args.pairs for m in args.methods]
+        try:  # every records file of another setup, before any work
+            [finished_trials(records_file(args.records, p, m, s), setup_of(args)) for p, s, m, _ in jobs]
+        except RecordsError as e:
+            raise SystemExit(f"error: {e}") from None
         with mp.get_context("spawn").Pool(args.workers) as pool:
             for path in pool.imap_unordered(run_job, jobs):
                 print(f"done: {path} ({time.time() - t0:.0f} s)", flush=True)
@@ -233,13 +257,21 @@ def main() -> None:
     from uda_core.evaluation.selection import (NOISE_FLOOR, RANDOM, add_combinations, load_records, plot_selection,
                                                selection_summary, summary_table)
 
-    records = add_combinations(load_records(sorted(args.records.glob("*.jsonl"))), get_task("universal").num_known)
-    # Only finished sweeps: a partial one is a smaller population, whose regrets do not compare.
-    size = records.groupby(["pair", "method", "seed"])["trial"].transform("nunique")
-    if partial := sorted({f"{p} {m} seed {s}" for p, m, s in
-                          records.loc[size < args.trials, ["pair", "method", "seed"]].itertuples(index=False)}):
+    # Only finished sweeps, each cut to --trials whole trials: populations of other sizes do not compare.
+    files, finished, partial = sorted(args.records.glob("*.jsonl")), set(), []
+    for path in files:
+        closing = finished_trials(path, setup_of(args))
+        if len(closing) < args.trials:
+            partial.append(path.stem)
+        else:
+            finished |= {(c["pair"], c["method"], c["seed"], c["trial"]) for c in closing[: args.trials]}
+    if partial:
         print(f"left out, fewer than {args.trials} trials recorded: {', '.join(partial)}")
-    records = records[size >= args.trials]
+    records = load_records(files)
+    keep = [k in finished for k in records[["pair", "method", "seed", "trial"]].itertuples(index=False, name=None)]
+    records = add_combinations(records[keep].reset_index(drop=True), get_task("universal").num_known)
+    if records.empty:
+        raise SystemExit("no finished sweep recorded yet: nothing to analyse")
     summary = selection_summary(records)
     summary.to_csv(args.out / "selection.csv", index=False)
     table = summary_table(summary)

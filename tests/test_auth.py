@@ -72,6 +72,7 @@ def no_credentials(tmp_path, monkeypatch):
     token = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
     if not token.exists():
         subprocess.run([str(BIN / "ray"), "get-auth-token", "--generate"], check=True, capture_output=True)
+        assert token.exists(), f"`ray get-auth-token --generate` wrote ~/.ray/auth_token, not {token}"
     monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(token))
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
 

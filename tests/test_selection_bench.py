@@ -1,5 +1,6 @@
 """bench/selection.py: a sweep's records grow trial by trial, and a continued sweep draws the same trials as an
-uninterrupted one (the seeded sampler replays the recorded draws); records of another setup are refused."""
+uninterrupted one (the seeded sampler replays the recorded draws) after a torn last line; records of another setup,
+or whose draws no longer replay, are refused."""
 
 from __future__ import annotations
 
@@ -33,6 +34,8 @@ def test_a_continued_sweep_draws_what_one_run_draws(tmp_path, data_root, tiny_fo
     whole = Path(bench.run_job(job("whole", 2)))
     parts = Path(bench.run_job(job("parts", 1)))
     assert len(_trials(parts)) == 1
+    with parts.open("a") as f:
+        f.write('{"pair": "decals:sdss", "seed": 0, "metr')  # a trial killed while its lines were written
     assert bench.run_job(job("parts", 2)) == str(parts)
     assert [t["params"] for t in _trials(parts)] == [t["params"] for t in _trials(whole)]
     records = load_records([parts])
@@ -41,5 +44,11 @@ def test_a_continued_sweep_draws_what_one_run_draws(tmp_path, data_root, tiny_fo
     assert "label_free/emulated_acc" in records and "oracle/target_test/h_score" in records
     assert not any(c.startswith("oracle/target_test/auroc/") for c in records)  # the detail is not kept
 
-    with pytest.raises(SystemExit, match="recorded with"):  # another setup's records are not continued
+    with pytest.raises(bench.RecordsError, match="recorded with"):  # another setup's records are not continued
         bench.run_job(job("parts", 3, steps=6))
+    lines = parts.read_text().splitlines()
+    closing = json.loads(lines[2])
+    lines[2] = json.dumps(closing | {"params": {**closing["params"], "optim.lr": -1.0}})
+    parts.write_text("\n".join(lines) + "\n")
+    with pytest.raises(bench.RecordsError, match="no longer draws"):  # a changed space does not extend old records
+        bench.run_job(job("parts", 3))

@@ -62,7 +62,11 @@ def load_records(paths: Iterable[Path]) -> pd.DataFrame:
     rows = []
     for path in paths:
         for line in Path(path).read_text().splitlines():
-            if line.strip() and "metrics" in (r := json.loads(line)):
+            try:
+                r = json.loads(line) if line.strip() else {}
+            except json.JSONDecodeError:
+                continue  # a line torn by a killed writer
+            if "metrics" in r:
                 rows.append({k: r[k] for k in ("pair", "seed", "method", "trial")} | {"trained": r.get("trained",
                                                                                                    r["method"])}
                             | {k: (np.nan if v is None else v) for k, v in r["metrics"].items()})

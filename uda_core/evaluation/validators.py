@@ -156,7 +156,7 @@ HIGHER_IS_BETTER: dict[str, bool] = {c.name: c.higher_is_better for c in LABEL_F
 
 
 def label_free_scores(target_probs: Any, snd_max_samples: int = 2000) -> dict[str, float]:
-    """All registered validators on target probabilities (N, C): {"snd", "entropy", "im"}.
+    """All registered validators on target probabilities (N, C): {"snd", "entropy", "im", "bnm"}.
 
     Values are reported raw; use ``HIGHER_IS_BETTER`` to orient them. `snd_max_samples` caps SND's N x N work.
     """
@@ -217,8 +217,10 @@ def dev_risk(weights: Any, losses: Any) -> float:
 
 
 def dev_normalised_risk(weights: Any, losses: Any) -> float:
-    """DEV with its weights divided by their mean (DEVN, Musgrave et al., 2022), so that a badly calibrated domain
-    classifier, whose weights do not average 1 on the source, cannot inflate or shrink the risk. Lower is better."""
+    """DEV with its weights divided by their mean: the self-normalised importance-sampling estimate
+    sum(w l) / sum(w), in which DEV's control variate vanishes, so that a badly calibrated domain classifier, whose
+    weights do not average 1 on the source, cannot inflate or shrink the risk. (Musgrave et al. 2022 measured a
+    normalised DEV, "DEVN"; we could not check which normalisation they used, so this is ours.) Lower is better."""
     w = to_numpy(weights, np.float64)
     if len(w) < 2 or not np.all(np.isfinite(w)) or w.mean() <= 0:
         return float("nan")
@@ -229,8 +231,9 @@ def estimated_h_score(known_correct: Any, known_labels: Any, known_rejected: Any
                       unknown_frac: float) -> float:
     """The H-score estimated without a target label, from the unknown-class rule as deployed. Higher is better.
 
-    Known side: on source galaxies emulated as the target survey (the known reference), the mean over their classes
-    of the rate of `correct and not rejected`, as H-score's known accuracy is on the target's known classes.
+    Known side: on source galaxies emulated as the target survey (the known reference), the mean over every source
+    class of the rate of `correct and not rejected`. (H-score's known accuracy averages over the classes the target
+    shares; which those are is not known without target labels, so every source class counts here.)
     Unknown side: the target's rejected share r mixes false rejections of its (1 - pi) known galaxies, at the
     reference's rate f, with the recall on its pi unknowns: r = (1 - pi) f + pi recall, so
     recall = (r - (1 - pi) f) / pi, clipped to [0, 1], with pi the mixture-proportion estimate of the unknown share
