@@ -364,8 +364,9 @@ def evaluate(model: UdaNet, method: Method, data: UdaData, cfg: RunConfig, step:
     out[N.REJECTED_FRAC] = float(rule.rejected_tt.mean())
     y_val = data["source/val"].y.numpy()
     pi = unknown_fraction(rule.deployed_tt, rule.deployed_known)
-    out[N.label_free("estimated_h")] = estimated_h_score(o.lg_known.argmax(1) == y_val, y_val,
-                                                         rule.deployed_known > rule.primary, rule.rejected_tt.mean(), pi)
+    flagged_known = rule.deployed_known > rule.primary
+    out[N.label_free("estimated_h")] = estimated_h_score(o.lg_known.argmax(1) == y_val, y_val, flagged_known,
+                                                         rule.rejected_tt.mean(), pi)
     y_st = data["source/test"].y.numpy()
     conf = {N.CONFUSION_SOURCE: M.confusion(y_st, o.lg_stest.argmax(1), np.zeros(len(y_st), bool), K, names)}
     embedding = {"source": o.f_stest, "target": o.f_te}
