@@ -16,7 +16,8 @@ plot from the records.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/selection.py [--pairs ...] [--seeds 0 1 2] [--trials 12] [--workers 2]
 
-Cost on this 2-core CPU (`bench` size, 1,000 steps, 4 evaluations): about 3 minutes per trial and core.
+Cost on this 2-core CPU (`bench` size, 1,000 steps, 4 evaluations): about 2 minutes per trial and core on average
+(a contrastive trial 4-5), so one seed (3 sweeps of 12 trials) takes about 50 minutes of both cores.
 """
 
 from __future__ import annotations
