@@ -234,9 +234,6 @@ def _label_free_metrics(model: UdaNet, o: _Outputs, data: UdaData, cfg: RunConfi
     out[N.label_free("dev")] = dev_risk(weights, errors)
     out[N.label_free("devn")] = dev_normalised_risk(weights, errors)
     out[N.label_free("class_ami")] = class_ami(o.f_tt, o.lg_tt.argmax(1), data.num_known, ev.dev_max_samples)
-    # Source labels on source galaxies made to look like the target survey: an estimate of target accuracy on the
-    # known classes that reads no target label (and no self-training's own confidence).
-    out[N.label_free("emulated_acc")] = float((o.lg_known.argmax(1) == y_val).mean()) if len(y_val) else math.nan
     x_agree = data["target/train"].x[: ev.agreement_max_samples]
     views = [M.softmax(predict(model, dihedral(x_agree, v), TARGET, autocast=autocast)[0]) for v in range(1, 8)]
     out[N.label_free("agreement")] = augmentation_agreement(p_tt[: len(x_agree)], np.stack(views))
@@ -271,6 +268,18 @@ def _rejection(model: UdaNet, method: Method, o: _Outputs, data: UdaData, cfg: R
     thresholds = {s: M.gmm_threshold(scores["tt"][s]) for s in ANOMALY_SCORES}
     return _Rejection(scores["tt"], scores["te"], thresholds, entropy_rho(method, cfg, num_known), deployed["tt"],
                       deployed["te"], primary, deployed["tt"] > primary, deployed["te"] > primary, deployed["known"])
+
+
+def _emulated_metrics(o: _Outputs, rule: _Rejection, data: UdaData) -> dict[str, float]:
+    """The criteria read on the emulated known reference, source labels only: emulated accuracy (an estimate of
+    target accuracy on the known classes that no self-training's own confidence can raise) and the estimated
+    H-score of the unknown rule as deployed."""
+    y_val = data["source/val"].y.numpy()
+    correct = o.lg_known.argmax(1) == y_val
+    pi = unknown_fraction(rule.deployed_tt, rule.deployed_known)
+    return {N.label_free("emulated_acc"): float(correct.mean()) if len(y_val) else math.nan,
+            N.label_free("estimated_h"): estimated_h_score(correct, y_val, rule.deployed_known > rule.primary,
+                                                           rule.rejected_tt.mean(), pi)}
 
 
 def _oracle_metrics(o: _Outputs, rule: _Rejection, data: UdaData, cfg: RunConfig) -> dict[str, float]:
@@ -362,11 +371,7 @@ def evaluate(model: UdaNet, method: Method, data: UdaData, cfg: RunConfig, step:
     out.update(_label_free_metrics(model, o, data, cfg, out[N.SOURCE_VAL_ACC], autocast))
     rule = _rejection(model, method, o, data, cfg, K, autocast)
     out[N.REJECTED_FRAC] = float(rule.rejected_tt.mean())
-    y_val = data["source/val"].y.numpy()
-    pi = unknown_fraction(rule.deployed_tt, rule.deployed_known)
-    flagged_known = rule.deployed_known > rule.primary
-    out[N.label_free("estimated_h")] = estimated_h_score(o.lg_known.argmax(1) == y_val, y_val, flagged_known,
-                                                         rule.rejected_tt.mean(), pi)
+    out.update(_emulated_metrics(o, rule, data))
     y_st = data["source/test"].y.numpy()
     conf = {N.CONFUSION_SOURCE: M.confusion(y_st, o.lg_stest.argmax(1), np.zeros(len(y_st), bool), K, names)}
     embedding = {"source": o.f_stest, "target": o.f_te}

@@ -35,7 +35,6 @@ from .validators import LABEL_FREE_CRITERIA  # noqa: E402
 __all__ = ["CRITERIA", "COMBINATIONS", "add_combinations", "ORACLE", "GUARD", "RANDOM", "NOISE_FLOOR", "load_records",
            "sweep_selection", "selection_summary", "summary_table", "plot_selection", "plot_criteria_vs_oracle"]
 
-# Every criterion an evaluation reports, with its direction (+1: higher is better).
 # Combinations of recorded criteria measured beside them (bench/selection adds their columns; higher is better),
 # written down before the bench-size records of issue 15 were analysed. Neither is logged by a sweep unless the
 # measurement makes one the default objective.
@@ -44,6 +43,7 @@ COMBINATIONS: dict[str, tuple[str, ...]] = {
     "mean of emulated_acc, im / ln K, agreement": (N.label_free("emulated_acc"), N.label_free("im"),
                                                     N.label_free("agreement")),
 }
+# Every criterion an evaluation reports, and the combinations, with its direction (+1: higher is better).
 CRITERIA: dict[str, int] = {N.SOURCE_VAL_ACC: 1,
                             **{c.metric: 1 if c.higher_is_better else -1 for c in LABEL_FREE_CRITERIA},
                             **{name: 1 for name in COMBINATIONS}}
