@@ -82,7 +82,7 @@ def test_confident_vs_uniform_order():
     sc, su = label_free_scores(confident), label_free_scores(uniform)
     assert set(sc) == {"snd", "entropy", "im", "bnm"} == set(VALIDATORS)
     assert set(HIGHER_IS_BETTER) == set(VALIDATORS) | {"dev", "devn", "class_ami", "emulated_acc", "estimated_h",
-                                                       "agreement", "combined"}
+                                                       "estimated_h_floored", "agreement", "combined"}
     assert sc["entropy"] < su["entropy"]
     assert sc["im"] > su["im"]
     assert su["im"] == pytest.approx(0.0, abs=1e-9)
@@ -206,3 +206,13 @@ def test_estimated_h_score_against_a_hand_count():
     assert estimated_h_score(correct, y, rejected, 0.40, 0.0) == 0.0  # no unknowns found: nothing shows recall
     assert math.isnan(estimated_h_score(correct, y, rejected, 0.40, float("nan")))
     assert HIGHER_IS_BETTER["estimated_h"]
+    # floored: a rule rejecting 0.5% of a target whose unknown share is estimated at 0.5%, with no false rejection
+    # on the reference, reads full recall; with pi floored at 5%, recall 0.005 / 0.05 = 0.1
+    none_rejected = np.zeros(10, bool)
+    full = (3 / 4 + 4 / 6) / 2  # nothing rejected: the plain per-class accuracy
+    assert estimated_h_score(correct, y, none_rejected, 0.005, 0.005) == pytest.approx(2 * full / (full + 1))
+    assert estimated_h_score(correct, y, none_rejected, 0.005, 0.005, min_unknown_frac=0.05) == pytest.approx(
+        2 * full * 0.1 / (full + 0.1))
+    assert estimated_h_score(correct, y, rejected, 0.40, 0.3, min_unknown_frac=0.05) == pytest.approx(
+        2 * known * recall / (known + recall))  # above the floor: unchanged
+    assert HIGHER_IS_BETTER["estimated_h_floored"]

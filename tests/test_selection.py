@@ -137,6 +137,10 @@ def test_combinations_are_the_mean_of_their_unit_scaled_parts():
     out = add_combinations(df, num_known=6)
     assert list(out["mean of emulated_acc, estimated_h"]) == pytest.approx([0.5, 0.5])
     assert list(out["mean of emulated_acc, im / ln K, agreement"]) == pytest.approx([(0.8 + 1 + 0.5) / 3, 1.4 / 3])
+    with_h = add_combinations(df.assign(**{"source_val/acc": [0.9, 0.7], "label_free/estimated_h_floored": [0.1, 0.5]}),
+                              num_known=6)
+    assert list(with_h["mean of source acc, im / ln K, agreement, estimated_h_floored"]) == pytest.approx(
+        [(0.9 + 1 + 0.5 + 0.1) / 4, (0.7 + 0 + 1 + 0.5) / 4])
     assert set(COMBINATIONS) <= set(CRITERIA)
     assert "mean of emulated_acc, estimated_h" not in add_combinations(df[["label_free/im"]], 6)  # parts missing
     s = sweep_selection(out.assign(trial=[0, 1], **{"source_val/acc": 0.9, "oracle/target_test/acc_shared": [0.7, 0.6],

@@ -28,7 +28,8 @@ def test_method_contract(name, tiny_config, tiny, tmp_path):
     for key in ("source_val/acc", "source_test/acc_shared", "label_free/snd", "label_free/entropy", "label_free/im",
                 "label_free/dev", "label_free/agreement", "label_free/combined", "label_free/bnm",
                 "label_free/class_ami", "label_free/devn", "label_free/emulated_acc", "label_free/estimated_h",
-                "oracle/target_test/acc_shared", "oracle/target_test/h_score", "oracle/target_test/auroc/entropy",
+                "label_free/estimated_h_floored", "oracle/target_test/acc_shared", "oracle/target_test/h_score",
+                "oracle/target_test/auroc/entropy",
                 "oracle/target_test/auroc/knn_distance", "oracle/target_test/h_score/entropy_rho", "train/source_ce",
                 "oracle/target_test/auroc_by_class/lens", "oracle/target_test/auroc_by_class/artifact"):
         assert key in m and math.isfinite(m[key]), key

@@ -28,8 +28,9 @@ from .evaluation import metrics as M
 from .evaluation import names as N
 from .evaluation.names import OBJECTIVES, is_oracle  # noqa: F401 (re-exported: the tables live in names)
 from .evaluation.rejection import mpe_threshold, unknown_fraction
-from .evaluation.validators import (augmentation_agreement, class_ami, combined_score, dev_normalised_risk, dev_risk,
-                                    domain_weights, estimated_h_score, label_free_scores)
+from .evaluation.validators import (UNKNOWN_FRAC_FLOOR, augmentation_agreement, class_ami, combined_score,
+                                    dev_normalised_risk, dev_risk, domain_weights, estimated_h_score,
+                                    label_free_scores)
 from .evaluation.vote_metrics import vote_report
 from .methods import Method
 from .models import SOURCE, TARGET, UdaNet, reestimate_bn
@@ -277,9 +278,10 @@ def _emulated_metrics(o: _Outputs, rule: _Rejection, data: UdaData) -> dict[str,
     y_val = data["source/val"].y.numpy()
     correct = o.lg_known.argmax(1) == y_val
     pi = unknown_fraction(rule.deployed_tt, rule.deployed_known)
+    h_inputs = (correct, y_val, rule.deployed_known > rule.primary, rule.rejected_tt.mean(), pi)
     return {N.label_free("emulated_acc"): float(correct.mean()) if len(y_val) else math.nan,
-            N.label_free("estimated_h"): estimated_h_score(correct, y_val, rule.deployed_known > rule.primary,
-                                                           rule.rejected_tt.mean(), pi)}
+            N.label_free("estimated_h"): estimated_h_score(*h_inputs),
+            N.label_free("estimated_h_floored"): estimated_h_score(*h_inputs, min_unknown_frac=UNKNOWN_FRAC_FLOOR)}
 
 
 def _oracle_metrics(o: _Outputs, rule: _Rejection, data: UdaData, cfg: RunConfig) -> dict[str, float]:

@@ -4,7 +4,8 @@
 aside): each with its metric name, its direction and, for those computed from target probabilities (N, C) alone,
 its function. DEV (and DEVN) also needs source features and source-validation errors, ClassAMI target features,
 augmentation agreement predictions on transformed target stamps, emulated accuracy the source-validation stamps
-degraded to the target survey, the estimated H-score those and the unknown-class rule, and ``combined`` averages
+degraded to the target survey, the estimated H-scores (plain and with the unknown share floored) those and the
+unknown-class rule, and ``combined`` averages
 source validation accuracy, normalised information maximisation and agreement. ``VALIDATORS`` and
 ``HIGHER_IS_BETTER`` are views of the registry.
 """
@@ -33,12 +34,19 @@ __all__ = [
     "batch_nuclear_norm",
     "class_ami",
     "estimated_h_score",
+    "UNKNOWN_FRAC_FLOOR",
     "domain_weights",
     "augmentation_agreement",
     "combined_score",
 ]
 
 _EPS = 1e-5  # same eps convention as metrics.entropy
+# The smallest unknown share `estimated_h_floored` assumes. Recall is the rejected unknowns over ALL unknowns, so it
+# cannot be read off a target whose estimated unknown share is near 0: dividing by that share rewards a rule that
+# rejects almost nothing (bench/selection, issue 15: `estimated_h` picked rules rejecting 0.2-0.5% of the target).
+# A few percent is the least share at which an unknown-class H-score is worth optimising; the value was written
+# down before the records it is measured on (seed 3) were made, and not tuned.
+UNKNOWN_FRAC_FLOOR = 0.05
 
 
 def snd(
@@ -228,7 +236,7 @@ def dev_normalised_risk(weights: Any, losses: Any) -> float:
 
 
 def estimated_h_score(known_correct: Any, known_labels: Any, known_rejected: Any, target_rejected_frac: float,
-                      unknown_frac: float) -> float:
+                      unknown_frac: float, min_unknown_frac: float = 0.0) -> float:
     """The H-score estimated without a target label, from the unknown-class rule as deployed. Higher is better.
 
     Known side: on source galaxies emulated as the target survey (the known reference), the mean over every source
@@ -238,10 +246,13 @@ def estimated_h_score(known_correct: Any, known_labels: Any, known_rejected: Any
     reference's rate f, with the recall on its pi unknowns: r = (1 - pi) f + pi recall, so
     recall = (r - (1 - pi) f) / pi, clipped to [0, 1], with pi the mixture-proportion estimate of the unknown share
     (rejection.unknown_fraction). A target the estimate finds no unknowns in gets recall 0, so H 0: nothing there
-    shows the rule finds anything. nan when an input is missing."""
+    shows the rule finds anything. `min_unknown_frac` floors pi (`estimated_h_floored`: UNKNOWN_FRAC_FLOOR), so
+    that a near-zero estimate cannot turn a rule that rejects almost nothing into full recall. nan when an input is
+    missing."""
     correct, y, rej = (np.asarray(a) for a in (known_correct, known_labels, known_rejected))
     if not len(y) or not (np.isfinite(target_rejected_frac) and np.isfinite(unknown_frac)):
         return float("nan")
+    unknown_frac = max(unknown_frac, min_unknown_frac)
     accepted_correct = correct.astype(bool) & ~rej.astype(bool)
     known_acc = float(np.mean([accepted_correct[y == c].mean() for c in np.unique(y)]))
     false_rejection = float(rej.astype(bool).mean())
