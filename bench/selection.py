@@ -184,32 +184,46 @@ def publish(summary, records, args) -> None:
     refs = {name: {"regret_acc": round(float(overall.loc[name].regret_acc), 5),
                    "regret_h": round(float(overall.loc[name].regret_h), 5)}
             for name in (RANDOM, NOISE_FLOOR) if name in overall.index}
-    BENCHMARK_FILE.write_text(json.dumps({"setup": setup, "criteria": clean, "references": refs}, indent=1) + "\n")
+    d = default_decision(records)
+    default = {"criterion": d["criterion"], "chosen": d["chosen"], "chosen_on_seed": d["chosen_on_seed"],
+               "held_out": {k: round(float(v), 5) for k, v in d["held_out"].items()}}
+    BENCHMARK_FILE.write_text(json.dumps({"setup": setup, "default_objective": default, "criteria": clean,
+                                          "references": refs}, indent=1) + "\n")
     print(f"wrote {BENCHMARK_FILE}")
 
 
-def choose_then_report(records) -> str:
-    """The protocol fixed before the bench-size records were read: the criterion (or combination) with the lowest
-    mean regret over the first seed's sweeps is chosen there, then reported on the other seeds beside the current
-    default objective and the noise floor. Empty until a second seed is recorded."""
-    from sweeps.selection_benchmark import lowest_regret_criterion
-    from uda_core.evaluation.selection import NOISE_FLOOR, RANDOM, selection_summary
+def default_decision(records) -> dict:
+    """selection.choose_default on these records: the sweep's current default objective against the criterion a
+    sweep can optimise that the first seed's sweeps favour, held out on the other seeds."""
+    from sweeps.config import DEFAULT_OBJECTIVE
+    from uda_core.evaluation.names import OBJECTIVES
+    from uda_core.evaluation.selection import CRITERIA, choose_default, per_sweep_selection
 
-    first = records["seed"].min()
-    if not (records["seed"] != first).any():
+    return choose_default(per_sweep_selection(records), DEFAULT_OBJECTIVE, [c for c in CRITERIA if c in OBJECTIVES])
+
+
+def choose_then_report(records) -> str:
+    """The default's protocol (selection.choose_default), and every criterion recorded by only some sweeps (one
+    written down after the others were analysed) against the default on those sweeps, paired. Empty until a second
+    seed is recorded."""
+    from sweeps.config import DEFAULT_OBJECTIVE
+    from uda_core.evaluation.selection import CRITERIA, paired_regret, per_sweep_selection
+
+    if records["seed"].nunique() < 2:
         return ""
-    on_first = selection_summary(records[records["seed"] == first])
-    chosen = (on_first[on_first["pair"] == "all"].set_index("criterion")["regret"]
-              .drop([RANDOM, NOISE_FLOOR], errors="ignore").idxmin())
-    rest = selection_summary(records[records["seed"] != first])
-    rest = rest[rest["pair"] == "all"].set_index("criterion")
-    lines = [f"chosen on seed {first}: {chosen}; on the other seeds ({rest['n'].iloc[0]} sweeps), regret acc / H:"]
-    for name, crit in (("chosen", chosen), ("default now", lowest_regret_criterion()), ("noise floor", NOISE_FLOOR),
-                       ("random checkpoint", RANDOM)):
-        if crit in rest.index:
-            r = rest.loc[crit]
-            lines.append(f"  {name:17s} {crit:45s} {r.regret_acc:.3f} ± {r.regret_acc_se:.3f} / "
-                         f"{r.regret_h:.3f} ± {r.regret_h_se:.3f}")
+    d, ps = default_decision(records), per_sweep_selection(records)
+    h = d["held_out"]
+    lines = [f"chosen on seed {d['chosen_on_seed']}: {d['chosen']}; on the other seeds ({h['n']} sweeps), regret "
+             f"acc / H: {h['a_acc']:.3f} / {h['a_h']:.3f}, the default now ({DEFAULT_OBJECTIVE}) {h['b_acc']:.3f} / "
+             f"{h['b_h']:.3f}; paired difference of the mean regret {h['diff']:+.3f} ± {h['diff_se']:.3f}",
+             f"default objective after the protocol: {d['criterion']}"]
+    everywhere = ps.groupby("criterion")["regret"].apply(lambda v: v.notna().all())
+    for crit in [c for c in CRITERIA if c in everywhere.index and not everywhere[c]]:
+        p = paired_regret(ps, crit, DEFAULT_OBJECTIVE)
+        if p["n"]:
+            lines.append(f"recorded by {p['n']} sweeps only: {crit} {p['a_acc']:.3f} / {p['a_h']:.3f} against the "
+                         f"default's {p['b_acc']:.3f} / {p['b_h']:.3f} there; paired difference "
+                         f"{p['diff']:+.3f} ± {p['diff_se']:.3f}")
     return "\n".join(lines)
 
 
@@ -288,7 +302,7 @@ def main() -> None:
     if args.publish:
         publish(summary, records, args)
     print(json.dumps({"benchmark": "selection", "records": len(records), "wall_s": round(time.time() - t0, 1),
-                      "lowest_regret_criterion": best,
+                      "lowest_regret_criterion": best, "default_objective": default_decision(records)["criterion"],
                       "regret_acc": {c: round(v, 4) for c, v in overall["regret_acc"].items()},
                       "regret_h": {c: round(v, 4) for c, v in overall["regret_h"].items()}}))
 

@@ -2,8 +2,9 @@
 
 `selection_benchmark.json` is written by `bench/selection.py --publish`: per criterion, the regret (ORACLE target
 accuracy and H-score points lost against the best checkpoint) of promoting the checkpoint it selects, averaged
-over the benchmark's pairs, methods and seeds. The sweep's default objective is the criterion with the lowest
-regret there (a test keeps the two in step), and `uda-sweep promote` copies the numbers into the model version's
+over the benchmark's pairs, methods and seeds, and the default objective the benchmark's protocol settled on
+(`default_objective`: chosen on one seed, kept only if it also wins on the others; a test keeps sweeps/config.py in
+step with it). `uda-sweep promote` copies the numbers into the model version's
 tags so whoever loads the model knows how far its selection rule is from the oracle's.
 """
 
@@ -13,7 +14,7 @@ import functools
 import json
 from pathlib import Path
 
-__all__ = ["BENCHMARK_FILE", "load_benchmark", "lowest_regret_criterion", "selection_tags"]
+__all__ = ["BENCHMARK_FILE", "load_benchmark", "measured_default", "selection_tags"]
 
 BENCHMARK_FILE = Path(__file__).with_name("selection_benchmark.json")
 
@@ -23,9 +24,8 @@ def load_benchmark() -> dict:
     return json.loads(BENCHMARK_FILE.read_text())
 
 
-def lowest_regret_criterion() -> str:
-    criteria = load_benchmark()["criteria"]
-    return min(criteria, key=lambda c: criteria[c]["regret"])
+def measured_default() -> str:
+    return load_benchmark()["default_objective"]["criterion"]
 
 
 def selection_tags(criterion: str) -> dict[str, str]:

@@ -146,3 +146,22 @@ def test_combinations_are_the_mean_of_their_unit_scaled_parts():
     s = sweep_selection(out.assign(trial=[0, 1], **{"source_val/acc": 0.9, "oracle/target_test/acc_shared": [0.7, 0.6],
                                                    "oracle/target_test/h_score": [0.1, 0.3]})).set_index("criterion")
     assert s.loc["mean of emulated_acc, im / ln K, agreement", "regret_h"] == pytest.approx(0.2)  # picks trial 0
+
+
+def test_the_default_moves_only_when_the_criterion_chosen_on_one_seed_also_wins_on_the_others():
+    from uda_core.evaluation.selection import choose_default, paired_regret
+
+    def sweeps(regrets):  # {(seed, criterion): regret}: one sweep per seed, accuracy and H-score regret alike
+        return pd.DataFrame([{"pair": "p", "method": "all", "seed": seed, "criterion": crit, "regret_acc": r,
+                              "regret_h": r, "regret": r} for (seed, crit), r in regrets.items()])
+
+    lucky = sweeps({(0, "a"): 0.01, (0, "now"): 0.10, (0, "b"): 0.05,
+                    (1, "a"): 0.20, (1, "now"): 0.10, (1, "b"): 0.0, (2, "a"): 0.30, (2, "now"): 0.12})
+    d = choose_default(lucky, "now", ["a", "b", "now"])
+    assert (d["chosen"], d["criterion"], d["chosen_on_seed"]) == ("a", "now", 0)  # chosen on seed 0, lost after
+    assert d["held_out"]["n"] == 2 and d["held_out"]["diff"] == pytest.approx((0.10 + 0.18) / 2)
+    good = sweeps({(0, "a"): 0.01, (0, "now"): 0.10, (1, "a"): 0.02, (1, "now"): 0.10})
+    assert choose_default(good, "now", ["a", "now"])["criterion"] == "a"
+    assert choose_default(good, "now", ["now"])["criterion"] == "now"  # a criterion a sweep cannot optimise stays out
+    p = paired_regret(lucky, "b", "now")  # b is missing on seed 2: compared on seeds 0-1 only
+    assert p["n"] == 2 and p["diff"] == pytest.approx((-0.05 - 0.10) / 2) and p["b_acc"] == pytest.approx(0.10)

@@ -33,7 +33,8 @@ from . import names as N  # noqa: E402
 from .validators import LABEL_FREE_CRITERIA  # noqa: E402
 
 __all__ = ["CRITERIA", "COMBINATIONS", "add_combinations", "ORACLE", "GUARD", "RANDOM", "NOISE_FLOOR", "load_records",
-           "sweep_selection", "selection_summary", "summary_table", "plot_selection", "plot_criteria_vs_oracle"]
+           "sweep_selection", "per_sweep_selection", "paired_regret", "choose_default", "selection_summary",
+           "summary_table", "plot_selection", "plot_criteria_vs_oracle"]
 
 # Combinations of recorded criteria measured beside them (bench/selection adds their columns; higher is better),
 # the first two written down before the bench-size records of issue 15 were analysed. None is logged by a sweep
@@ -136,9 +137,9 @@ def sweep_selection(df: pd.DataFrame, trial_col: str = "trial", guard: tuple[str
 _STATS = ("regret_acc", "regret_h", "rho_ckpt_acc", "rho_ckpt_h", "rho_trial_acc", "rho_trial_h")
 
 
-def selection_summary(records: pd.DataFrame) -> pd.DataFrame:
-    """Mean and standard error over sweeps (pair x method x seed) per criterion, for each pair and method, each
-    pair (both methods) and "all"; `regret` is the mean of the accuracy and H-score regrets."""
+def per_sweep_selection(records: pd.DataFrame) -> pd.DataFrame:
+    """sweep_selection for every sweep (pair x method x seed), one row per sweep and criterion; `regret` is the mean
+    of the accuracy and H-score regrets."""
     per_sweep = []
     for (pair, method, seed), df in records.groupby(["pair", "method", "seed"]):
         s = sweep_selection(df.reset_index(drop=True))
@@ -146,6 +147,49 @@ def selection_summary(records: pd.DataFrame) -> pd.DataFrame:
         per_sweep.append(s)
     ps = pd.concat(per_sweep, ignore_index=True)
     ps["regret"] = (ps["regret_acc"] + ps["regret_h"]) / 2
+    return ps
+
+
+def paired_regret(per_sweep: pd.DataFrame, a: str, b: str) -> dict[str, float]:
+    """Criteria `a` and `b` on the sweeps where both selected a checkpoint (a criterion recorded only by later
+    sweeps is compared on those): n, each one's mean regret_acc and regret_h, and the mean and standard error of
+    the paired difference of `regret` (a - b; negative: `a` loses less)."""
+    wide = per_sweep.pivot_table(index=["pair", "method", "seed"], columns="criterion",
+                                 values=["regret_acc", "regret_h", "regret"], dropna=False)
+    out: dict[str, float] = {"n": 0}
+    if a not in wide["regret"] or b not in wide["regret"]:
+        return out | {k: np.nan for k in ("a_acc", "a_h", "b_acc", "b_h", "diff", "diff_se")}
+    both = wide["regret"][[a, b]].notna().all(axis=1).to_numpy()
+    diff = (wide["regret"][a] - wide["regret"][b]).to_numpy()[both]
+    out["n"] = int(both.sum())
+    for tag, crit in (("a", a), ("b", b)):
+        for short in ("acc", "h"):
+            v = wide[f"regret_{short}"][crit].to_numpy()[both]
+            out[f"{tag}_{short}"] = float(v.mean()) if len(v) else np.nan
+    out["diff"] = float(diff.mean()) if len(diff) else np.nan
+    out["diff_se"] = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else np.nan
+    return out
+
+
+def choose_default(per_sweep: pd.DataFrame, current: str, candidates: Iterable[str]) -> dict:
+    """The protocol that moves a sweep's default objective, fixed before the bench-size records were read: among
+    `candidates` (criteria a sweep can optimise), the one with the lowest mean regret over the first seed's sweeps
+    is chosen there; it replaces `current` only if it also loses less on the other seeds' sweeps, paired. Returns
+    the resulting default ("criterion"), the one chosen, the seed it was chosen on and the held-out comparison."""
+    first = int(per_sweep["seed"].min())
+    on_first = (per_sweep[(per_sweep["seed"] == first) & per_sweep["criterion"].isin(list(candidates))]
+                .groupby("criterion")["regret"].mean())
+    chosen = on_first.idxmin() if on_first.notna().any() else current
+    held_out = paired_regret(per_sweep[per_sweep["seed"] != first], chosen, current)
+    switch = chosen != current and held_out["n"] > 0 and held_out["diff"] < 0
+    return {"criterion": chosen if switch else current, "chosen": chosen, "chosen_on_seed": first,
+            "held_out": held_out}
+
+
+def selection_summary(records: pd.DataFrame) -> pd.DataFrame:
+    """Mean and standard error over sweeps (pair x method x seed) per criterion, for each pair and method, each
+    pair (both methods) and "all"; `regret` is the mean of the accuracy and H-score regrets."""
+    ps = per_sweep_selection(records)
     groups = [(["pair", "method"], ps), (["pair"], ps.assign(method="both")),
               ([], ps.assign(pair="all", method="both"))]
     rows = []
