@@ -269,8 +269,9 @@ def main() -> None:
                 print(f"done: {path} ({time.time() - t0:.0f} s)", flush=True)
 
     from uda_core.data.tasks import get_task
-    from uda_core.evaluation.selection import (NOISE_FLOOR, RANDOM, add_combinations, load_records, plot_selection,
-                                               selection_summary, summary_table)
+    from uda_core.evaluation.selection import (NOISE_FLOOR, RANDOM, add_combinations, load_records,
+                                               plot_h_against_rejection, plot_selection, selection_summary,
+                                               summary_table)
 
     # Only finished sweeps, each cut to --trials whole trials: populations of other sizes do not compare.
     files, finished, partial = sorted(args.records.glob("*.jsonl")), set(), []
@@ -293,6 +294,7 @@ def main() -> None:
     (args.out / "selection.md").write_text(table + "\n")
     fig = plot_selection(summary)
     fig.savefig(args.out / "selection.png", dpi=120, bbox_inches="tight")
+    plot_h_against_rejection(records).savefig(args.out / "h_against_rejection.png", dpi=110, bbox_inches="tight")
     print(table)
     overall = summary[summary["pair"] == "all"].set_index("criterion")
     best = overall["regret"].drop([RANDOM, NOISE_FLOOR], errors="ignore").idxmin()

@@ -34,7 +34,7 @@ from .validators import LABEL_FREE_CRITERIA  # noqa: E402
 
 __all__ = ["CRITERIA", "COMBINATIONS", "add_combinations", "ORACLE", "GUARD", "RANDOM", "NOISE_FLOOR", "load_records",
            "sweep_selection", "per_sweep_selection", "paired_regret", "choose_default", "selection_summary",
-           "summary_table", "plot_selection", "plot_criteria_vs_oracle"]
+           "summary_table", "plot_selection", "plot_criteria_vs_oracle", "plot_h_against_rejection"]
 
 # Combinations of recorded criteria measured beside them (bench/selection adds their columns; higher is better),
 # the first two written down before the bench-size records of issue 15 were analysed. None is logged by a sweep
@@ -303,5 +303,27 @@ def plot_criteria_vs_oracle(df: pd.DataFrame, oracle: str = ORACLE["h"], trial_c
     fig.suptitle(textwrap.fill("Label-free criteria against the ORACLE target score, every checkpoint, one colour per "
                                "trial (red circle: the checkpoint the criterion selects; grey: fails the source guard)",
                                width=int(7.5 * width)), fontsize=15)
+    fig.tight_layout()
+    return fig
+
+
+def plot_h_against_rejection(records: pd.DataFrame, guard: tuple[str, float] = GUARD):
+    """ORACLE H-score against the share of the target each guarded checkpoint's rule flags (label-free), one colour
+    per method, beside the H-score of a rule that flags the same share at random (known side: the median shared-class
+    accuracy times the share kept; unknown side: the share flagged). Where the points follow that curve, H-score
+    measures how much a rule flags more than how well."""
+    df = records[records[guard[0]] >= guard[1]]
+    fig, ax = plt.subplots(figsize=(9.5, 5.5))
+    for method, g in df.groupby("trained"):
+        ax.scatter(g[N.label_free("rejected_frac")], g[ORACLE["h"]], s=14, alpha=0.7, label=method)
+    r = np.linspace(0, 1, 101)
+    acc = float(np.nanmedian(df[ORACLE["acc"]]))
+    ax.plot(r, 2 * acc * (1 - r) * r / np.maximum(acc * (1 - r) + r, 1e-12), "k--",
+            label=f"flagging at random (accuracy {acc:.2f})")
+    ax.set_xlabel("share of the target flagged unknown (label_free/rejected_frac)")
+    ax.set_ylabel("H-score on target/test (ORACLE)")
+    ax.set_title(textwrap.fill(f"{len(df)} checkpoints of {df.groupby(['pair', 'seed']).ngroups} sweeps that pass "
+                               "the source guard", 70), fontsize=11)
+    ax.legend(fontsize=9, loc="upper left", bbox_to_anchor=(1.01, 1))
     fig.tight_layout()
     return fig
