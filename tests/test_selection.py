@@ -165,3 +165,23 @@ def test_the_default_moves_only_when_the_criterion_chosen_on_one_seed_also_wins_
     assert choose_default(good, "now", ["now"])["criterion"] == "now"  # a criterion a sweep cannot optimise stays out
     p = paired_regret(lucky, "b", "now")  # b is missing on seed 2: compared on seeds 0-1 only
     assert p["n"] == 2 and p["diff"] == pytest.approx((-0.05 - 0.10) / 2) and p["b_acc"] == pytest.approx(0.10)
+
+
+def test_h_against_rejection_draws_the_guarded_checkpoints_and_flagging_at_random():
+    import matplotlib.pyplot as plt
+
+    from uda_core.evaluation.selection import plot_h_against_rejection
+
+    df = _sweep(np.random.default_rng(1), trials=4, ckpts=3).assign(pair="a:b", seed=0)
+    df["trained"] = np.where(df.trial % 2, "adabn", "dance")
+    df["label_free/rejected_frac"] = np.linspace(0, 0.5, len(df))
+    fig = plot_h_against_rejection(df)
+    ax = fig.axes[0]
+    guarded = int((df["source_val/acc"] >= 0.5).sum())
+    assert sum(len(c.get_offsets()) for c in ax.collections) == guarded  # one dot per guarded checkpoint
+    (curve,) = ax.lines
+    x, y = curve.get_data()
+    acc = df.loc[df["source_val/acc"] >= 0.5, "oracle/target_test/acc_shared"].median()
+    k = 30  # flagging 30% at random: known side acc * 0.7, unknown side 0.3
+    assert x[k] == pytest.approx(0.3) and y[k] == pytest.approx(2 * acc * 0.7 * 0.3 / (acc * 0.7 + 0.3))
+    plt.close(fig)
