@@ -32,6 +32,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.publish import publish as publish_result  # noqa: E402
 
 PAIRS = ("decals:sdss", "lsst_y10:lsst_y1", "decals:bass_mzls")
 ALL = "all"  # the joint space of every method that trains without target labels
@@ -245,8 +246,9 @@ def main() -> None:
                     help="data set cache (bench/product's)")
     ap.add_argument("--analyse-only", action="store_true")
     ap.add_argument("--publish", action="store_true",
-                    help="write the per-criterion regrets to sweeps/selection_benchmark.json "
-                         "(promote's tags, the default objective)")
+                    help="write the per-criterion regrets and the protocol's default objective to "
+                         "sweeps/selection_benchmark.json (promote's tags; sweeps/config.py follows it), and the "
+                         "summary to bench/results/selection.json")
     args = ap.parse_args()
     args.records.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -301,12 +303,16 @@ def main() -> None:
     held_out = choose_then_report(records)
     if held_out:
         print(held_out)
+    result = {"bench": "selection", "records": len(records), "sweeps": int(records.groupby(["pair", "method",
+                                                                                          "seed"]).ngroups),
+              "wall_s": round(time.time() - t0, 1), "lowest_regret_criterion": best,
+              "default_objective": default_decision(records)["criterion"],
+              "regret_acc": {c: round(v, 4) for c, v in overall["regret_acc"].items()},
+              "regret_h": {c: round(v, 4) for c, v in overall["regret_h"].items()}}
     if args.publish:
         publish(summary, records, args)
-    print(json.dumps({"benchmark": "selection", "records": len(records), "wall_s": round(time.time() - t0, 1),
-                      "lowest_regret_criterion": best, "default_objective": default_decision(records)["criterion"],
-                      "regret_acc": {c: round(v, 4) for c, v in overall["regret_acc"].items()},
-                      "regret_h": {c: round(v, 4) for c, v in overall["regret_h"].items()}}))
+        publish_result("selection", result)
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":
