@@ -169,8 +169,8 @@ def publish(summary, records, args) -> None:
     criteria = {}
     for crit, r in overall.drop([RANDOM, NOISE_FLOOR], errors="ignore").iterrows():
         per_pair = pairs[pairs["criterion"] == crit]
-        criteria[crit] = {"regret": r.regret, "regret_acc": r.regret_acc, "regret_acc_se": r.regret_acc_se,
-                          "regret_h": r.regret_h, "regret_h_se": r.regret_h_se,
+        criteria[crit] = {"sweeps": int(r.n), "regret": r.regret, "regret_acc": r.regret_acc,
+                          "regret_acc_se": r.regret_acc_se, "regret_h": r.regret_h, "regret_h_se": r.regret_h_se,
                           "worst_pair_regret_acc": per_pair.regret_acc.max(),
                           "worst_pair_regret_h": per_pair.regret_h.max(),
                           "rho_trial_acc": r.rho_trial_acc, "rho_trial_h": r.rho_trial_h,
@@ -181,7 +181,8 @@ def publish(summary, records, args) -> None:
              f"x {records.seed.nunique()} seeds, "
              f"{n_trials.min()} random-search trials each, size {args.size}, "
              f"{args.steps} steps, {args.evals} checkpoints per trial")
-    clean = {c: {k: (None if v != v else round(float(v), 5)) for k, v in d.items()} for c, d in criteria.items()}
+    clean = {c: {k: (None if v != v else v if isinstance(v, int) else round(float(v), 5)) for k, v in d.items()}
+             for c, d in criteria.items()}
     refs = {name: {"regret_acc": round(float(overall.loc[name].regret_acc), 5),
                    "regret_h": round(float(overall.loc[name].regret_h), 5)}
             for name in (RANDOM, NOISE_FLOOR) if name in overall.index}

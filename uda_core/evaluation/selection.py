@@ -198,7 +198,8 @@ def selection_summary(records: pd.DataFrame) -> pd.DataFrame:
                        else frame.groupby(["criterion"], sort=False)):
             key = key if isinstance(key, tuple) else (key,)
             r = dict(zip(keys + ["criterion"], key)) | {"pair": g["pair"].iloc[0],
-                                                        "method": g["method"].iloc[0], "n": len(g)}
+                                                        "method": g["method"].iloc[0],
+                                                        "n": int(g["regret"].notna().sum())}  # sweeps it selected in
             for stat in _STATS + ("regret",):
                 v = g[stat].to_numpy(dtype=float)
                 v = v[np.isfinite(v)]
