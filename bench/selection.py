@@ -158,7 +158,12 @@ def run_job(job: tuple[str, int, str, argparse.Namespace]) -> str:
     return str(out)
 
 
-def publish(summary, records, args) -> None:
+def _json_safe(v):
+    """A figure for the published JSON: None for nan (strict JSON has no NaN), ints kept, floats to 5 places."""
+    return None if v != v else v if isinstance(v, int) else round(float(v), 5)
+
+
+def publish(summary, records, decision: dict, args) -> None:
     """The measured regrets, per criterion, as the package's record of this benchmark."""
     from sweeps.selection_benchmark import BENCHMARK_FILE
     from uda_core.evaluation.selection import NOISE_FLOOR, RANDOM
@@ -181,49 +186,36 @@ def publish(summary, records, args) -> None:
              f"x {records.seed.nunique()} seeds, "
              f"{n_trials.min()} random-search trials each, size {args.size}, "
              f"{args.steps} steps, {args.evals} checkpoints per trial")
-    clean = {c: {k: (None if v != v else v if isinstance(v, int) else round(float(v), 5)) for k, v in d.items()}
-             for c, d in criteria.items()}
+    clean = {c: {k: _json_safe(v) for k, v in d.items()} for c, d in criteria.items()}
     refs = {name: {"regret_acc": round(float(overall.loc[name].regret_acc), 5),
                    "regret_h": round(float(overall.loc[name].regret_h), 5)}
             for name in (RANDOM, NOISE_FLOOR) if name in overall.index}
-    d = default_decision(records)
-    default = {"criterion": d["criterion"], "chosen": d["chosen"], "chosen_on_seed": d["chosen_on_seed"],
-               "held_out": {k: round(float(v), 5) for k, v in d["held_out"].items()}}
+    default = {k: decision[k] for k in ("criterion", "chosen", "chosen_on_seed")} | {
+        "held_out": {k: _json_safe(v) for k, v in decision["held_out"].items()}}
     BENCHMARK_FILE.write_text(json.dumps({"setup": setup, "default_objective": default, "criteria": clean,
                                           "references": refs}, indent=1) + "\n")
     print(f"wrote {BENCHMARK_FILE}")
 
 
-def default_decision(records) -> dict:
-    """selection.choose_default on these records: the sweep's current default objective against the criterion a
-    sweep can optimise that the first seed's sweeps favour, held out on the other seeds."""
+def choose_then_report(per_sweep, decision: dict) -> str:
+    """The default's protocol (selection.choose_default: `decision`), and every criterion that selected in only
+    some sweeps (one recorded only by later sweeps) against the default on those sweeps, paired. Empty until a
+    second seed is recorded."""
     from sweeps.config import DEFAULT_OBJECTIVE
-    from uda_core.evaluation.names import OBJECTIVES
-    from uda_core.evaluation.selection import CRITERIA, choose_default, per_sweep_selection
+    from uda_core.evaluation.selection import CRITERIA, paired_regret
 
-    return choose_default(per_sweep_selection(records), DEFAULT_OBJECTIVE, [c for c in CRITERIA if c in OBJECTIVES])
-
-
-def choose_then_report(records) -> str:
-    """The default's protocol (selection.choose_default), and every criterion recorded by only some sweeps (one
-    written down after the others were analysed) against the default on those sweeps, paired. Empty until a second
-    seed is recorded."""
-    from sweeps.config import DEFAULT_OBJECTIVE
-    from uda_core.evaluation.selection import CRITERIA, paired_regret, per_sweep_selection
-
-    if records["seed"].nunique() < 2:
+    h = decision["held_out"]
+    if not h["n"]:
         return ""
-    d, ps = default_decision(records), per_sweep_selection(records)
-    h = d["held_out"]
-    lines = [f"chosen on seed {d['chosen_on_seed']}: {d['chosen']}; on the other seeds ({h['n']} sweeps), regret "
-             f"acc / H: {h['a_acc']:.3f} / {h['a_h']:.3f}, the default now ({DEFAULT_OBJECTIVE}) {h['b_acc']:.3f} / "
-             f"{h['b_h']:.3f}; paired difference of the mean regret {h['diff']:+.3f} ± {h['diff_se']:.3f}",
-             f"default objective after the protocol: {d['criterion']}"]
-    everywhere = ps.groupby("criterion")["regret"].apply(lambda v: v.notna().all())
+    lines = [f"chosen on seed {decision['chosen_on_seed']}: {decision['chosen']}; on the other seeds ({h['n']} "
+             f"sweeps), regret acc / H: {h['a_acc']:.3f} / {h['a_h']:.3f}, the default now ({DEFAULT_OBJECTIVE}) "
+             f"{h['b_acc']:.3f} / {h['b_h']:.3f}; paired difference of the mean regret {h['diff']:+.3f} ± "
+             f"{h['diff_se']:.3f}", f"default objective after the protocol: {decision['criterion']}"]
+    everywhere = per_sweep.groupby("criterion")["regret"].apply(lambda v: v.notna().all())
     for crit in [c for c in CRITERIA if c in everywhere.index and not everywhere[c]]:
-        p = paired_regret(ps, crit, DEFAULT_OBJECTIVE)
+        p = paired_regret(per_sweep, crit, DEFAULT_OBJECTIVE)
         if p["n"]:
-            lines.append(f"recorded by {p['n']} sweeps only: {crit} {p['a_acc']:.3f} / {p['a_h']:.3f} against the "
+            lines.append(f"selected in {p['n']} sweeps only: {crit} {p['a_acc']:.3f} / {p['a_h']:.3f} against the "
                          f"default's {p['b_acc']:.3f} / {p['b_h']:.3f} there; paired difference "
                          f"{p['diff']:+.3f} ± {p['diff_se']:.3f}")
     return "\n".join(lines)
@@ -272,9 +264,10 @@ def main() -> None:
                 print(f"done: {path} ({time.time() - t0:.0f} s)", flush=True)
 
     from uda_core.data.tasks import get_task
-    from uda_core.evaluation.selection import (NOISE_FLOOR, RANDOM, add_combinations, load_records,
-                                               plot_h_against_rejection, plot_selection, selection_summary,
-                                               summary_table)
+    from sweeps.config import DEFAULT_OBJECTIVE
+    from uda_core.evaluation.selection import (NOISE_FLOOR, RANDOM, add_combinations, choose_default, load_records,
+                                               per_sweep_selection, plot_h_against_rejection, plot_selection,
+                                               selection_summary, summary_table)
 
     # Only finished sweeps, each cut to --trials whole trials: populations of other sizes do not compare.
     files, finished, partial = sorted(args.records.glob("*.jsonl")), set(), []
@@ -286,12 +279,13 @@ def main() -> None:
             finished |= {(c["pair"], c["method"], c["seed"], c["trial"]) for c in closing[: args.trials]}
     if partial:
         print(f"left out, fewer than {args.trials} trials recorded: {', '.join(partial)}")
+    if not finished:
+        raise SystemExit(f"no finished sweep recorded in {args.records} yet: nothing to analyse")
     records = load_records(files)
     keep = [k in finished for k in records[["pair", "method", "seed", "trial"]].itertuples(index=False, name=None)]
     records = add_combinations(records[keep].reset_index(drop=True), get_task("universal").num_known)
-    if records.empty:
-        raise SystemExit("no finished sweep recorded yet: nothing to analyse")
-    summary = selection_summary(records)
+    per_sweep = per_sweep_selection(records)
+    summary = selection_summary(records, per_sweep)
     summary.to_csv(args.out / "selection.csv", index=False)
     table = summary_table(summary)
     (args.out / "selection.md").write_text(table + "\n")
@@ -300,18 +294,19 @@ def main() -> None:
     plot_h_against_rejection(records).savefig(args.out / "h_against_rejection.png", dpi=110, bbox_inches="tight")
     print(table)
     overall = summary[summary["pair"] == "all"].set_index("criterion")
-    best = overall["regret"].drop([RANDOM, NOISE_FLOOR], errors="ignore").idxmin()
-    held_out = choose_then_report(records)
+    decision = choose_default(per_sweep, DEFAULT_OBJECTIVE)
+    criteria_only = overall["regret"].drop([RANDOM, NOISE_FLOOR], errors="ignore")
+    held_out = choose_then_report(per_sweep, decision)
     if held_out:
         print(held_out)
-    result = {"bench": "selection", "records": len(records), "sweeps": int(records.groupby(["pair", "method",
-                                                                                          "seed"]).ngroups),
-              "wall_s": round(time.time() - t0, 1), "lowest_regret_criterion": best,
-              "default_objective": default_decision(records)["criterion"],
+    result = {"bench": "selection", "records": len(records),
+              "sweeps": int(records.groupby(["pair", "method", "seed"]).ngroups), "wall_s": round(time.time() - t0, 1),
+              "default_objective": decision["criterion"],
+              "lowest_mean_regret_any_criterion": criteria_only.idxmin(),
               "regret_acc": {c: round(v, 4) for c, v in overall["regret_acc"].items()},
               "regret_h": {c: round(v, 4) for c, v in overall["regret_h"].items()}}
     if args.publish:
-        publish(summary, records, args)
+        publish(summary, records, decision, args)
         publish_result("selection", result)
     print(json.dumps(result))
 

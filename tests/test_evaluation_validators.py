@@ -215,4 +215,7 @@ def test_estimated_h_score_against_a_hand_count():
         2 * full * 0.1 / (full + 0.1))
     assert estimated_h_score(correct, y, rejected, 0.40, 0.3, min_unknown_frac=0.05) == pytest.approx(
         2 * known * recall / (known + recall))  # above the floor: unchanged
+    # no unknowns found: unfloored that reads recall 0; floored, (0.40 - 0.95 * 0.2) / 0.05 clips to 1
+    assert estimated_h_score(correct, y, rejected, 0.40, 0.0, min_unknown_frac=0.05) == pytest.approx(
+        2 * known / (known + 1))
     assert HIGHER_IS_BETTER["estimated_h_floored"]

@@ -162,9 +162,28 @@ def test_the_default_moves_only_when_the_criterion_chosen_on_one_seed_also_wins_
     assert d["held_out"]["n"] == 2 and d["held_out"]["diff"] == pytest.approx((0.10 + 0.18) / 2)
     good = sweeps({(0, "a"): 0.01, (0, "now"): 0.10, (1, "a"): 0.02, (1, "now"): 0.10})
     assert choose_default(good, "now", ["a", "now"])["criterion"] == "a"
-    assert choose_default(good, "now", ["now"])["criterion"] == "now"  # a criterion a sweep cannot optimise stays out
+    assert choose_default(good, "now", ["now"])["criterion"] == "now"  # only candidates are chosen
     p = paired_regret(lucky, "b", "now")  # b is missing on seed 2: compared on seeds 0-1 only
     assert p["n"] == 2 and p["diff"] == pytest.approx((-0.05 - 0.10) / 2) and p["b_acc"] == pytest.approx(0.10)
+    # a candidate missing from one first-seed sweep is not chosen on the other alone
+    partial = pd.concat([good, sweeps({(0, "late"): 0.0}).assign(pair="q"), sweeps({(0, "now"): 0.2}).assign(pair="q"),
+                         sweeps({(0, "a"): 0.1}).assign(pair="q")])
+    assert choose_default(partial, "now", ["a", "late", "now"])["chosen"] == "a"
+    # held out on fewer sweeps than the default: no switch, however good
+    thin = pd.concat([good, sweeps({(1, "now"): 0.1}).assign(pair="q")])
+    assert choose_default(thin, "now", ["a", "now"])["criterion"] == "now"
+    one_seed = choose_default(good[good.seed == 0], "now", ["a", "now"])  # nothing held out: the default stays
+    assert one_seed["criterion"] == "now" and one_seed["held_out"]["n"] == 0
+    with pytest.raises(ValueError, match="appears twice"):
+        paired_regret(pd.concat([good, good]), "a", "now")
+
+
+def test_objective_candidates_are_the_metrics_a_sweep_can_optimise():
+    from uda_core.evaluation.names import OBJECTIVES
+    from uda_core.evaluation.selection import COMBINATIONS, OBJECTIVE_CANDIDATES
+
+    assert set(OBJECTIVE_CANDIDATES) <= set(OBJECTIVES) and not set(COMBINATIONS) & set(OBJECTIVE_CANDIDATES)
+    assert {"label_free/combined", "label_free/estimated_h_floored", "source_val/acc"} <= set(OBJECTIVE_CANDIDATES)
 
 
 def test_h_against_rejection_draws_the_guarded_checkpoints_and_flagging_at_random():

@@ -33,12 +33,13 @@ from . import names as N  # noqa: E402
 from .validators import LABEL_FREE_CRITERIA  # noqa: E402
 
 __all__ = ["CRITERIA", "COMBINATIONS", "add_combinations", "ORACLE", "GUARD", "RANDOM", "NOISE_FLOOR", "load_records",
-           "sweep_selection", "per_sweep_selection", "paired_regret", "choose_default", "selection_summary",
-           "summary_table", "plot_selection", "plot_criteria_vs_oracle", "plot_h_against_rejection"]
+           "sweep_selection", "per_sweep_selection", "paired_regret", "OBJECTIVE_CANDIDATES", "choose_default",
+           "selection_summary", "summary_table", "plot_selection", "plot_criteria_vs_oracle",
+           "plot_h_against_rejection"]
 
 # Combinations of recorded criteria measured beside them (bench/selection adds their columns; higher is better),
-# the first two written down before the bench-size records of issue 15 were analysed. None is logged by a sweep
-# unless the measurement makes one the default objective.
+# the first two written down before the bench-size records of issue 15 were analysed. None is logged by a sweep, so
+# none can become the default objective (OBJECTIVE_CANDIDATES) unless it is first made a metric.
 COMBINATIONS: dict[str, tuple[str, ...]] = {
     "mean of emulated_acc, estimated_h": (N.label_free("emulated_acc"), N.label_free("estimated_h")),
     "mean of emulated_acc, im / ln K, agreement": (N.label_free("emulated_acc"), N.label_free("im"),
@@ -153,43 +154,59 @@ def per_sweep_selection(records: pd.DataFrame) -> pd.DataFrame:
 def paired_regret(per_sweep: pd.DataFrame, a: str, b: str) -> dict[str, float]:
     """Criteria `a` and `b` on the sweeps where both selected a checkpoint (a criterion recorded only by later
     sweeps is compared on those): n, each one's mean regret_acc and regret_h, and the mean and standard error of
-    the paired difference of `regret` (a - b; negative: `a` loses less)."""
-    wide = per_sweep.pivot_table(index=["pair", "method", "seed"], columns="criterion",
-                                 values=["regret_acc", "regret_h", "regret"], dropna=False)
-    out: dict[str, float] = {"n": 0}
-    if a not in wide["regret"] or b not in wide["regret"]:
-        return out | {k: np.nan for k in ("a_acc", "a_h", "b_acc", "b_h", "diff", "diff_se")}
+    the paired difference of `regret` (a - b; negative: `a` loses less). A sweep listed twice is an error."""
+    out: dict[str, float] = {"n": 0} | {k: np.nan for k in ("a_acc", "a_h", "b_acc", "b_h", "diff", "diff_se")}
+    rows = per_sweep[per_sweep["criterion"].isin([a, b])].set_index(["pair", "method", "seed", "criterion"])
+    if rows.index.has_duplicates:
+        raise ValueError("paired_regret: a (pair, method, seed, criterion) appears twice (records read twice?)")
+    if not {a, b} <= set(rows.index.get_level_values("criterion")):
+        return out
+    wide = rows[["regret_acc", "regret_h", "regret"]].unstack("criterion")
     both = wide["regret"][[a, b]].notna().all(axis=1).to_numpy()
+    if not both.any():
+        return out
     diff = (wide["regret"][a] - wide["regret"][b]).to_numpy()[both]
     out["n"] = int(both.sum())
     for tag, crit in (("a", a), ("b", b)):
         for short in ("acc", "h"):
-            v = wide[f"regret_{short}"][crit].to_numpy()[both]
-            out[f"{tag}_{short}"] = float(v.mean()) if len(v) else np.nan
-    out["diff"] = float(diff.mean()) if len(diff) else np.nan
+            out[f"{tag}_{short}"] = float(wide[f"regret_{short}"][crit].to_numpy()[both].mean())
+    out["diff"] = float(diff.mean())
     out["diff_se"] = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else np.nan
     return out
 
 
-def choose_default(per_sweep: pd.DataFrame, current: str, candidates: Iterable[str]) -> dict:
-    """The protocol that moves a sweep's default objective, fixed before the bench-size records were read: among
-    `candidates` (criteria a sweep can optimise), the one with the lowest mean regret over the first seed's sweeps
-    is chosen there; it replaces `current` only if it also loses less on the other seeds' sweeps, paired. Returns
-    the resulting default ("criterion"), the one chosen, the seed it was chosen on and the held-out comparison."""
+# What choose_default may pick: the criteria a sweep can optimise (logged metrics), so no COMBINATIONS entry.
+OBJECTIVE_CANDIDATES: tuple[str, ...] = tuple(c for c in CRITERIA if c in N.OBJECTIVES)
+
+
+def choose_default(per_sweep: pd.DataFrame, current: str, candidates: Iterable[str] = OBJECTIVE_CANDIDATES) -> dict:
+    """The protocol that moves a sweep's default objective. Among `candidates` that selected a checkpoint in every
+    one of the first seed's sweeps, the one with the lowest mean regret there is chosen (the step written down
+    before the bench-size records were read); it replaces `current` only if its paired mean regret on the other
+    seeds' sweeps is also lower, over every held-out sweep `current` selected in (the step written down in session
+    10, after seeds 0-2 had kept the default). So a criterion first recorded by later sweeps cannot be chosen
+    until the first seed's sweeps are re-run with it. With one seed, nothing is held out and `current` stays.
+    Returns the resulting default ("criterion"), the one chosen, the seed it was chosen on and the held-out
+    comparison (paired_regret, chosen - current)."""
     first = int(per_sweep["seed"].min())
-    on_first = (per_sweep[(per_sweep["seed"] == first) & per_sweep["criterion"].isin(list(candidates))]
-                .groupby("criterion")["regret"].mean())
-    chosen = on_first.idxmin() if on_first.notna().any() else current
-    held_out = paired_regret(per_sweep[per_sweep["seed"] != first], chosen, current)
-    switch = chosen != current and held_out["n"] > 0 and held_out["diff"] < 0
+    on_first = per_sweep[(per_sweep["seed"] == first) & per_sweep["criterion"].isin(list(candidates))]
+    n_first = per_sweep[per_sweep["seed"] == first].groupby(["pair", "method"]).ngroups
+    by_crit = on_first.groupby("criterion")["regret"]
+    means = by_crit.mean()[by_crit.count() == n_first]  # count: the sweeps it selected in
+    chosen = means.idxmin() if len(means) else current
+    rest = per_sweep[per_sweep["seed"] != first]
+    held_out = paired_regret(rest, chosen, current)
+    current_sweeps = int(rest.loc[rest["criterion"] == current, "regret"].notna().sum())
+    switch = chosen != current and held_out["n"] == current_sweeps > 0 and held_out["diff"] < 0
     return {"criterion": chosen if switch else current, "chosen": chosen, "chosen_on_seed": first,
             "held_out": held_out}
 
 
-def selection_summary(records: pd.DataFrame) -> pd.DataFrame:
+def selection_summary(records: pd.DataFrame, per_sweep: pd.DataFrame | None = None) -> pd.DataFrame:
     """Mean and standard error over sweeps (pair x method x seed) per criterion, for each pair and method, each
-    pair (both methods) and "all"; `regret` is the mean of the accuracy and H-score regrets."""
-    ps = per_sweep_selection(records)
+    pair (both methods) and "all"; `regret` is the mean of the accuracy and H-score regrets. `per_sweep`:
+    per_sweep_selection(records), when already computed."""
+    ps = per_sweep_selection(records) if per_sweep is None else per_sweep
     groups = [(["pair", "method"], ps), (["pair"], ps.assign(method="both")),
               ([], ps.assign(pair="all", method="both"))]
     rows = []

@@ -245,10 +245,10 @@ def estimated_h_score(known_correct: Any, known_labels: Any, known_rejected: Any
     Unknown side: the target's rejected share r mixes false rejections of its (1 - pi) known galaxies, at the
     reference's rate f, with the recall on its pi unknowns: r = (1 - pi) f + pi recall, so
     recall = (r - (1 - pi) f) / pi, clipped to [0, 1], with pi the mixture-proportion estimate of the unknown share
-    (rejection.unknown_fraction). A target the estimate finds no unknowns in gets recall 0, so H 0: nothing there
-    shows the rule finds anything. `min_unknown_frac` floors pi (`estimated_h_floored`: UNKNOWN_FRAC_FLOOR), so
-    that a near-zero estimate cannot turn a rule that rejects almost nothing into full recall. nan when an input is
-    missing."""
+    (rejection.unknown_fraction). Unfloored, a target the estimate finds no unknowns in gets recall 0, so H 0:
+    nothing there shows the rule finds anything. `min_unknown_frac` floors pi (`estimated_h_floored`:
+    UNKNOWN_FRAC_FLOOR), so that a near-zero estimate cannot turn a rule that rejects almost nothing into full
+    recall. nan when an input is missing."""
     correct, y, rej = (np.asarray(a) for a in (known_correct, known_labels, known_rejected))
     if not len(y) or not (np.isfinite(target_rejected_frac) and np.isfinite(unknown_frac)):
         return float("nan")
