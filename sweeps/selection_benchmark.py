@@ -37,5 +37,7 @@ def selection_tags(criterion: str) -> dict[str, str]:
         return tags | {"selection.benchmark_regret": "not measured (bench/selection.py "
                                                      "measures label-free criteria only)"}
     for key in ("regret_acc", "regret_h", "worst_pair_regret_acc", "worst_pair_regret_h"):
-        tags[f"selection.benchmark_{key}"] = f"{measured[key]:.4f}"
+        tags[f"selection.benchmark_{key}"] = "not measured" if measured.get(key) is None else f"{measured[key]:.4f}"
+    if "sweeps" in measured:
+        tags["selection.benchmark_sweeps"] = str(measured["sweeps"])
     return tags

@@ -130,6 +130,7 @@ def test_champion_lifecycle(in_workdir, capsys):
     assert float(tags["selection.benchmark_regret_h"]) == pytest.approx(measured["regret_h"], abs=1e-4)
     assert float(tags["selection.benchmark_worst_pair_regret_acc"]) == pytest.approx(measured["worst_pair_regret_acc"],
                                                                                      abs=1e-4)
+    assert tags["selection.benchmark_sweeps"] == str(measured["sweeps"])  # how many sweeps the figures average
     assert _alias(summary, "reg", CHAMPION) == _alias(summary, "reg", CHALLENGER) == str(v1.version)
     _assert_linked_to_its_logged_model(summary, v1, best, best_run)
 
