@@ -112,7 +112,10 @@ def test_summary_over_sweeps_records_round_trip(tmp_path):
     overall = summary[(summary.pair == "all") & (summary.criterion == "label_free/im")].iloc[0]
     assert overall.n == 12
     table = summary_table(summary)
-    assert "a -> b" in table and "`label_free/im`" in table and RANDOM in table
+    assert "a -> b" in table and "`label_free/im` |" in table and RANDOM in table
+    # a criterion that only later sweeps record says on how many sweeps its figures rest
+    late = records.assign(**{"label_free/im": records["label_free/im"].where(records.seed == 2)})
+    assert "`label_free/im` (only the 4 sweeps that record it) |" in summary_table(selection_summary(late))
     plot_selection(summary).savefig(tmp_path / "s.png")
     plot_criteria_vs_oracle(one[one.seed == 0]).savefig(tmp_path / "c.png")
     assert (tmp_path / "s.png").stat().st_size > 10_000 and (tmp_path / "c.png").stat().st_size > 10_000

@@ -237,6 +237,7 @@ def summary_table(summary: pd.DataFrame) -> str:
     both = summary[summary["method"] == "both"]
     pairs = [p for p in both["pair"].unique() if p != "all"] + ["all"]
     order = list(CRITERIA) + [RANDOM, NOISE_FLOOR]
+    everywhere = both.loc[both["pair"] == "all", "n"].max()
     lines = ["| criterion | " + " | ".join(f"{p.replace(':', ' -> ')}: regret acc / H" for p in pairs) + " |",
              "|---" * (len(pairs) + 1) + "|"]
     for crit in order:
@@ -245,7 +246,9 @@ def summary_table(summary: pd.DataFrame) -> str:
             r = both[(both["pair"] == p) & (both["criterion"] == crit)]
             cells.append("-" if r.empty else f"{_pm(r.regret_acc.iloc[0], r.regret_acc_se.iloc[0])} / "
                                              f"{_pm(r.regret_h.iloc[0], r.regret_h_se.iloc[0])}")
-        lines.append(f"| `{crit}` | " + " | ".join(cells) + " |")
+        n = both.loc[(both["pair"] == "all") & (both["criterion"] == crit), "n"]
+        only = f" (only the {n.iloc[0]} sweeps that record it)" if len(n) and n.iloc[0] < everywhere else ""
+        lines.append(f"| `{crit}`{only} | " + " | ".join(cells) + " |")
     lines += ["", "| criterion (all sweeps) | Spearman across checkpoints: acc / H | Spearman across trials: acc / H |",
               "|---|---|---|"]
     for crit in list(CRITERIA) + [NOISE_FLOOR]:
@@ -279,7 +282,7 @@ def plot_selection(summary: pd.DataFrame):
         ax.invert_yaxis()
     axes[0].axvline(0.02, color="r", ls="--", lw=0.8)
     axes[1].axvline(0.02, color="r", ls="--", lw=0.8)
-    axes[2].legend(fontsize=8, loc="lower right")
+    axes[2].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))  # outside: the bars fill the axes
     fig.suptitle("Label-free model selection against target labels (ORACLE): lower regret is better; "
                  "red: the 2-point goal")
     fig.tight_layout()
