@@ -82,7 +82,8 @@ def test_confident_vs_uniform_order():
     sc, su = label_free_scores(confident), label_free_scores(uniform)
     assert set(sc) == {"snd", "entropy", "im", "bnm"} == set(VALIDATORS)
     assert set(HIGHER_IS_BETTER) == set(VALIDATORS) | {"dev", "devn", "class_ami", "emulated_acc", "estimated_h",
-                                                       "estimated_h_floored", "agreement", "combined"}
+                                                       "estimated_h_floored", "agreement", "combined",
+                                                       "combined_unknown"}
     assert sc["entropy"] < su["entropy"]
     assert sc["im"] > su["im"]
     assert su["im"] == pytest.approx(0.0, abs=1e-9)
@@ -147,6 +148,13 @@ def test_combined_is_the_mean_of_three_unit_scores():
     assert combined_score(0.9, 0.5 * math.log(6), 0.6, 6) == pytest.approx((0.9 + 0.5 + 0.6) / 3)
     assert combined_score(1.0, math.log(4), 1.0, 4) == pytest.approx(1.0)
     assert HIGHER_IS_BETTER["combined"] and HIGHER_IS_BETTER["agreement"] and not HIGHER_IS_BETTER["dev"]
+
+
+def test_combined_unknown_adds_the_floored_h_estimate_as_a_fourth_part():
+    from uda_core.evaluation.validators import combined_unknown_score
+    assert combined_unknown_score(0.9, 0.5 * math.log(6), 0.6, 0.2, 6) == pytest.approx((0.9 + 0.5 + 0.6 + 0.2) / 4)
+    assert math.isnan(combined_unknown_score(0.9, 0.5, 0.6, math.nan, 6))
+    assert HIGHER_IS_BETTER["combined_unknown"]
 
 
 def test_bnm_is_the_normalised_sum_of_singular_values():

@@ -28,11 +28,15 @@ def test_method_contract(name, tiny_config, tiny, tmp_path):
     for key in ("source_val/acc", "source_test/acc_shared", "label_free/snd", "label_free/entropy", "label_free/im",
                 "label_free/dev", "label_free/agreement", "label_free/combined", "label_free/bnm",
                 "label_free/class_ami", "label_free/devn", "label_free/emulated_acc", "label_free/estimated_h",
-                "label_free/estimated_h_floored", "oracle/target_test/acc_shared", "oracle/target_test/h_score",
+                "label_free/estimated_h_floored", "label_free/combined_unknown",
+                "oracle/target_test/acc_shared", "oracle/target_test/h_score",
                 "oracle/target_test/auroc/entropy",
                 "oracle/target_test/auroc/knn_distance", "oracle/target_test/h_score/entropy_rho", "train/source_ce",
                 "oracle/target_test/auroc_by_class/lens", "oracle/target_test/auroc_by_class/artifact"):
         assert key in m and math.isfinite(m[key]), key
+    parts = (m["source_val/acc"], m["label_free/im"] / math.log(tiny.num_known), m["label_free/agreement"],
+             m["label_free/estimated_h_floored"])
+    assert m["label_free/combined_unknown"] == pytest.approx(sum(parts) / 4)
     assert (reports[-1][1] / CHECKPOINT_FILE).exists()
     conf = last.confusion["oracle_target_test"]
     assert len(conf["rows"]) == 8 and conf["cols"][-1] == "unknown"

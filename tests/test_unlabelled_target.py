@@ -28,7 +28,8 @@ from uda_core.train import train
 LABEL_FREE = ("source_val/acc", "source_val/mean_class_acc", "source_test/acc_shared", "label_free/snd",
               "label_free/entropy", "label_free/im", "label_free/dev", "label_free/agreement", "label_free/combined",
               "label_free/bnm", "label_free/class_ami", "label_free/devn", "label_free/emulated_acc",
-              "label_free/estimated_h", "label_free/estimated_h_floored", "label_free/rejected_frac")
+              "label_free/estimated_h", "label_free/estimated_h_floored", "label_free/combined_unknown",
+              "label_free/rejected_frac")
 
 
 def _rewrite(folder: Path, target_labels: str, unlabel=None) -> Path:

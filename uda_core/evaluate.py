@@ -29,6 +29,7 @@ from .evaluation import names as N
 from .evaluation.names import OBJECTIVES, is_oracle  # noqa: F401 (re-exported: the tables live in names)
 from .evaluation.rejection import mpe_threshold, unknown_fraction
 from .evaluation.validators import (UNKNOWN_FRAC_FLOOR, augmentation_agreement, class_ami, combined_score,
+                                    combined_unknown_score,
                                     dev_normalised_risk, dev_risk, domain_weights, estimated_h_score,
                                     label_free_scores)
 from .evaluation.vote_metrics import vote_report
@@ -374,6 +375,9 @@ def evaluate(model: UdaNet, method: Method, data: UdaData, cfg: RunConfig, step:
     rule = _rejection(model, method, o, data, cfg, K, autocast)
     out[N.REJECTED_FRAC] = float(rule.rejected_tt.mean())
     out.update(_emulated_metrics(o, rule, data))
+    out[N.label_free("combined_unknown")] = combined_unknown_score(
+        out[N.SOURCE_VAL_ACC], out[N.label_free("im")], out[N.label_free("agreement")],
+        out[N.label_free("estimated_h_floored")], K)
     y_st = data["source/test"].y.numpy()
     conf = {N.CONFUSION_SOURCE: M.confusion(y_st, o.lg_stest.argmax(1), np.zeros(len(y_st), bool), K, names)}
     embedding = {"source": o.f_stest, "target": o.f_te}

@@ -69,7 +69,7 @@ def is_oracle(metric: str) -> bool:
 LABEL_FREE_HIGHER_IS_BETTER: dict[str, bool] = {
     "snd": True, "entropy": False, "im": True, "dev": False, "agreement": True, "combined": True,
     "bnm": True, "class_ami": True, "devn": False, "emulated_acc": True, "estimated_h": True,
-    "estimated_h_floored": True,
+    "estimated_h_floored": True, "combined_unknown": True,
 }
 
 # Metrics a sweep may optimise, with the direction that is better. Those under oracle/ need target labels: a real

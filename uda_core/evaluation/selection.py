@@ -46,7 +46,8 @@ COMBINATIONS: dict[str, tuple[str, ...]] = {
                                                     N.label_free("agreement")),
     # Written down after seeds 0-2 (where `estimated_h` failed by rewarding rules that reject almost nothing) and
     # before seed 3: the default's three parts and the floored H estimate, for a criterion that sees the unknowns.
-    "mean of source acc, im / ln K, agreement, estimated_h_floored": (
+    # Since made a metric (validators.combined_unknown_score); computed here for the records that predate it.
+    N.label_free("combined_unknown"): (
         N.SOURCE_VAL_ACC, N.label_free("im"), N.label_free("agreement"), N.label_free("estimated_h_floored")),
 }
 # Every criterion an evaluation reports, and the combinations, with its direction (+1: higher is better).
@@ -88,7 +89,8 @@ def add_combinations(records: pd.DataFrame, num_known: int) -> pd.DataFrame:
     for name, parts in COMBINATIONS.items():
         if all(p in out for p in parts):
             cols = [out[p] / np.log(num_known) if p == N.label_free("im") else out[p] for p in parts]
-            out[name] = sum(cols) / len(cols)
+            mean = sum(cols) / len(cols)
+            out[name] = out[name].fillna(mean) if name in out else mean  # a logged metric wins where recorded
     return out
 
 
